@@ -1,0 +1,88 @@
+"""guard.yaml -> frozen pydantic models. `find_config` and `load_config` are the only I/O here;
+manifests are loaded by manifest.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from mcp_guard.errors import ConfigError
+from mcp_guard.loading import NAME_PATTERN, Duration, Frozen, build, expand_env, load_yaml
+
+AgentName = Annotated[str, Field(pattern=NAME_PATTERN)]
+KeyHash = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+
+
+class LedgerConfig(Frozen):
+    path: Path = Path("mcp-guard-ledger.db")
+    durability: Literal["normal", "full"] = "normal"
+
+
+class AgentConfig(Frozen):
+    roles: tuple[Annotated[str, Field(pattern=NAME_PATTERN)], ...] = ()
+    keys: tuple[KeyHash, ...] = ()
+
+
+class TokensConfig(Frozen):
+    signing_key: SecretStr
+    max_ttl: Duration = 3600.0
+    audience: str = "mcp-guard"
+
+    @field_validator("signing_key", mode="before")
+    @classmethod
+    def _long_enough(cls, value: object) -> object:
+        if isinstance(value, str) and len(value.encode()) < 32:
+            msg = "must be at least 32 bytes"
+            raise ValueError(msg)
+        return SecretStr(value) if isinstance(value, str) else value
+
+
+class HttpConfig(Frozen):
+    listen: str = "127.0.0.1:8765"
+
+
+class LimitsConfig(Frozen):
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    max_argument_bytes: int = Field(default=1024 * 1024, gt=0)
+
+
+class GuardConfig(Frozen):
+    manifests: Path = Path("tool_manifests")
+    ledger: LedgerConfig = LedgerConfig()
+    agents: dict[AgentName, AgentConfig] = {}
+    tokens: TokensConfig | None = None
+    http: HttpConfig = HttpConfig()
+    limits: LimitsConfig = LimitsConfig()
+    # Where it was loaded from and the values its ${VAR}s injected (never printed).
+    source: Path = Path("guard.yaml")
+    injected: frozenset[str] = frozenset()
+
+
+def find_config(explicit: str | None) -> Path:
+    """--config, else $MCP_GUARD_CONFIG, else ./guard.yaml."""
+    return Path(explicit or os.environ.get("MCP_GUARD_CONFIG") or "guard.yaml")
+
+
+def load_config(path: Path) -> GuardConfig:
+    if not path.is_file():
+        raise ConfigError(str(path), "", "no such config file (give --config or set MCP_GUARD_CONFIG)")
+    file = str(path)
+    injected: set[str] = set()
+    data = expand_env(load_yaml(path) or {}, file, injected)
+    if isinstance(data, dict):
+        for key in ("source", "injected"):
+            if key in data:
+                raise ConfigError(file, key, "unknown key")
+    config = build(GuardConfig, data, file)
+    base = path.resolve().parent
+    return config.model_copy(
+        update={
+            "manifests": base / config.manifests,
+            "ledger": config.ledger.model_copy(update={"path": base / config.ledger.path}),
+            "source": path.resolve(),
+            "injected": frozenset(injected),
+        }
+    )

@@ -1,0 +1,150 @@
+"""Strict YAML loading shared by guard.yaml and manifests: duplicate keys are errors, only
+`true`/`false` are booleans, `${VAR}` is expanded, and every problem becomes a ConfigError
+`file:path: reason`. Imports nothing of mcp, sqlite or the network."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from mcp_guard.errors import ConfigError
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DURATION = re.compile(r"^([0-9]+)(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class Frozen(BaseModel):
+    """Base of every config model: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def parse_duration(value: object) -> float:
+    """`30s`, `15m`, `1h`, `1d` -> seconds."""
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = int(m.group(1)) * _UNITS[m.group(2)]
+        if seconds > 0:
+            return float(seconds)
+    msg = f"{value!r} is not a duration (use a positive number with s, m, h or d: 30s, 15m, 1h, 1d)"
+    raise ValueError(msg)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{timedelta(seconds=seconds).total_seconds():g}s"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (yes/no/on/off stay strings) and no duplicate keys."""
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|false)$"), list("tf"))
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def check_file_permissions(path: Path) -> None:
+    """World-writable policy files are refused (anyone could grant themselves tools)."""
+    mode = path.stat().st_mode
+    if mode & stat.S_IWOTH:
+        raise ConfigError(str(path), "", "is world-writable; refusing it (chmod o-w)")
+    if mode & stat.S_IWGRP:
+        print(f"warning: {path}: is group-writable", file=sys.stderr)
+
+
+def load_yaml(path: Path) -> Any:
+    """Read one YAML (or JSON) file strictly."""
+    try:
+        check_file_permissions(path)
+        text = path.read_text(encoding="utf-8")
+    except ConfigError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc}") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}" if mark else ""
+        raise ConfigError(str(path), where, str(exc.problem or exc)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "", str(exc)) from None
+
+
+def expand_env(value: Any, file: str, injected: set[str], path: str = "") -> Any:
+    """Replace `${NAME}` in every string; remember each substituted value in `injected`."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(file, path, f"environment variable {name!r} is not set")
+            injected.add(os.environ[name])
+            return os.environ[name]
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, file, injected, join_path(path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, file, injected, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def join_path(path: str, key: object) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def build(model: type[M], data: Any, file: str, context: dict[str, Any] | None = None) -> M:
+    """Validate data into a model; the first problem becomes `file:path: reason`."""
+    if not isinstance(data, dict):
+        raise ConfigError(file, "", "must be a mapping at the top level")
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        path = ""
+        for part in err["loc"]:
+            if part in ("function-after", "function-before", "function-plain", "tagged-union"):
+                continue
+            if isinstance(part, str) and "[" in part:  # pydantic's union branch labels
+                continue
+            path = join_path(path, part)
+        reason = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            reason = "unknown key"
+        raise ConfigError(file, path, reason) from None

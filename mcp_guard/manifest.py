@@ -1,0 +1,166 @@
+"""tool_manifests/*.yaml -> frozen pydantic models, one per upstream server. Loading checks
+everything that can be checked without the upstream: names, grants, JSON Schemas, prefixes."""
+
+from __future__ import annotations
+
+import re
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BeforeValidator, Field, field_validator, model_validator
+
+from mcp_guard.errors import ConfigError
+from mcp_guard.loading import Duration, Frozen, build, expand_env, load_yaml
+
+SERVER_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
+_PRINCIPAL = re.compile(r"^(\*|role:[a-z0-9][a-z0-9_-]{0,63}|[a-z0-9][a-z0-9_-]{0,63})$")
+_SCOPE = re.compile(r"^(agent|session|arg:[A-Za-z0-9_.-]{1,64})$")
+
+ArgumentSchema = dict[str, Any] | bool
+
+
+def _check_schema(value: object) -> object:
+    """An argument limit is a JSON Schema (or false); it must compile and never point outside."""
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, dict):
+        msg = "must be a JSON Schema mapping or false"
+        raise ValueError(msg)
+    try:
+        Draft202012Validator.check_schema(value)
+    except SchemaError as exc:
+        msg = f"invalid JSON Schema: {exc.message}"
+        raise ValueError(msg) from None
+    _refuse_refs(value)
+    return value
+
+
+def _refuse_refs(value: object) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("$ref", "$dynamicRef") and not str(item).startswith("#"):
+                msg = f"{key} {item!r} points outside the schema; only local references are allowed"
+                raise ValueError(msg)
+            _refuse_refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_refs(item)
+
+
+Limit = Annotated[ArgumentSchema, BeforeValidator(_check_schema)]
+
+
+class Budget(Frozen):
+    sum: str | None = None
+    max: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+    per: Duration
+    by: tuple[Annotated[str, Field(pattern=_SCOPE.pattern)], ...] = ("agent",)
+
+
+class Approval(Frozen):
+    when: dict[str, Limit] | None = None
+    wait: Duration = 30.0
+    timeout: Duration = 900.0
+
+
+class Grant(Frozen):
+    allow: tuple[Annotated[str, Field(pattern=_PRINCIPAL.pattern)], ...]
+    arguments: dict[str, Limit] = {}
+    budgets: tuple[Budget, ...] = ()
+    approval: Approval | None = None
+
+    @field_validator("budgets", "approval")
+    @classmethod
+    def _not_yet(cls, value: object) -> object:
+        # Fail closed: a limit this version cannot enforce must not be silently ignored.
+        if value:
+            msg = "is not supported by this version of mcp-guard yet; remove it or upgrade"
+            raise ValueError(msg)
+        return value
+
+    def matches(self, agent: str, roles: frozenset[str]) -> bool:
+        return any(p == "*" or p == agent or (p.startswith("role:") and p[5:] in roles) for p in self.allow)
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, dict) else value
+
+
+class Upstream(Frozen):
+    command: str | None = None
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    cwd: Path | None = None
+    url: str | None = None
+    headers: dict[str, str] = {}
+    timeout: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Upstream:
+        if (self.command is None) == (self.url is None):
+            msg = "needs exactly one of command (stdio) or url (Streamable HTTP)"
+            raise ValueError(msg)
+        if self.url is not None and (self.args or self.env or self.cwd):
+            msg = "args, env and cwd go with command, not url"
+            raise ValueError(msg)
+        if self.command is not None and self.headers:
+            msg = "headers go with url, not command"
+            raise ValueError(msg)
+        if self.url is not None and not re.match(r"^https?://", self.url):
+            msg = f"url {self.url!r} must start with http:// or https://"
+            raise ValueError(msg)
+        return self
+
+
+class Manifest(Frozen):
+    server: Annotated[str, Field(pattern=SERVER_PATTERN)]
+    upstream: Upstream
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{0,64}$")] | None = None
+    tools: dict[str, Annotated[tuple[Grant, ...], BeforeValidator(_one_or_many), Field(min_length=1)]]
+    source: Path = Path()
+    injected: frozenset[str] = frozenset()
+
+    @property
+    def name_prefix(self) -> str:
+        return f"{self.server}__" if self.prefix is None else self.prefix
+
+
+def load_manifest(path: Path) -> Manifest:
+    file = str(path)
+    injected: set[str] = set()
+    data = expand_env(load_yaml(path), file, injected)
+    if isinstance(data, dict):
+        for key in ("source", "injected"):
+            if key in data:
+                raise ConfigError(file, key, "unknown key")
+    manifest = build(Manifest, data, file)
+    if path.stem != manifest.server:
+        print(f"warning: {file}: server {manifest.server!r} differs from the file name", file=sys.stderr)
+    secrets = frozenset(v for v in injected if len(v) >= 8)
+    return manifest.model_copy(update={"source": path.resolve(), "injected": secrets})
+
+
+def load_manifests(folder: Path) -> tuple[Manifest, ...]:
+    """Every *.yaml, *.yml and *.json in the folder, in name order; names must not collide."""
+    if not folder.is_dir():
+        raise ConfigError(str(folder), "", "manifests folder does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml", ".json") and p.is_file())
+    manifests = tuple(load_manifest(p) for p in files)
+    servers: dict[str, Path] = {}
+    for m in manifests:
+        if m.server in servers:
+            raise ConfigError(str(m.source), "server", f"{m.server!r} is also defined in {servers[m.server]}")
+        servers[m.server] = m.source
+    names: dict[str, str] = {}
+    for m in manifests:
+        for tool in m.tools:
+            name = m.name_prefix + tool
+            if name in names:
+                msg = f"advertised name {name!r} is also advertised by server {names[name]!r}"
+                raise ConfigError(str(m.source), f"tools.{tool}", msg)
+            names[name] = m.server
+    return manifests

@@ -1,0 +1,202 @@
+"""Who may see and call what. One function, `offers`, decides what an agent may call; listing is
+that function applied to every tool and calling looks the name up in its result, so listing
+equals calling. Pure: no mcp, anyio, sqlite, os or clock."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp_guard.config import GuardConfig
+from mcp_guard.manifest import Grant, Manifest
+from mcp_guard.policy.arguments import Violation, check_schema, check_strict, compile_schema
+from mcp_guard.policy.schemas import clean_text, merge_limits
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    name: str
+    roles: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolDef:
+    """An upstream tool definition, in our terms; `digest` identifies its exact content."""
+
+    name: str
+    input_schema: Mapping[str, Any]
+    digest: str
+    title: str | None = None
+    description: str | None = None
+    output_schema: Mapping[str, Any] | None = None
+    annotations: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A tool as one agent sees it: advertised name, merged schema, and compiled checks."""
+
+    name: str
+    server: str
+    tool: ToolDef
+    grant: Grant
+    input_schema: Mapping[str, Any]
+    description: str | None
+    declared: frozenset[str]
+    upstream_validator: Any = field(repr=False)
+    limits_validator: Any = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: str | None
+    detail: str
+    server: str | None
+    tool: str
+    arguments: Mapping[str, Any]
+
+    @property
+    def text(self) -> str:
+        """The one line a refused call returns to the model."""
+        return f"denied ({self.reason}): {self.detail}"
+
+
+Catalog = Mapping[str, Sequence[ToolDef]]
+"""Live upstream tools by server name."""
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def escape_name(name: str) -> str:
+    """A name as sent, safe to record and print: escaped, at most 256 characters."""
+    return json.dumps(name, ensure_ascii=True)[1:-1][:256]
+
+
+class Policy:
+    """One immutable policy (config + manifests) and its compiled per-tool checks."""
+
+    def __init__(self, config: GuardConfig, manifests: Sequence[Manifest]) -> None:
+        self.config = config
+        self.manifests = {m.server: m for m in manifests}
+        self.agents = {name: Agent(name, frozenset(a.roles)) for name, a in config.agents.items()}
+        blob = canonical(
+            {
+                "config": config.model_dump(mode="json", exclude={"source", "injected"}),
+                "manifests": [m.model_dump(mode="json", exclude={"source", "injected"}) for m in manifests],
+            }
+        )
+        self.hash = hashlib.sha256(blob.encode()).hexdigest()
+        self.secrets = frozenset(config.injected).union(*(m.injected for m in manifests))
+        self._compiled: dict[tuple[str, str, int, str], Offer | None] = {}
+
+    def grant_for(self, agent: Agent, server: str, tool: str) -> tuple[int, Grant] | None:
+        """The first grant, in file order, whose allow matches: chosen by identity alone."""
+        manifest = self.manifests.get(server)
+        grants = manifest.tools.get(tool) if manifest else None
+        for i, grant in enumerate(grants or ()):
+            if grant.matches(agent.name, agent.roles):
+                return i, grant
+        return None
+
+    def offers(self, agent: Agent, catalog: Catalog) -> dict[str, Offer]:
+        """Every tool the agent may see and call, by advertised name."""
+        if agent.name not in self.agents:
+            return {}
+        out: dict[str, Offer] = {}
+        for server, tools in catalog.items():
+            manifest = self.manifests.get(server)
+            if manifest is None:
+                continue
+            for tool in tools:
+                found = self.grant_for(agent, server, tool.name)
+                if found is None:
+                    continue
+                offer = self._offer(manifest, tool, *found)
+                if offer is not None:
+                    out[offer.name] = offer
+        return out
+
+    def _offer(self, manifest: Manifest, tool: ToolDef, index: int, grant: Grant) -> Offer | None:
+        key = (manifest.server, tool.name, index, tool.digest)
+        if key not in self._compiled:
+            self._compiled[key] = _compile_offer(manifest, tool, grant)
+        return self._compiled[key]
+
+    def problems(self, catalog: Catalog) -> list[str]:
+        """Manifest entries the live upstreams do not match (warnings while serving)."""
+        out: list[str] = []
+        for server, tools in catalog.items():
+            manifest = self.manifests.get(server)
+            if manifest is None:
+                continue
+            live = {t.name: t for t in tools}
+            for name, grants in manifest.tools.items():
+                if name not in live:
+                    out.append(f"{manifest.source}:tools.{name}: upstream {server!r} has no such tool")
+                    continue
+                declared = _declared(live[name].input_schema)
+                for i, grant in enumerate(grants):
+                    for arg in grant.arguments:
+                        if arg not in declared:
+                            msg = f"upstream tool has no argument {arg!r}; this grant matches nothing"
+                            out.append(f"{manifest.source}:tools.{name}[{i}].arguments.{arg}: {msg}")
+        return out
+
+    def decide(self, name: str, arguments: Mapping[str, Any], offers: Mapping[str, Offer]) -> Decision:
+        """The decision for one call, checks in the order of SPEC.md."""
+        offer = offers.get(name)
+        if offer is None:
+            return Decision(
+                False,
+                "unknown_tool",
+                f"Unknown tool: {escape_name(name)}",
+                None,
+                escape_name(name),
+                arguments,
+            )
+        violations = (
+            check_strict(arguments, offer.declared, self.config.limits.max_argument_bytes)
+            or check_schema(offer.upstream_validator, arguments, "invalid_arguments")
+            or check_schema(offer.limits_validator, arguments, "limit_exceeded")
+        )
+        if violations:
+            return _deny(offer, violations[0], arguments)
+        return Decision(True, None, "allowed", offer.server, offer.tool.name, arguments)
+
+
+def _deny(offer: Offer, violation: Violation, arguments: Mapping[str, Any]) -> Decision:
+    return Decision(False, violation.reason, violation.detail, offer.server, offer.tool.name, arguments)
+
+
+def _declared(schema: Mapping[str, Any]) -> frozenset[str]:
+    props = schema.get("properties")
+    return frozenset(props) if isinstance(props, Mapping) else frozenset()
+
+
+def _compile_offer(manifest: Manifest, tool: ToolDef, grant: Grant) -> Offer | None:
+    declared = _declared(tool.input_schema)
+    if any(arg not in declared for arg in grant.arguments):
+        return None  # the grant limits an argument the upstream does not have: fail closed
+    try:
+        upstream_validator = compile_schema(dict(tool.input_schema))
+        upstream_validator.check_schema(dict(tool.input_schema))
+        limits_validator = compile_schema({"type": "object", "properties": dict(grant.arguments)})
+    except Exception:
+        return None  # an upstream schema that will not compile is not offered
+    return Offer(
+        name=manifest.name_prefix + tool.name,
+        server=manifest.server,
+        tool=tool,
+        grant=grant,
+        input_schema=merge_limits(tool.input_schema, grant.arguments),
+        description=clean_text(tool.description),
+        declared=declared,
+        upstream_validator=upstream_validator,
+        limits_validator=limits_validator,
+    )
