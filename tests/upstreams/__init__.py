@@ -1,0 +1,1 @@
+"""Test-only upstream MCP servers that misbehave on purpose."""
