@@ -140,7 +140,9 @@ def load_manifest(path: Path) -> Manifest:
     manifest = build(Manifest, data, file)
     if path.stem != manifest.server:
         print(f"warning: {file}: server {manifest.server!r} differs from the file name", file=sys.stderr)
-    secrets = frozenset(v for v in injected if len(v) >= 8)
+    # Everything handed to the upstream (env, headers) and every ${VAR} value is a secret.
+    handed = {*manifest.upstream.env.values(), *manifest.upstream.headers.values()}
+    secrets = frozenset(v for v in injected | handed if len(v) >= 8)
     return manifest.model_copy(update={"source": path.resolve(), "injected": secrets})
 
 

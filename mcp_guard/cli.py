@@ -1,0 +1,196 @@
+"""The `mcp-guard` command: thin commands over the modules. Exit codes: 0 ok, 1 the check
+failed or a runtime error, 2 bad usage or bad config (one line on stderr, no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from mcp_guard import __version__
+from mcp_guard.config import GuardConfig, find_config, load_config
+from mcp_guard.errors import ConfigError, GuardError
+from mcp_guard.ledger_view import add_ledger_parser, run_ledger
+from mcp_guard.manifest import Manifest, load_manifests
+from mcp_guard.policy.engine import Agent, Offer, Policy
+from mcp_guard.wire import StrictJSONError, parse_strict
+
+
+class UsageError(GuardError):
+    """Bad usage: exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcp-guard", description="An MCP guard between AI agents and their tools.")
+    p.add_argument("--version", action="version", version=f"mcp-guard {__version__}")
+    p.add_argument("--config", help="guard.yaml (default: $MCP_GUARD_CONFIG, else ./guard.yaml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="serve over stdio (default) or Streamable HTTP")
+    s.add_argument("--agent", help="the agent this stdio guard serves (default: $MCP_GUARD_AGENT)")
+    s.add_argument("--http", metavar="[HOST:]PORT", nargs="?", const="", help="serve Streamable HTTP at /mcp")
+
+    c = sub.add_parser("check", help="validate config and manifests")
+    c.add_argument("--live", action="store_true", help="also start each upstream and check against it")
+
+    t = sub.add_parser("tools", help="the tools an agent would be shown, with their effective limits")
+    t.add_argument("--agent", required=True)
+    t.add_argument("--json", action="store_true", help="one JSON object per tool")
+
+    e = sub.add_parser("explain", help="the decision for one call and why; forwards and writes nothing")
+    e.add_argument("--agent", required=True)
+    e.add_argument("tool", help="the advertised tool name, e.g. billing__refund")
+    e.add_argument("arguments", help="the arguments as a JSON object")
+
+    add_ledger_parser(sub)
+    sub.add_parser("demo", help="a scripted agent session against the bundled example upstreams")
+    return p
+
+
+def load(args: argparse.Namespace) -> tuple[GuardConfig, tuple[Manifest, ...]]:
+    config = load_config(find_config(args.config))
+    return config, load_manifests(config.manifests)
+
+
+def agent_of(config: GuardConfig, policy: Policy, name: str | None) -> Agent:
+    name = name or os.environ.get("MCP_GUARD_AGENT")
+    if not name:
+        msg = "serve: give --agent NAME (or set MCP_GUARD_AGENT)"
+        raise UsageError(msg)
+    if name not in policy.agents:
+        msg = f"agent {name!r} is not defined in {config.source}"
+        raise UsageError(msg)
+    return policy.agents[name]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mcp_guard.server import open_guard
+    from mcp_guard.transport import serve_stdio
+
+    config, manifests = load(args)
+    if args.http is not None:
+        msg = "serve --http: Streamable HTTP serving is not available in this version yet"
+        raise UsageError(msg)
+    agent = agent_of(config, Policy(config, manifests), args.agent)
+
+    async def run() -> None:
+        async with open_guard(config, manifests, agent) as guard:
+            await serve_stdio(guard)
+
+    anyio.run(run)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config, manifests = load(args)
+    if args.live:
+        msg = "check --live is not available in this version yet"
+        raise UsageError(msg)
+    known = set(config.agents)
+    roles = {r for a in config.agents.values() for r in a.roles}
+    for m in manifests:
+        for tool, grants in m.tools.items():
+            for i, grant in enumerate(grants):
+                for who in grant.allow:
+                    undefined = who.removeprefix("role:") not in (roles if who.startswith("role:") else known)
+                    if who != "*" and undefined:
+                        print(f"warning: {m.source}:tools.{tool}[{i}].allow: {who!r} is not defined", file=sys.stderr)
+    tools = sum(len(m.tools) for m in manifests)
+    print(f"ok: {config.source}: {len(config.agents)} agents, {len(manifests)} manifests, {tools} tools")
+    return 0
+
+
+async def _offers(config: GuardConfig, manifests: tuple[Manifest, ...], name: str) -> tuple[Policy, dict[str, Offer]]:
+    from mcp_guard.secrets import Scrubber
+    from mcp_guard.server import tool_def
+    from mcp_guard.upstream import open_pool
+
+    policy = Policy(config, manifests)
+    agent = agent_of(config, policy, name)
+    scrubber = Scrubber(policy.secrets)
+
+    async def changed(_: Any) -> None:
+        return None
+
+    def log(text: str) -> None:
+        print(f"mcp-guard: {scrubber.record(text)}", file=sys.stderr)
+
+    async with open_pool(manifests, changed, log) as pool:
+        live = await pool.catalog()
+    catalog = {server: tuple(tool_def(t) for t in tools) for server, tools in live.items()}
+    for problem in policy.problems(catalog):
+        log(f"warning: {problem}")
+    return policy, policy.offers(agent, catalog)
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    config, manifests = load(args)
+    _, offers = anyio.run(_offers, config, manifests, args.agent)
+    for offer in offers.values():
+        schema = offer.input_schema
+        if args.json:
+            row = {"name": offer.name, "server": offer.server, "tool": offer.tool.name,
+                   "description": offer.description, "inputSchema": schema}
+            print(json.dumps(row, ensure_ascii=False))
+            continue
+        print(offer.name)
+        if offer.description:
+            print(f"  {offer.description.splitlines()[0][:100]}")
+        required = set(schema.get("required", []))
+        for arg, prop in (schema.get("properties") or {}).items():
+            limits = {k: v for k, v in prop.items() if k not in ("description", "title")}
+            flag = "" if arg in required else "?"
+            print(f"  {arg}{flag}: {json.dumps(limits, ensure_ascii=False)}")
+    if not offers and not args.json:
+        print(f"(no tools for {args.agent!r})")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    config, manifests = load(args)
+    try:
+        arguments = parse_strict(args.arguments.encode(), config.limits.max_message_bytes)
+    except StrictJSONError as exc:
+        msg = f"explain: ARGS_JSON: {exc}"
+        raise UsageError(msg) from None
+    if not isinstance(arguments, dict):
+        msg = "explain: ARGS_JSON must be a JSON object"
+        raise UsageError(msg)
+    policy, offers = anyio.run(_offers, config, manifests, args.agent)
+    decision = policy.decide(args.tool, arguments, offers)
+    if decision.allowed:
+        print(f"allow: {decision.server}.{decision.tool} for {args.agent!r} with {json.dumps(arguments)}")
+        return 0
+    print(decision.text)
+    return 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mcp_guard.demo import run_demo
+
+    return run_demo()
+
+
+COMMANDS = {"serve": cmd_serve, "check": cmd_check, "tools": cmd_tools, "explain": cmd_explain, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "ledger":
+            config = load_config(find_config(args.config))
+            return run_ledger(args, config.ledger.path)
+        return COMMANDS[args.command](args)
+    except (ConfigError, UsageError) as exc:
+        print(f"mcp-guard: {exc}", file=sys.stderr)
+        return 2
+    except GuardError as exc:
+        print(f"mcp-guard: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

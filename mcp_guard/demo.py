@@ -1,0 +1,88 @@
+"""`mcp-guard demo`: a scripted agent session through the real guard over stdio, against the
+bundled example upstreams, then the ledger it left. Uses a fresh ledger in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+import yaml
+from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
+
+from mcp_guard.ledger import Ledger
+
+EXAMPLES = Path(__file__).resolve().parent.parent
+AGENT = "support-bot"
+
+SCRIPT: list[tuple[str, str, dict[str, Any]]] = [
+    ("look up an order", "billing__lookup_order", {"order_id": "ORD-1001"}),
+    ("refund within the cap", "billing__refund", {"order_id": "ORD-1001", "amount": 40, "currency": "USD"}),
+    ("refund over the cap", "billing__refund", {"order_id": "ORD-1001", "amount": 400, "currency": "USD"}),
+    ("a tool it was not granted", "billing__set_payout_destination", {"account": "GB33BUKB20201555555555"}),
+    ("a number sent as a string", "billing__refund", {"order_id": "ORD-1002", "amount": "40", "currency": "EUR"}),
+    ("an argument the tool does not have", "tickets__close_ticket",
+     {"ticket_id": "T-101", "resolution": "fixed", "notify": "all-customers"}),
+]
+
+
+def _deployment(folder: Path) -> Path:
+    """A copy of the bundled guard.yaml that points at the bundled manifests and a fresh ledger."""
+    source = EXAMPLES / "guard.yaml"
+    if not source.is_file() or not (EXAMPLES / "tool_manifests").is_dir():
+        msg = f"the bundled example deployment is not next to the package ({source}); run from a source checkout"
+        raise SystemExit(msg)
+    config = yaml.safe_load(source.read_text())
+    config["manifests"] = str(EXAMPLES / "tool_manifests")
+    config["ledger"] = {"path": str(folder / "demo-ledger.db"), "durability": "normal"}
+    target = folder / "guard.yaml"
+    target.write_text(yaml.safe_dump(config))
+    return target
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def _session(config: Path) -> None:
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "mcp_guard", "--config", str(config), "serve", "--agent", AGENT]
+    )
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        tools = (await session.list_tools()).tools
+        _say(f"\n{AGENT} connects and is shown {len(tools)} tools:")
+        for tool in tools:
+            amount = tool.input_schema.get("properties", {}).get("amount")
+            limit = f"   amount: {json.dumps(amount)}" if amount else ""
+            _say(f"  {tool.name}{limit}")
+        for title, name, arguments in SCRIPT:
+            _say(f"\n> {title}: {name} {json.dumps(arguments)}")
+            try:
+                result = await session.call_tool(name, arguments)
+            except MCPError as exc:
+                _say(f"< JSON-RPC error {exc.error.code}: {exc.error.message}")
+                continue
+            text = " ".join(getattr(block, "text", "") for block in result.content)
+            _say(f"< {'isError ' if result.is_error else ''}{text[:200]}")
+
+
+def run_demo() -> int:
+    with tempfile.TemporaryDirectory(prefix="mcp-guard-demo-") as tmp:
+        config = _deployment(Path(tmp))
+        anyio.run(_session, config)
+        _say("\nThe ledger (mcp-guard ledger tail):")
+        ledger = Ledger.open(Path(tmp) / "demo-ledger.db")
+        try:
+            for inv in ledger.invocations():
+                verdict = "allow" if inv.decision == "allow" else f"deny {inv.reason}"
+                outcome = f" -> {inv.outcome}" if inv.outcome else ""
+                _say(f"  {inv.agent}  {inv.server or '-'}.{inv.tool}  {verdict}{outcome}")
+            check = ledger.verify()
+            _say(f"\nledger verify: {'ok' if check.ok else 'BROKEN'}, {check.entries} entries, hash-chained")
+        finally:
+            ledger.close()
+    return 0

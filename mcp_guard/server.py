@@ -1,0 +1,298 @@
+"""The only wiring module: MCP requests in, policy decisions, ledger records, upstream calls out.
+The one place that converts between the SDK's types and the policy's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp import MCPError
+from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server.session import ServerSession
+
+from mcp_guard.config import GuardConfig
+from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from mcp_guard.ledger import CallRecord, Ledger
+from mcp_guard.manifest import Manifest
+from mcp_guard.policy.engine import Agent, Catalog, Decision, Offer, Policy, ToolDef, canonical
+from mcp_guard.policy.schemas import clean_text
+from mcp_guard.secrets import Scrubber
+from mcp_guard.upstream import Pool, Upstream, open_pool
+
+AFTER_FORWARD = "the call may have taken effect"
+
+
+def tool_def(tool: types.Tool) -> ToolDef:
+    """An upstream tool in the policy's terms; the digest covers everything that is relayed."""
+    annotations = tool.annotations.model_dump(mode="json", exclude_none=True) if tool.annotations else None
+    content = {
+        "name": tool.name,
+        "title": tool.title,
+        "description": tool.description,
+        "inputSchema": tool.input_schema,
+        "outputSchema": tool.output_schema,
+        "annotations": annotations,
+    }
+    return ToolDef(
+        name=tool.name,
+        input_schema=tool.input_schema,
+        digest=hashlib.sha256(canonical(content).encode()).hexdigest(),
+        title=tool.title,
+        description=tool.description,
+        output_schema=tool.output_schema,
+        annotations=annotations,
+    )
+
+
+@dataclass
+class Guard:
+    """What every request needs: the policy in force, the upstreams, the ledger."""
+
+    policy: Policy
+    pool: Pool
+    ledger: Ledger
+    agent: Agent | None = None  # fixed for stdio; HTTP derives it per request
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    scrubber: Scrubber = field(init=False)
+    _catalog: tuple[tuple[Any, ...], Catalog] | None = field(default=None, init=False)
+    _offers: dict[str, tuple[Catalog, dict[str, Offer]]] = field(default_factory=dict, init=False)
+    _sessions: weakref.WeakSet[ServerSession] = field(default_factory=weakref.WeakSet, init=False)
+
+    def __post_init__(self) -> None:
+        self.scrubber = Scrubber(self.policy.secrets)
+
+    def log(self, text: str) -> None:
+        print(f"mcp-guard: {self.scrubber.record(text)}", file=sys.stderr, flush=True)
+
+    async def catalog(self) -> Catalog:
+        live = await self.pool.catalog()
+        key = tuple((name, id(tools)) for name, tools in live.items())
+        if self._catalog is None or self._catalog[0] != key:
+            catalog = {name: tuple(tool_def(t) for t in tools) for name, tools in live.items()}
+            self._catalog = (key, catalog)
+            for problem in self.policy.problems(catalog):
+                self.log(f"warning: {problem}")
+        return self._catalog[1]
+
+    async def offers(self, agent: Agent) -> dict[str, Offer]:
+        catalog = await self.catalog()
+        cached = self._offers.get(agent.name)
+        if cached is None or cached[0] is not catalog:
+            cached = (catalog, self.policy.offers(agent, catalog))
+            self._offers[agent.name] = cached
+        return cached[1]
+
+    async def tools_changed(self, _: Upstream) -> None:
+        for session in list(self._sessions):
+            try:
+                await session.send_tool_list_changed()
+            except Exception as exc:
+                self.log(f"could not notify a client of a tool list change: {exc}")
+
+    def identify(self, ctx: ServerRequestContext[Any, Any]) -> Agent:
+        if self.agent is None:
+            raise MCPError(types.INVALID_REQUEST, "no agent identity")
+        self._sessions.add(ctx.session)
+        return self.agent
+
+    # -- the request path ------------------------------------------------------------------
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        agent = self.identify(ctx)
+        offers = await self.offers(agent)
+        return types.ListToolsResult(tools=[self._advertise(o) for o in offers.values()])
+
+    def _advertise(self, offer: Offer) -> types.Tool:
+        tool = offer.tool
+        annotations = types.ToolAnnotations.model_validate(tool.annotations) if tool.annotations else None
+        return types.Tool(
+            name=offer.name,
+            title=self._text(tool.title),
+            description=self._text(offer.description),
+            input_schema=self.scrubber.json(dict(offer.input_schema)),
+            output_schema=self.scrubber.json(tool.output_schema) if tool.output_schema else None,
+            annotations=annotations,
+        )
+
+    def _text(self, value: str | None) -> str | None:
+        return self.scrubber.text(clean_text(value) or "") or None if value else None
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        started = time.perf_counter()
+        agent = self.identify(ctx)
+        arguments: Mapping[str, Any] = params.arguments or {}
+        offers = await self.offers(agent)
+        decision = self.policy.decide(params.name, arguments, offers)
+        if decision.allowed and decision.server is not None:
+            decision = await self._check_upstream(decision)
+        call_id = uuid.uuid4().hex
+        try:
+            await self._record(self._record_of(call_id, agent, decision))
+        except LedgerUnavailable as exc:
+            self.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc}")
+            if decision.reason == "unknown_tool":
+                raise MCPError(types.INVALID_PARAMS, decision.detail) from None
+            return _refusal("denied (ledger_unavailable): the call cannot be recorded, so it is refused")
+        if decision.reason == "unknown_tool":
+            raise MCPError(types.INVALID_PARAMS, decision.detail)
+        if not decision.allowed:
+            return _refusal(decision.text)
+        return await self._forward(ctx, call_id, decision, started)
+
+    async def _check_upstream(self, decision: Decision) -> Decision:
+        """An upstream that cannot be (re)started is a denial: nothing was forwarded."""
+        assert decision.server is not None and self.pool.tg is not None
+        try:
+            await self.pool.upstreams[decision.server].ensure(self.pool.tg)
+        except UpstreamError as exc:
+            self.log(str(exc))
+            reason = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_unavailable"
+            detail = "the upstream server cannot be reached; try again later"
+            return Decision(False, reason, detail, decision.server, decision.tool, decision.arguments)
+        return decision
+
+    async def _forward(
+        self, ctx: ServerRequestContext[Any, Any], call_id: str, decision: Decision, started: float
+    ) -> types.CallToolResult:
+        assert decision.server is not None
+        outcome, detail, result = "upstream_error", None, None
+        try:
+            result = await self.pool.call(
+                decision.server, decision.tool, dict(decision.arguments), _progress_relay(ctx)
+            )
+            outcome = "error" if result.is_error else "ok"
+        except anyio.get_cancelled_exc_class():
+            outcome = "cancelled"
+            raise
+        except UpstreamTimeout as exc:
+            outcome, detail = "timeout", str(exc)
+        except (UpstreamUnavailable, UpstreamError) as exc:
+            outcome, detail = "upstream_error", str(exc)
+        except Exception as exc:  # nothing an upstream does may leak a traceback to an agent
+            outcome, detail = "upstream_error", f"{type(exc).__name__}: {exc}"
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            with anyio.CancelScope(shield=True):
+                await self._record_outcome(call_id, outcome, elapsed, detail)
+        if result is None:
+            if detail:
+                self.log(detail)
+            return _refusal(f"error ({outcome}): {AFTER_FORWARD}")
+        return self._relay(result)
+
+    def _relay(self, result: types.CallToolResult) -> types.CallToolResult:
+        """The upstream's result with known secrets scrubbed and every _meta dropped."""
+        blocks = [self._block(b) for b in result.content]
+        structured = self.scrubber.json(result.structured_content) if result.structured_content is not None else None
+        return types.CallToolResult(content=blocks, structured_content=structured, is_error=result.is_error)
+
+    def _block(self, block: Any) -> Any:
+        data = self.scrubber.json(block.model_dump(by_alias=True, mode="json", exclude_none=True))
+        data.pop("_meta", None)
+        return type(block).model_validate(data)
+
+    def _record_of(self, call_id: str, agent: Agent, decision: Decision) -> CallRecord:
+        return CallRecord(
+            call_id=call_id,
+            agent=agent.name,
+            session=self.session_id,
+            server=decision.server,
+            tool=decision.tool,
+            arguments=self.scrubber.json(_jsonable(decision.arguments), record=True),
+            decision="allow" if decision.allowed else "deny",
+            reason=decision.reason,
+            detail=None if decision.allowed else self.scrubber.record(decision.detail),
+            policy_hash=self.policy.hash,
+        )
+
+    async def _record(self, record: CallRecord) -> None:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.ledger.record_decision, record)
+
+    async def _record_outcome(self, call_id: str, outcome: str, ms: float, detail: str | None) -> None:
+        try:
+            text = self.scrubber.record(detail) if detail else None
+            await anyio.to_thread.run_sync(self.ledger.record_outcome, call_id, outcome, ms, text)
+        except Exception as exc:
+            self.log(f"could not record the outcome of call {call_id}: {exc}")
+
+
+def _refusal(text: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+
+
+def _jsonable(value: Any) -> Any:
+    """Arguments as recorded: JSON-safe, non-finite numbers as strings."""
+    return json.loads(json.dumps(value, default=str, allow_nan=True).replace("NaN", '"NaN"'))
+
+
+def _progress_relay(ctx: ServerRequestContext[Any, Any]) -> Any:
+    """Relay upstream progress to the client as numbers only, if the client asked for it."""
+    token = (ctx.meta or {}).get("progress_token")
+    if token is None:
+        return None
+
+    async def relay(progress: float, total: float | None, _message: str | None) -> None:
+        try:
+            await ctx.session.send_progress_notification(
+                token, float(progress), float(total) if total is not None else None,
+                related_request_id=str(ctx.request_id) if ctx.request_id is not None else None,
+            )
+        except Exception:  # progress is best effort
+            return
+
+    return relay
+
+
+def build_server(guard: Guard) -> Server[Any]:
+    server: Server[Any] = Server(
+        "mcp-guard",
+        version="0.1.0",
+        on_list_tools=guard.list_tools,
+        on_call_tool=guard.call_tool,
+    )
+    server.middleware = []  # the SDK's telemetry middleware costs 10-15% per call; not configured here
+    return server
+
+
+def init_options(server: Server[Any]) -> Any:
+    return server.create_initialization_options(NotificationOptions(tools_changed=True))
+
+
+@asynccontextmanager
+async def open_guard(
+    config: GuardConfig, manifests: tuple[Manifest, ...], agent: Agent | None
+) -> AsyncIterator[Guard]:
+    """Open the ledger, start every upstream, and close them all on exit."""
+    policy = Policy(config, manifests)
+    scrubber = Scrubber(policy.secrets)
+    ledger = Ledger.open(config.ledger.path, config.ledger.durability)
+    guards: list[Guard] = []
+
+    async def changed(up: Upstream) -> None:
+        for guard in guards:
+            await guard.tools_changed(up)
+
+    def log(text: str) -> None:
+        print(f"mcp-guard: {scrubber.record(text)}", file=sys.stderr, flush=True)
+
+    try:
+        async with open_pool(manifests, changed, log) as pool:
+            guards.append(Guard(policy=policy, pool=pool, ledger=ledger, agent=agent))
+            yield guards[0]
+    finally:
+        ledger.close()

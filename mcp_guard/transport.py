@@ -1,0 +1,120 @@
+"""Serving over stdio: our own framing, so that every line is parsed strictly (wire.py) before
+the SDK sees it, and a bad line gets -32700 instead of a guess."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, BinaryIO
+
+import anyio
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.shared.message import SessionMessage
+
+from mcp_guard.server import Guard, build_server, init_options
+from mcp_guard.wire import StrictJSONError, parse_strict
+
+CHUNK = 65536
+
+
+def _claim_stdio() -> tuple[BinaryIO, BinaryIO]:
+    """Take fds 0 and 1 for the protocol; afterwards fd 0 reads nothing and fd 1 goes to
+    stderr, so nothing a library prints can corrupt the wire."""
+    wire_in = os.fdopen(os.dup(0), "rb", buffering=0)
+    wire_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    return wire_in, wire_out
+
+
+async def _read_lines(source: BinaryIO, max_bytes: int, emit: Any, refuse: Any) -> None:
+    """Split the input into lines without ever holding more than max_bytes of one line."""
+    buffer = bytearray()
+    skipping = False
+    while True:
+        chunk = await anyio.to_thread.run_sync(source.read, CHUNK)
+        if not chunk:
+            break
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if skipping:
+                skipping = False
+            else:
+                buffer += chunk[start:end]
+                await emit(bytes(buffer))
+            buffer.clear()
+            start = end + 1
+        if not skipping:
+            buffer += chunk[start:]
+            if len(buffer) > max_bytes:
+                buffer.clear()
+                skipping = True
+                await refuse(f"message is larger than {max_bytes} bytes")
+    if buffer.strip() and not skipping:
+        await emit(bytes(buffer))
+
+
+async def serve_stdio(guard: Guard) -> None:
+    server = build_server(guard)
+    max_bytes = guard.policy.config.limits.max_message_bytes
+    wire_in, wire_out = _claim_stdio()
+    to_server: MemoryObjectSendStream[SessionMessage | Exception]
+    server_in: MemoryObjectReceiveStream[SessionMessage | Exception]
+    to_server, server_in = anyio.create_memory_object_stream(16)
+    server_out: MemoryObjectSendStream[SessionMessage]
+    from_server: MemoryObjectReceiveStream[SessionMessage]
+    server_out, from_server = anyio.create_memory_object_stream(16)
+    write_lock = anyio.Lock()
+
+    async def write(data: bytes) -> None:
+        async with write_lock:
+            await anyio.to_thread.run_sync(wire_out.write, data)
+
+    async def refuse(reason: str, msg_id: Any = None) -> None:
+        error = types.JSONRPCError(
+            jsonrpc="2.0", id=msg_id, error=types.ErrorData(code=types.PARSE_ERROR, message=f"Parse error: {reason}")
+        )
+        await write(error.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+
+    async def emit(line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            value = parse_strict(line, max_bytes)
+        except StrictJSONError as exc:
+            await refuse(str(exc))
+            return
+        try:
+            message = types.jsonrpc_message_adapter.validate_python(value, by_name=False)
+        except Exception:
+            msg_id = value.get("id") if isinstance(value, dict) else None
+            valid_id = msg_id if isinstance(msg_id, str) or (type(msg_id) is int) else None
+            error = types.JSONRPCError(
+                jsonrpc="2.0",
+                id=valid_id,
+                error=types.ErrorData(code=types.INVALID_REQUEST, message="Invalid request"),
+            )
+            await write(error.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+            return
+        await to_server.send(SessionMessage(message))
+
+    async def reader() -> None:
+        async with to_server:
+            await _read_lines(wire_in, max_bytes, emit, refuse)
+
+    async def writer() -> None:
+        async with from_server:
+            async for item in from_server:
+                data = item.message.model_dump_json(by_alias=True, exclude_unset=True)
+                await write(data.encode() + b"\n")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        tg.start_soon(writer)
+        await server.run(server_in, server_out, init_options(server))
+        tg.cancel_scope.cancel()
+
+
