@@ -26,7 +26,9 @@ class UsageError(GuardError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mcp-guard", description="An MCP guard between AI agents and their tools.")
+    p = argparse.ArgumentParser(
+        prog="mcp-guard", description="An MCP guard between AI agents and their tools."
+    )
     p.add_argument("--version", action="version", version=f"mcp-guard {__version__}")
     p.add_argument("--config", help="guard.yaml (default: $MCP_GUARD_CONFIG, else ./guard.yaml)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,13 +101,18 @@ def cmd_check(args: argparse.Namespace) -> int:
                 for who in grant.allow:
                     undefined = who.removeprefix("role:") not in (roles if who.startswith("role:") else known)
                     if who != "*" and undefined:
-                        print(f"warning: {m.source}:tools.{tool}[{i}].allow: {who!r} is not defined", file=sys.stderr)
+                        print(
+                            f"warning: {m.source}:tools.{tool}[{i}].allow: {who!r} is not defined",
+                            file=sys.stderr,
+                        )
     tools = sum(len(m.tools) for m in manifests)
     print(f"ok: {config.source}: {len(config.agents)} agents, {len(manifests)} manifests, {tools} tools")
     return 0
 
 
-async def _offers(config: GuardConfig, manifests: tuple[Manifest, ...], name: str) -> tuple[Policy, dict[str, Offer]]:
+async def _offers(
+    config: GuardConfig, manifests: tuple[Manifest, ...], name: str
+) -> tuple[Policy, dict[str, Offer]]:
     from mcp_guard.secrets import Scrubber
     from mcp_guard.server import tool_def
     from mcp_guard.upstream import open_pool
@@ -134,8 +141,13 @@ def cmd_tools(args: argparse.Namespace) -> int:
     for offer in offers.values():
         schema = offer.input_schema
         if args.json:
-            row = {"name": offer.name, "server": offer.server, "tool": offer.tool.name,
-                   "description": offer.description, "inputSchema": schema}
+            row = {
+                "name": offer.name,
+                "server": offer.server,
+                "tool": offer.tool.name,
+                "description": offer.description,
+                "inputSchema": schema,
+            }
             print(json.dumps(row, ensure_ascii=False))
             continue
         print(offer.name)
@@ -176,7 +188,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
-COMMANDS = {"serve": cmd_serve, "check": cmd_check, "tools": cmd_tools, "explain": cmd_explain, "demo": cmd_demo}
+COMMANDS = {
+    "serve": cmd_serve,
+    "check": cmd_check,
+    "tools": cmd_tools,
+    "explain": cmd_explain,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -184,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "ledger":
             config = load_config(find_config(args.config))
-            return run_ledger(args, config.ledger.path)
+            return int(run_ledger(args, config.ledger.path))
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError) as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)

@@ -23,9 +23,16 @@ SCRIPT: list[tuple[str, str, dict[str, Any]]] = [
     ("refund within the cap", "billing__refund", {"order_id": "ORD-1001", "amount": 40, "currency": "USD"}),
     ("refund over the cap", "billing__refund", {"order_id": "ORD-1001", "amount": 400, "currency": "USD"}),
     ("a tool it was not granted", "billing__set_payout_destination", {"account": "GB33BUKB20201555555555"}),
-    ("a number sent as a string", "billing__refund", {"order_id": "ORD-1002", "amount": "40", "currency": "EUR"}),
-    ("an argument the tool does not have", "tickets__close_ticket",
-     {"ticket_id": "T-101", "resolution": "fixed", "notify": "all-customers"}),
+    (
+        "a number sent as a string",
+        "billing__refund",
+        {"order_id": "ORD-1002", "amount": "40", "currency": "EUR"},
+    ),
+    (
+        "an argument the tool does not have",
+        "tickets__close_ticket",
+        {"ticket_id": "T-101", "resolution": "fixed", "notify": "all-customers"},
+    ),
 ]
 
 
@@ -33,7 +40,7 @@ def _deployment(folder: Path) -> Path:
     """A copy of the bundled guard.yaml that points at the bundled manifests and a fresh ledger."""
     source = EXAMPLES / "guard.yaml"
     if not source.is_file() or not (EXAMPLES / "tool_manifests").is_dir():
-        msg = f"the bundled example deployment is not next to the package ({source}); run from a source checkout"
+        msg = f"{source}: the bundled example deployment is missing; run the demo from a source checkout"
         raise SystemExit(msg)
     config = yaml.safe_load(source.read_text())
     config["manifests"] = str(EXAMPLES / "tool_manifests")

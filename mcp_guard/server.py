@@ -155,7 +155,8 @@ class Guard:
 
     async def _check_upstream(self, decision: Decision) -> Decision:
         """An upstream that cannot be (re)started is a denial: nothing was forwarded."""
-        assert decision.server is not None and self.pool.tg is not None
+        assert decision.server is not None
+        assert self.pool.tg is not None
         try:
             await self.pool.upstreams[decision.server].ensure(self.pool.tg)
         except UpstreamError as exc:
@@ -197,7 +198,9 @@ class Guard:
     def _relay(self, result: types.CallToolResult) -> types.CallToolResult:
         """The upstream's result with known secrets scrubbed and every _meta dropped."""
         blocks = [self._block(b) for b in result.content]
-        structured = self.scrubber.json(result.structured_content) if result.structured_content is not None else None
+        structured = (
+            self.scrubber.json(result.structured_content) if result.structured_content is not None else None
+        )
         return types.CallToolResult(content=blocks, structured_content=structured, is_error=result.is_error)
 
     def _block(self, block: Any) -> Any:
@@ -249,7 +252,9 @@ def _progress_relay(ctx: ServerRequestContext[Any, Any]) -> Any:
     async def relay(progress: float, total: float | None, _message: str | None) -> None:
         try:
             await ctx.session.send_progress_notification(
-                token, float(progress), float(total) if total is not None else None,
+                token,
+                float(progress),
+                float(total) if total is not None else None,
                 related_request_id=str(ctx.request_id) if ctx.request_id is not None else None,
             )
         except Exception:  # progress is best effort

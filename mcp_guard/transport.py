@@ -4,7 +4,6 @@ the SDK sees it, and a bad line gets -32700 instead of a guess."""
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any, BinaryIO
 
 import anyio
@@ -75,7 +74,9 @@ async def serve_stdio(guard: Guard) -> None:
 
     async def refuse(reason: str, msg_id: Any = None) -> None:
         error = types.JSONRPCError(
-            jsonrpc="2.0", id=msg_id, error=types.ErrorData(code=types.PARSE_ERROR, message=f"Parse error: {reason}")
+            jsonrpc="2.0",
+            id=msg_id,
+            error=types.ErrorData(code=types.PARSE_ERROR, message=f"Parse error: {reason}"),
         )
         await write(error.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
 
@@ -116,5 +117,3 @@ async def serve_stdio(guard: Guard) -> None:
         tg.start_soon(writer)
         await server.run(server_in, server_out, init_options(server))
         tg.cancel_scope.cancel()
-
-

@@ -14,12 +14,12 @@ import httpx2
 import mcp_types as types
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.dispatcher import ProgressFnT as ProgressFn
 
 from mcp_guard.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.manifest import Manifest
 
 START_TIMEOUT = 30.0
-ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
 OnChange = Callable[["Upstream"], Awaitable[None]]
 
 
@@ -67,7 +67,9 @@ class Upstream:
             async with AsyncExitStack() as stack:
                 read, write = await stack.enter_async_context(self._transport())
                 session = await stack.enter_async_context(
-                    ClientSession(read, write, message_handler=self._on_message, logging_callback=self._on_log)
+                    ClientSession(
+                        read, write, message_handler=self._on_message, logging_callback=self._on_log
+                    )
                 )
                 with anyio.fail_after(START_TIMEOUT):
                     await session.initialize()
@@ -134,7 +136,9 @@ class Upstream:
         except anyio.get_cancelled_exc_class():
             raise
         except Exception as exc:
-            if self._session is None or isinstance(exc, anyio.ClosedResourceError | anyio.BrokenResourceError):
+            if self._session is None or isinstance(
+                exc, anyio.ClosedResourceError | anyio.BrokenResourceError
+            ):
                 self.mark_dead()
             raise UpstreamError(f"upstream {self.name!r}: {_describe(exc)}") from None
 
@@ -161,7 +165,9 @@ def _describe(exc: BaseException) -> str:
 class Pool:
     """Every upstream of the policy, started together and kept by name."""
 
-    def __init__(self, manifests: tuple[Manifest, ...], on_change: OnChange, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, manifests: tuple[Manifest, ...], on_change: OnChange, log: Callable[[str], None]
+    ) -> None:
         self.upstreams = {m.server: Upstream(m, on_change, log) for m in manifests}
         self.log = log
         self.tg: anyio.abc.TaskGroup | None = None

@@ -166,14 +166,44 @@ DENIED = [
     ("currency outside the grant", "billing__refund", with_(currency="GBP"), "limit_exceeded", "one of"),
     ("currency case variant", "billing__refund", with_(currency="usd"), "invalid_arguments", "one of"),
     ("forbidden argument", "billing__refund", with_(note="hi"), "limit_exceeded", "may not be sent"),
-    ("undeclared argument", "billing__refund", with_(payout_account="X"), "invalid_arguments", "not an argument"),
+    (
+        "undeclared argument",
+        "billing__refund",
+        with_(payout_account="X"),
+        "invalid_arguments",
+        "not an argument",
+    ),
     ("case variant argument", "billing__refund", with_(Amount=1), "invalid_arguments", "not an argument"),
-    ("missing required", "billing__refund", {"amount": 4, "currency": "USD"}, "invalid_arguments", "required"),
+    (
+        "missing required",
+        "billing__refund",
+        {"amount": 4, "currency": "USD"},
+        "invalid_arguments",
+        "required",
+    ),
     ("newline after pattern", "billing__refund", with_(order_id="ORD-1001\n"), "invalid_arguments", "match"),
-    ("injection after id", "billing__refund", with_(order_id="ORD-1001; rm -rf /"), "invalid_arguments", "match"),
+    (
+        "injection after id",
+        "billing__refund",
+        with_(order_id="ORD-1001; rm -rf /"),
+        "invalid_arguments",
+        "match",
+    ),
     ("zero-width in id", "billing__refund", with_(order_id="ORD-10\u200b01"), "invalid_arguments", "match"),
-    ("deep nesting", "billing__refund", with_(meta=json.loads("[" * 80 + "]" * 80)), "invalid_arguments", "nest"),
-    ("huge value", "billing__refund", with_(meta={"x": "a" * (1024 * 1024 + 1)}), "invalid_arguments", "bytes"),
+    (
+        "deep nesting",
+        "billing__refund",
+        with_(meta=json.loads("[" * 80 + "]" * 80)),
+        "invalid_arguments",
+        "nest",
+    ),
+    (
+        "huge value",
+        "billing__refund",
+        with_(meta={"x": "a" * (1024 * 1024 + 1)}),
+        "invalid_arguments",
+        "bytes",
+    ),
     ("case variant name", "billing__Refund", OK, "unknown_tool", "Unknown tool"),
     ("trailing space", "billing__refund ", OK, "unknown_tool", "Unknown tool"),
     ("zero-width name", "billing__refund\u200b", OK, "unknown_tool", "Unknown tool"),
@@ -201,7 +231,8 @@ def test_an_unknown_name_is_escaped_and_truncated_in_the_decision() -> None:
     offers = POLICY.offers(POLICY.agents["support-bot"], CATALOG)
     d = POLICY.decide("x\n\x1b[31m" + "y" * 1000, {}, offers)
     assert d.server is None
-    assert "\n" not in d.tool and "\x1b" not in d.tool
+    assert "\n" not in d.tool
+    assert "\x1b" not in d.tool
     assert len(d.tool) <= 256
 
 
@@ -230,4 +261,5 @@ def test_messages_that_two_parsers_could_read_differently_are_refused(raw: bytes
 
 
 def test_strict_json_keeps_ordinary_numbers_exact() -> None:
-    assert parse_strict(b'{"a":0.1,"b":5e1,"c":-0,"d":64}', 1024) == {"a": 0.1, "b": 50.0, "c": 0, "d": 64}
+    expected = {"a": 0.1, "b": 50.0, "c": 0, "d": 64}
+    assert parse_strict(b'{"a":0.1,"b":5e1,"c":-0,"d":64}', 1024) == expected
