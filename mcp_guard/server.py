@@ -30,6 +30,8 @@ from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream import Pool, Upstream, open_pool
 
 AFTER_FORWARD = "the call may have taken effect"
+AGENT_SCOPE_KEY = "mcp_guard.agent"
+"""Where the HTTP transport puts the authenticated agent's name in the ASGI scope."""
 
 
 def tool_def(tool: types.Tool) -> ToolDef:
@@ -100,10 +102,15 @@ class Guard:
                 self.log(f"could not notify a client of a tool list change: {exc}")
 
     def identify(self, ctx: ServerRequestContext[Any, Any]) -> Agent:
-        if self.agent is None:
-            raise MCPError(types.INVALID_REQUEST, "no agent identity")
+        """stdio: the agent fixed at start. HTTP: the agent the transport authenticated for this
+        very request (AGENT_SCOPE_KEY in the ASGI scope), looked up in the policy in force."""
+        agent = self.agent
+        if agent is None and ctx.request is not None:
+            agent = self.policy.agents.get(ctx.request.scope.get(AGENT_SCOPE_KEY, ""))
+        if agent is None:
+            raise MCPError(types.INVALID_REQUEST, "no agent identity for this request")
         self._sessions.add(ctx.session)
-        return self.agent
+        return agent
 
     # -- the request path ------------------------------------------------------------------
 
