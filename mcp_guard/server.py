@@ -148,7 +148,7 @@ class Guard:
             decision = await self._check_upstream(decision)
         call_id = uuid.uuid4().hex
         try:
-            await self._record(self._record_of(call_id, agent, decision))
+            await self._record(self._record_of(call_id, agent, self._session_of(ctx), decision))
         except LedgerUnavailable as exc:
             self.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc}")
             if decision.reason == "unknown_tool":
@@ -215,11 +215,18 @@ class Guard:
         data.pop("_meta", None)
         return type(block).model_validate(data)
 
-    def _record_of(self, call_id: str, agent: Agent, decision: Decision) -> CallRecord:
+    def _session_of(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
+        """HTTP: the MCP session id, if the client has one. stdio: the connection is the session."""
+        if ctx.request is not None:
+            sid = ctx.request.headers.get("mcp-session-id")
+            return str(sid)[:128] if sid else None
+        return self.session_id
+
+    def _record_of(self, call_id: str, agent: Agent, session: str | None, decision: Decision) -> CallRecord:
         return CallRecord(
             call_id=call_id,
             agent=agent.name,
-            session=self.session_id,
+            session=session,
             server=decision.server,
             tool=decision.tool,
             arguments=self.scrubber.json(_jsonable(decision.arguments), record=True),
