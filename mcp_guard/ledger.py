@@ -1,0 +1,697 @@
+"""The SQLite ledger: schema and migrations, hash-chained appends, verify, and the queries behind
+`mcp-guard ledger`. Synchronous (stdlib sqlite3, sqlite-utils for the schema): callers on an event
+loop run it in a worker thread. Imports nothing from mcp_guard but errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from json.encoder import encode_basestring
+from pathlib import Path
+from typing import Any, Literal, Self
+from urllib.parse import quote
+
+from sqlite_utils import Database, Migrations
+
+from mcp_guard.errors import LedgerError, LedgerUnavailable
+
+ZERO_HASH = "0" * 64
+# Domain separation: an entry hash never equals a hash of the same JSON made for another purpose.
+HASH_DOMAIN = b"mcp-guard ledger entry v1\x00"
+EVENT_KINDS = frozenset({"policy", "pin", "approval"})
+DECISIONS = frozenset({"allow", "deny"})
+OUTCOMES = frozenset({"ok", "error", "upstream_error", "timeout", "cancelled"})
+
+# Every stored column but id and entry_hash, sorted: the keys of the canonical JSON that is hashed.
+# Fixed for hash v1: a column added later is not hashed unless HASH_DOMAIN moves to v2.
+HASHED_COLUMNS = (
+    "agent", "arguments", "call_id", "decision", "detail", "duration_ms", "kind", "outcome",
+    "payload", "policy_hash", "prev_hash", "reason", "server", "session", "tool", "ts",
+)  # fmt: skip
+_TEMPLATE = "{" + ",".join(f'"{name}":%s' for name in HASHED_COLUMNS) + "}"
+_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+# SQL is only ever built from these constants; every value is a bound parameter.
+_INSERT = f"INSERT INTO entries ({', '.join(HASHED_COLUMNS)}, entry_hash) VALUES ({', '.join('?' * 17)})"  # noqa: S608
+_SPLIT = HASHED_COLUMNS.index("duration_ms")  # the one REAL column: SQLite prints floats differently
+_OBJECTS = [
+    ", ".join(f"'{n}', {n}" for n in names)
+    for names in (HASHED_COLUMNS[:_SPLIT], HASHED_COLUMNS[_SPLIT + 1 :])
+]
+_SELECT_CHAIN = (
+    f"SELECT id, entry_hash, prev_hash, json_object({_OBJECTS[0]}), duration_ms, json_object({_OBJECTS[1]}) "  # noqa: S608
+    "FROM entries WHERE id > ? ORDER BY id"
+)
+_SELECT_INVOCATIONS = (
+    "SELECT id, call_id, ts, agent, session, server, tool, arguments, decision, reason, detail, "
+    "outcome, duration_ms, outcome_detail, policy_hash FROM invocations WHERE "
+)
+_JSON_FIELDS = "id call_id ts agent session server tool arguments decision reason detail outcome duration_ms"
+TRIGGERS = {
+    f"entries_no_{verb.lower()}": f"CREATE TRIGGER entries_no_{verb.lower()} BEFORE {verb} ON entries "
+    "BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END"
+    for verb in ("UPDATE", "DELETE")
+}
+_MIGRATIONS = Migrations("mcp_guard_ledger")
+_MIGRATION_NAMES = ("0001_entries",)  # in order, one per function registered below
+
+
+@_MIGRATIONS(name=_MIGRATION_NAMES[0])
+def _create_entries(db: Database) -> None:
+    # AUTOINCREMENT keeps the highest id ever used in sqlite_sequence, so verify can tell a cut-off tail.
+    db.execute(
+        "CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kind TEXT NOT NULL, "
+        "call_id TEXT, agent TEXT, session TEXT, server TEXT, tool TEXT, arguments TEXT, decision TEXT, "
+        "reason TEXT, detail TEXT, outcome TEXT, duration_ms REAL, policy_hash TEXT, payload TEXT, "
+        "prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL)"
+    )
+    entries = db.table("entries")
+    entries.create_index(["call_id", "kind"], index_name="entries_call_id")
+    entries.create_index(["agent"], index_name="entries_agent")
+    entries.create_index(["server", "tool", "ts"], index_name="entries_server_tool_ts")
+    # One decision per call: a reused call_id is a caller bug and must not make outcomes ambiguous.
+    db.execute("CREATE UNIQUE INDEX entries_decision ON entries (call_id) WHERE kind = 'decision'")
+    for sql in TRIGGERS.values():
+        db.execute(sql)
+    db.create_view(
+        "invocations",
+        "SELECT d.id AS id, d.call_id AS call_id, d.ts AS ts, d.agent AS agent, d.session AS session, "
+        "d.server AS server, d.tool AS tool, d.arguments AS arguments, d.decision AS decision, "
+        "d.reason AS reason, d.detail AS detail, d.policy_hash AS policy_hash, o.id AS outcome_id, "
+        "o.ts AS outcome_ts, o.outcome AS outcome, o.duration_ms AS duration_ms, o.detail AS outcome_detail "
+        "FROM entries AS d LEFT JOIN entries AS o ON o.id = (SELECT min(x.id) FROM entries AS x "
+        "WHERE x.call_id = d.call_id AND x.kind = 'outcome') WHERE d.kind = 'decision'",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One decision about one tools/call, as the request path hands it to the ledger."""
+
+    call_id: str  # uuid4 hex, minted by the caller
+    agent: str
+    session: str | None
+    server: str | None  # None when the name resolved to no tool
+    tool: str  # upstream tool name, or the name as sent (escaped, at most 256 characters)
+    arguments: object  # JSON value, already redacted
+    decision: str  # "allow" | "deny"
+    reason: str | None  # denial code, e.g. "limit_exceeded"
+    detail: str | None
+    policy_hash: str  # sha256 hex of the policy in force
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """A decision joined with its first outcome; outcome is None when denied or never finished."""
+
+    id: int
+    call_id: str
+    ts: str
+    agent: str
+    session: str | None
+    server: str | None
+    tool: str
+    arguments: object
+    decision: str
+    reason: str | None
+    detail: str | None  # the decision's
+    outcome: str | None
+    duration_ms: float | None
+    outcome_detail: str | None
+    policy_hash: str | None
+
+    def to_json(self) -> dict[str, object]:
+        """SPEC's `ledger tail --json` fields, plus id and policy_hash."""
+        fields = {name: getattr(self, name) for name in _JSON_FIELDS.split()}
+        if self.detail is None:
+            fields["detail"] = self.outcome_detail
+        return fields | {"policy_hash": self.policy_hash}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A policy, pin or approval entry."""
+
+    id: int
+    ts: str
+    kind: str
+    call_id: str | None
+    agent: str | None
+    server: str | None
+    tool: str | None
+    payload: object
+    policy_hash: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    ok: bool
+    entries: int  # entries checked and found good: all of them when ok
+    first_bad: int | None  # id of the first entry that does not match, when one does
+    problem: str  # "" when ok
+    head: str  # entry_hash of the last good entry: anchor it elsewhere to detect a rewrite
+
+
+def entry_hash(values: Sequence[object]) -> str:
+    """SHA-256 of HASH_DOMAIN + the canonical JSON of `values`, given in HASHED_COLUMNS order.
+
+    Equals json.dumps(dict(zip(HASHED_COLUMNS, values)), sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False) for the str, float and None the columns hold, built without the dict.
+    """
+    text = _TEMPLATE % tuple(
+        [encode_basestring(v) if v.__class__ is str else "null" if v is None else _JSON(v) for v in values]
+    )
+    return hashlib.sha256(HASH_DOMAIN + text.encode("utf-8")).hexdigest()
+
+
+def format_ts(ts: datetime) -> str:
+    """UTC ISO-8601 with microseconds and Z; fixed width, so text order is time order."""
+    if ts.tzinfo is None:
+        msg = f"timestamp {ts!r} has no time zone"
+        raise ValueError(msg)
+    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def canonical_json(value: object) -> str:
+    """Sorted keys, no whitespace, UTF-8; ValueError for NaN, infinities and values that are not JSON."""
+    try:
+        return _text(_JSON(value))
+    except (TypeError, ValueError) as exc:
+        msg = f"value is not JSON: {exc}"
+        raise ValueError(msg) from exc
+
+
+def _text(value: str) -> str:
+    # SQLite text is UTF-8: a lone surrogate cannot be stored, so it is kept as a visible escape.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _opt_text(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _one_of(value: str, allowed: frozenset[str], what: str) -> str:
+    if value not in allowed:
+        msg = f"{what} must be one of {sorted(allowed)}, not {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+_PROBLEMS = {
+    "SQLITE_FULL": "disk is full",
+    "SQLITE_READONLY": "ledger is read-only",
+    "SQLITE_CANTOPEN": "cannot open the file",
+    "SQLITE_NOTADB": "not a SQLite database",
+    "SQLITE_CORRUPT": "database is corrupt",
+}
+
+
+def describe(exc: sqlite3.Error, busy_timeout: float) -> str:
+    """What went wrong, for the person who must fix it."""
+    name = getattr(exc, "sqlite_errorname", "").split("_")
+    if name[:2] == ["SQLITE", "BUSY"] or "locked" in str(exc):
+        return _locked(busy_timeout)
+    problem = _PROBLEMS.get("_".join(name[:2]))
+    return f"{problem} ({exc})" if problem else str(exc)
+
+
+def _locked(busy_timeout: float) -> str:
+    return f"ledger is locked by another writer (waited {busy_timeout:g} s)"
+
+
+def _loads(text: str | None) -> object:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # written by hand; verify says so
+
+
+class Ledger:
+    """One connection to the ledger file, shared by threads (calls are serialised)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, busy_timeout: float) -> None:
+        self._conn = conn
+        self._path = path  # as given, for messages
+        self._file = path.absolute()  # for connections opened later, whatever the cwd by then
+        self._busy_timeout = busy_timeout
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(
+        cls, path: Path, durability: Literal["normal", "full"] = "normal", *, busy_timeout: float = 2.0
+    ) -> Self:
+        """Open for appending, creating or migrating the file; LedgerError if that fails."""
+        synchronous = {"normal": 1, "full": 2}.get(durability)
+        if synchronous is None:
+            msg = f"durability must be 'normal' or 'full', not {durability!r}"
+            raise ValueError(msg)
+        path = Path(path)
+        conn = _connect(path, str(path), busy_timeout, uri=False)
+        with _closing_on_error(conn, path, busy_timeout):
+            _configure(conn, path, synchronous, busy_timeout)
+            _migrate(conn, path)
+        return cls(conn, path, busy_timeout)
+
+    @classmethod
+    def open_readonly(cls, path: Path, *, busy_timeout: float = 2.0) -> Self:
+        """Open for reading only (works while guards append); every write raises LedgerUnavailable."""
+        path = Path(path)
+        if not path.is_file():
+            msg = f"{path}: no ledger file"
+            raise LedgerError(msg)
+        conn = _connect(path, _readonly_uri(path), busy_timeout, uri=True)
+        with _closing_on_error(conn, path, busy_timeout):
+            conn.execute("PRAGMA trusted_schema = OFF")
+            db = Database(conn, recursive_triggers=False, execute_plugins=False)
+            _refuse_newer(db, path)
+            if _MIGRATIONS.pending(db):
+                msg = f"{path}: not an mcp-guard ledger, or one no guard has opened yet"
+                raise LedgerError(msg)
+        return cls(conn, path, busy_timeout)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- writing: each method commits before it returns, or raises LedgerUnavailable --------------
+
+    def record_decision(self, rec: CallRecord, ts: datetime | None = None) -> None:
+        """Commit a decision; ValueError for a record that is malformed (a caller bug)."""
+        fields = {
+            "kind": "decision",
+            "call_id": _text(rec.call_id),
+            "agent": _text(rec.agent),
+            "session": _opt_text(rec.session),
+            "server": _opt_text(rec.server),
+            "tool": _text(rec.tool),
+            "arguments": canonical_json(rec.arguments),
+            "decision": _one_of(rec.decision, DECISIONS, "decision"),
+            "reason": _opt_text(rec.reason),
+            "detail": _opt_text(rec.detail),
+            "policy_hash": _text(rec.policy_hash),
+        }
+        self._record(fields, ts)
+
+    def record_outcome(
+        self,
+        call_id: str,
+        outcome: str,
+        duration_ms: float,
+        detail: str | None = None,
+        *,
+        ts: datetime | None = None,
+    ) -> None:
+        """Commit what became of an allowed call: ok, error, upstream_error, timeout or cancelled."""
+        if not math.isfinite(duration := float(duration_ms)):
+            msg = f"duration_ms must be finite, not {duration_ms!r}"
+            raise ValueError(msg)
+        fields = {
+            "kind": "outcome",
+            "call_id": _text(call_id),
+            "outcome": _one_of(outcome, OUTCOMES, "outcome"),
+            "duration_ms": duration,
+            "detail": _opt_text(detail),
+        }
+        self._record(fields, ts)
+
+    def record_event(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        policy_hash: str | None = None,
+        *,
+        call_id: str | None = None,
+        agent: str | None = None,
+        server: str | None = None,
+        tool: str | None = None,
+        ts: datetime | None = None,
+    ) -> int:
+        """Append a policy, pin or approval entry; returns its id."""
+        if not isinstance(payload, dict):
+            msg = f"payload must be a dict, not {type(payload).__name__}"
+            raise ValueError(msg)
+        fields = {
+            "kind": _one_of(kind, EVENT_KINDS, "event kind"),
+            "payload": canonical_json(payload),
+            "policy_hash": _opt_text(policy_hash),
+            "call_id": _opt_text(call_id),
+            "agent": _opt_text(agent),
+            "server": _opt_text(server),
+            "tool": _opt_text(tool),
+        }
+        return self._record(fields, ts)
+
+    def _record(self, fields: Mapping[str, object], ts: datetime | None) -> int:
+        stamp = None if ts is None else format_ts(ts)
+        with self._transaction() as conn:
+            return self._append(conn, fields, stamp)
+
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """BEGIN IMMEDIATE .. COMMIT: the write lock is held, so the chain head cannot move meanwhile.
+
+        A check that must be atomic with its append (budgets, pins) reads inside it, then `_append`s.
+        """
+        return self._txn("BEGIN IMMEDIATE", LedgerUnavailable)
+
+    def _append(self, conn: sqlite3.Connection, fields: Mapping[str, object], ts: str | None) -> int:
+        """Insert one entry chained to the current head; only inside `_transaction`."""
+        head = conn.execute("SELECT entry_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        row = dict(fields, prev_hash=head[0] if head else ZERO_HASH, ts=ts or format_ts(datetime.now(UTC)))
+        values = [row.get(name) for name in HASHED_COLUMNS]
+        return int(conn.execute(_INSERT, (*values, entry_hash(values))).lastrowid or 0)
+
+    @contextmanager
+    def _txn(self, begin: str, error: type[LedgerError]) -> Iterator[sqlite3.Connection]:
+        # Waiting for another thread of this process counts against the same busy_timeout.
+        started = time.monotonic()
+        if not self._lock.acquire(timeout=self._busy_timeout):
+            msg = f"{self._path}: {_locked(self._busy_timeout)}"
+            raise error(msg)
+        conn = self._conn
+        try:
+            left = self._busy_timeout - (time.monotonic() - started)
+            conn.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+            conn.execute(begin)
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            msg = f"{self._path}: {describe(exc, self._busy_timeout)}"
+            raise error(msg) from exc
+        except BaseException:
+            _rollback(conn)
+            raise
+        finally:
+            self._lock.release()
+
+    # -- reading: each call reads one consistent snapshot, and raises LedgerError ------------------
+
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._txn("BEGIN", LedgerError)
+
+    def last_id(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
+
+    def invocations(
+        self,
+        *,
+        limit: int | None = None,
+        agent: str | None = None,
+        tool: str | None = None,
+        decision: str | None = None,
+        after_id: int | None = None,
+        until_id: int | None = None,
+    ) -> list[Invocation]:
+        """Decisions joined with their first outcome, oldest first; `limit` keeps the most recent.
+
+        `tool` matches the upstream tool name or `server.tool`; the ids bound the decision's id.
+        """
+        where, params = _where(*_filters(agent, tool, decision), ("id > ?", after_id), ("id <= ?", until_id))
+        sql = _SELECT_INVOCATIONS + where
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?)"  # noqa: S608
+            params.append(limit)
+        with self._read() as conn:
+            return [_invocation(row) for row in conn.execute(sql + " ORDER BY id", params)]
+
+    def updates(
+        self, after_id: int, *, agent: str | None = None, tool: str | None = None, decision: str | None = None
+    ) -> tuple[int, list[Invocation]]:
+        """The new last entry id, and the invocations whose decision or outcome came after `after_id`."""
+        with self._read() as conn:
+            high = int(conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
+            if high <= after_id:
+                return after_id, []
+            touched = (
+                "call_id IN (SELECT call_id FROM entries WHERE id > ? AND id <= ? "
+                "AND kind IN ('decision', 'outcome'))"
+            )
+            where, params = _where(*_filters(agent, tool, decision), (touched, (after_id, high)))
+            rows = conn.execute(_SELECT_INVOCATIONS + where + " ORDER BY id", params)
+            return high, [_invocation(row) for row in rows]
+
+    def events(
+        self, kind: str, *, server: str | None = None, tool: str | None = None, after_id: int | None = None
+    ) -> list[Event]:
+        """Policy, pin or approval entries of one kind, oldest first."""
+        where, params = _where(
+            ("kind = ?", kind), ("server = ?", server), ("tool = ?", tool), ("id > ?", after_id)
+        )
+        sql = "SELECT id, ts, kind, call_id, agent, server, tool, payload, policy_hash FROM entries WHERE "
+        with self._read() as conn:
+            rows = conn.execute(sql + where + " ORDER BY id", params).fetchall()
+        return [Event(i, ts, k, c, a, s, t, _loads(p), h) for i, ts, k, c, a, s, t, p, h in rows]
+
+    def stats(self, since: datetime | None = None) -> dict[str, Any]:
+        """Counts of invocations by agent, tool, decision and reason, and of allowed ones by outcome."""
+        stamp = None if since is None else format_ts(since)
+        when, params = _where(("ts >= ?", stamp))
+        base = f"FROM entries WHERE kind = 'decision' AND {when}"
+        groups = {
+            "by_agent": "agent",
+            "by_tool": "CASE WHEN server IS NULL THEN tool ELSE server || '.' || tool END",
+            "by_decision": "decision",
+            "by_reason": "reason",
+        }
+        result: dict[str, Any] = {"since": stamp}
+        with self._read() as conn:
+            result["invocations"] = conn.execute(f"SELECT count(*) {base}", params).fetchone()[0]
+            for key, expr in groups.items():
+                sql = f"SELECT {expr} AS k, count(*) {base} AND {expr} IS NOT NULL GROUP BY k"
+                result[key] = _ranked(conn.execute(sql, params))
+            sql = "SELECT coalesce(outcome, 'none') AS k, count(*) FROM invocations WHERE decision = 'allow'"
+            result["by_outcome"] = _ranked(conn.execute(f"{sql} AND {when} GROUP BY k", params))
+        return result
+
+    def verify(self) -> VerifyResult:
+        """Recompute the chain in id order, on a read-only connection of its own."""
+        conn = _connect(self._file, _readonly_uri(self._file), self._busy_timeout, uri=True)
+        with _closing_on_error(conn, self._path, self._busy_timeout):
+            conn.execute("BEGIN")
+            result = _verify(conn)
+            conn.execute("COMMIT")
+        conn.close()
+        return result
+
+
+def _filters(agent: str | None, tool: str | None, decision: str | None) -> list[tuple[str, object]]:
+    by_tool = None if tool is None else (tool, tool)
+    return [
+        ("agent = ?", agent),
+        ("(tool = ? OR server || '.' || tool = ?)", by_tool),
+        ("decision = ?", decision),
+    ]
+
+
+def _where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
+    """The conditions ANDed and their parameters (a tuple for several); those whose value is None left out."""
+    sql: list[str] = []
+    params: list[object] = []
+    for condition, value in conditions:
+        if value is not None:
+            sql.append(condition)
+            params += value if isinstance(value, tuple) else [value]
+    return " AND ".join(sql) or "1", params
+
+
+def _invocation(row: Sequence[Any]) -> Invocation:
+    values = list(row)
+    values[7] = _loads(values[7])
+    return Invocation(*values)
+
+
+def _ranked(rows: sqlite3.Cursor) -> dict[str, int]:
+    return {str(k): int(n) for k, n in sorted(rows, key=lambda kn: (-kn[1], str(kn[0])))}
+
+
+def _verify(conn: sqlite3.Connection) -> VerifyResult:
+    schema = {name: sql for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master")}
+    if "entries" not in schema:
+        return VerifyResult(False, 0, None, "there is no entries table", ZERO_HASH)
+    damage = []
+    for name, sql in TRIGGERS.items():
+        if name not in schema:
+            damage.append(f"trigger {name!r} is missing, so entries could be edited")
+        elif " ".join(str(schema[name]).split()) != sql:
+            damage.append(f"trigger {name!r} was altered")
+    count, last_id, head, first_bad, problem = _walk_chain(conn)
+    if first_bad is None:
+        # The chain cannot see a cut-off tail; AUTOINCREMENT remembers the highest id ever used.
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+        if row is not None and int(row[0]) > last_id:
+            first_bad = last_id + 1
+            problem = f"entries {last_id + 1}..{row[0]} are missing (the end of the ledger was cut off)"
+    problems = [f"entry {first_bad}: {problem}"] if first_bad is not None else []
+    problems += damage
+    return VerifyResult(not problems, count, first_bad, "; ".join(problems), head)
+
+
+def _walk_chain(conn: sqlite3.Connection) -> tuple[int, int, str, int | None, str]:
+    """(good entries, last good id, head hash, first bad id, problem); streams rows in id order.
+
+    For speed SQLite builds the canonical JSON (its json_object escapes text exactly as Python's json
+    does) but for duration_ms, whose float Python prints. A row whose hash does not match is rebuilt
+    the defining way, by `entry_hash`, before it is called bad.
+    """
+    try:
+        conn.execute("SELECT json_object()")
+    except sqlite3.OperationalError:  # SQLite built without JSON: the same text, built in Python
+        conn.create_function("json_object", -1, _json_object, deterministic=True)
+    sha256, domain, dumps = hashlib.sha256, HASH_DOMAIN, _JSON
+    count, last_id, head = 0, 0, ZERO_HASH
+    cur: sqlite3.Cursor | None = conn.execute(_SELECT_CHAIN, (last_id,))
+    while True:
+        try:
+            if cur is not None:
+                rows = cur.fetchmany(4096)
+            else:
+                rows = conn.execute(_SELECT_CHAIN + " LIMIT 1", (last_id,)).fetchall()
+        except sqlite3.Error as exc:  # text that is not UTF-8, a blob: written by hand
+            if cur is not None:  # go on one row a query, to check the rows before it and to name it
+                cur = None
+                continue
+            bad = conn.execute("SELECT min(id) FROM entries WHERE id > ?", (last_id,)).fetchone()[0]
+            return count, last_id, head, bad, f"cannot be read ({exc})"
+        if not rows:
+            return count, last_id, head, None, ""
+        for entry_id, stored, prev, before, duration, after in rows:  # the hot loop: keep it lean
+            if prev != head:
+                return count, last_id, head, entry_id, _chain_break(last_id, entry_id)
+            try:
+                number = "null" if duration is None else dumps(duration)
+            except (TypeError, ValueError):
+                return count, last_id, head, entry_id, "holds a value that is not text or a number"
+            text = f'{before[:-1]},"duration_ms":{number},{after[1:]}'
+            if (
+                sha256(domain + text.encode("utf-8")).hexdigest() != stored
+                and _row_hash(conn, entry_id) != stored
+            ):
+                problem = "content does not match its entry_hash (edited, or written by hand)"
+                return count, last_id, head, entry_id, problem
+            count, last_id, head = count + 1, entry_id, stored
+
+
+def _row_hash(conn: sqlite3.Connection, entry_id: int) -> str:
+    sql = f"SELECT {', '.join(HASHED_COLUMNS)} FROM entries WHERE id = ?"  # noqa: S608
+    try:
+        return entry_hash(conn.execute(sql, (entry_id,)).fetchone())
+    except (TypeError, ValueError):
+        return ""  # a value JSON cannot hold: no hash matches it
+
+
+def _json_object(*pairs: object) -> str:
+    return _JSON(dict(zip(pairs[::2], pairs[1::2], strict=True)))
+
+
+def _chain_break(last_id: int, bad_id: int) -> str:
+    if last_id + 1 < bad_id:
+        missing = f"{last_id + 1}" if last_id + 2 == bad_id else f"{last_id + 1}..{bad_id - 1}"
+        return f"prev_hash does not match; entries {missing} before it are missing (deleted)"
+    if last_id == 0:
+        return "prev_hash is not the zero hash of a first entry (entries before it deleted or moved)"
+    return f"prev_hash does not match entry {last_id} (entries were inserted, deleted or reordered)"
+
+
+def _connect(path: Path, target: str, busy_timeout: float, *, uri: bool) -> sqlite3.Connection:
+    if not path.parent.is_dir():
+        msg = f"{path}: directory {str(path.parent)!r} does not exist"
+        raise LedgerError(msg)
+    if path.is_dir():
+        msg = f"{path}: is a directory"
+        raise LedgerError(msg)
+    try:
+        return sqlite3.connect(
+            target, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=uri
+        )
+    except sqlite3.Error as exc:
+        msg = f"{path}: {describe(exc, busy_timeout)}"
+        raise LedgerError(msg) from exc
+
+
+@contextmanager
+def _closing_on_error(conn: sqlite3.Connection, path: Path, busy_timeout: float) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        conn.close()
+        msg = f"{path}: {describe(exc, busy_timeout)}"
+        raise LedgerError(msg) from exc
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _readonly_uri(path: Path) -> str:
+    return f"file:{quote(str(path.absolute()))}?mode=ro"
+
+
+def _configure(conn: sqlite3.Connection, path: Path, synchronous: int, busy_timeout: float) -> None:
+    """Set the pragmas and read them back: libraries and file systems can silently ignore them."""
+    conn.execute("PRAGMA trusted_schema = OFF")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    if synchronous == 2 and sys.platform == "darwin":
+        conn.execute("PRAGMA fullfsync = ON")  # without it, macOS fsync stops at the drive's cache
+    got = tuple(
+        conn.execute(f"PRAGMA {name}").fetchone()[0]
+        for name in ("journal_mode", "synchronous", "busy_timeout")
+    )
+    want = ("wal", synchronous, int(busy_timeout * 1000))
+    if got != want:
+        msg = f"{path}: pragmas not applied: journal_mode, synchronous, busy_timeout are {got}, need {want}"
+        raise LedgerError(msg)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    # BEGIN IMMEDIATE even with nothing pending: it proves the file writable at open, and two guards
+    # creating one file at once cannot both run a migration.
+    db = Database(conn, recursive_triggers=False, execute_plugins=False)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _refuse_newer(db, path)
+        _MIGRATIONS.apply(db)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _refuse_newer(db: Database, path: Path) -> None:
+    unknown = [m.name for m in _MIGRATIONS.applied(db) if m.name not in _MIGRATION_NAMES]
+    if unknown:
+        msg = f"{path}: written by a newer mcp-guard (unknown migrations {unknown})"
+        raise LedgerError(msg)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # the connection is gone or the transaction already ended; the first error is the one to report

@@ -1,0 +1,241 @@
+"""`mcp-guard ledger tail|verify|stats`: the ledger formatted for people (escaped, coloured on a tty)
+or as JSON lines. Opens the ledger read-only and never writes. Imports only ledger and errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO, TypedDict
+
+from mcp_guard.errors import LedgerError
+from mcp_guard.ledger import Invocation, Ledger
+
+POLL_SECONDS = 0.2
+IN_FLIGHT_SECONDS = 3.0
+MAX_ARGUMENTS_CHARS = 200
+_DURATION = re.compile(r"^([1-9][0-9]{0,8})([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_COLOURS = {"allow": "32", "ok": "32", "deny": "31", "error": "33", "upstream_error": "31", "timeout": "33"}
+
+
+class Filters(TypedDict):
+    agent: str | None
+    tool: str | None
+    decision: str | None
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30s`, `15m`, `1h`, `1d` (argparse `type=`)."""
+    match = _DURATION.match(text)
+    if match is None:
+        msg = f"invalid duration {text!r}: use a number and s, m, h or d, e.g. 1d"
+        raise argparse.ArgumentTypeError(msg)
+    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        msg = f"invalid count {text!r}: use a whole number >= 0"
+        raise argparse.ArgumentTypeError(msg)
+    return int(text)
+
+
+def add_ledger_parser(subparsers: Any) -> None:
+    """Add `ledger tail|verify|stats` to the CLI; dispatch with `run_ledger(args, path)`."""
+    ledger = subparsers.add_parser("ledger", help="read the ledger", description="Read the ledger.")
+    commands = ledger.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
+    tail = commands.add_parser(
+        "tail", help="recent invocations, oldest first", description="Recent invocations, oldest first."
+    )
+    tail.add_argument("-n", type=_count, default=10, metavar="N", help="how many (default 10)")
+    tail.add_argument("-f", "--follow", action="store_true", help="print new invocations as they land")
+    tail.add_argument("--agent", metavar="A", help="only this agent")
+    tail.add_argument("--tool", metavar="T", help="only this tool (TOOL or SERVER.TOOL)")
+    tail.add_argument("--decision", choices=("allow", "deny"), help="only this decision")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    commands.add_parser(
+        "verify",
+        help="check the hash chain",
+        description="Check the hash chain; exit 1 and name the first bad entry.",
+    )
+    stats = commands.add_parser(
+        "stats",
+        help="counts by agent, tool, decision and reason",
+        description="Counts by agent, tool, decision and reason.",
+    )
+    stats.add_argument("--since", type=parse_duration, metavar="DURATION", help="e.g. 30s, 15m, 1h, 1d")
+
+
+def run_ledger(args: argparse.Namespace, ledger_path: Path, out: TextIO | None = None) -> int:
+    """Run a parsed `ledger` command; returns the exit code (0 ok, 1 check failed or no ledger)."""
+    out = out if out is not None else sys.stdout
+    try:
+        with Ledger.open_readonly(ledger_path) as ledger:
+            if args.ledger_command == "verify":
+                return _verify(ledger, out)
+            if args.ledger_command == "stats":
+                since = datetime.now(UTC) - args.since if args.since else None
+                out.write(format_stats(ledger.stats(since)))
+                return 0
+            return _tail(ledger, args, out)
+    except LedgerError as exc:
+        print(f"mcp-guard: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C ends `tail -f`
+        return 0
+    except BrokenPipeError:  # `... | head`: the reader left; silence the flush at exit too
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _verify(ledger: Ledger, out: TextIO) -> int:
+    result = ledger.verify()
+    if result.ok:
+        out.write(f"ok: {result.entries} entries, head {result.head}\n")
+        return 0
+    out.write(f"bad: {printable(result.problem)}\n")
+    return 1
+
+
+def _tail(ledger: Ledger, args: argparse.Namespace, out: TextIO) -> int:
+    filters = Filters(agent=args.agent, tool=args.tool, decision=args.decision)
+    colour = _wants_colour(out)
+
+    def show(invocations: list[Invocation]) -> None:
+        for inv in invocations:
+            out.write(json_line(inv) if args.json else format_line(inv, colour=colour))
+            out.write("\n")
+        out.flush()
+
+    if not args.follow:
+        show(ledger.invocations(limit=args.n, **filters))
+        return 0
+    follower = Follower(ledger, filters)
+    show(follower.start(args.n))
+    while True:
+        time.sleep(POLL_SECONDS)
+        show(follower.poll(time.monotonic()))
+
+
+@dataclass
+class Follower:
+    """`tail -f` bookkeeping: what to print as decisions and outcomes land, from any process.
+
+    An invocation is printed once it has an outcome (a denial at once); one still in flight after
+    `in_flight` seconds is printed with a null outcome, and again, same call_id, when it ends.
+    """
+
+    ledger: Ledger
+    filters: Filters
+    in_flight: float = IN_FLIGHT_SECONDS
+    after_id: int = 0
+    _pending: dict[str, tuple[Invocation, float]] = field(default_factory=dict, init=False)
+    _printed_open: set[str] = field(default_factory=set, init=False)  # printed with a null outcome
+    _printed_done: set[str] = field(
+        default_factory=set, init=False
+    )  # finished ones from start(), not to repeat
+
+    def start(self, n: int) -> list[Invocation]:
+        """The last `n` invocations, as plain `tail` prints them; following begins after them."""
+        self.after_id = self.ledger.last_id()
+        shown = self.ledger.invocations(limit=n, until_id=self.after_id, **self.filters) if n else []
+        for inv in shown:
+            finished = inv.outcome is not None or inv.decision != "allow"
+            (self._printed_done if finished else self._printed_open).add(inv.call_id)
+        return shown
+
+    def poll(self, now: float) -> list[Invocation]:
+        self.after_id, changed = self.ledger.updates(self.after_id, **self.filters)
+        ready: list[Invocation] = []
+        for inv in changed:
+            call_id = inv.call_id
+            if inv.outcome is not None or inv.decision != "allow":
+                if call_id in self._printed_done:  # its outcome landed while start() read it
+                    self._printed_done.discard(call_id)
+                    continue
+                self._pending.pop(call_id, None)
+                self._printed_open.discard(call_id)
+                ready.append(inv)
+            elif call_id not in self._pending and call_id not in self._printed_open:
+                self._pending[call_id] = (inv, now)
+        for call_id, (inv, seen) in list(self._pending.items()):
+            if now - seen >= self.in_flight:
+                del self._pending[call_id]
+                self._printed_open.add(call_id)
+                ready.append(inv)
+        return ready
+
+
+def printable(text: str) -> str:
+    """`text` on one line: newlines, ANSI escapes, bidi and other invisible characters escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _word(text: str) -> str:
+    # A field in the middle of the line: a space in a tool name as sent must not fake more columns.
+    return printable(text).replace(" ", "\\x20")
+
+
+def format_line(inv: Invocation, *, colour: bool = False) -> str:
+    """One invocation on one line: time, agent, server.tool, decision, outcome, ms, arguments."""
+    arguments = json.dumps(inv.arguments, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    arguments = printable(arguments)
+    if len(arguments) > MAX_ARGUMENTS_CHARS:
+        arguments = arguments[: MAX_ARGUMENTS_CHARS - 1] + "…"
+    tool = inv.tool if inv.server is None else f"{inv.server}.{inv.tool}"
+    verdict = _paint(inv.decision, inv.decision, colour)
+    if inv.reason:
+        verdict += " " + _word(inv.reason)
+    outcome = _paint(inv.outcome, inv.outcome, colour) if inv.outcome else "-"
+    ms = "-" if inv.duration_ms is None else f"{inv.duration_ms:.0f}ms"
+    ts = _paint(inv.ts[:23] + "Z", "dim", colour)
+    line = f"{ts} {_word(inv.agent)} {_word(tool)} {verdict} {outcome} {ms} {arguments}"
+    detail = inv.detail if inv.detail is not None else inv.outcome_detail
+    return f"{line}  {printable(detail)}" if detail else line
+
+
+def json_line(inv: Invocation) -> str:
+    """SPEC's `tail --json` object; ASCII-only, so no character in it can break the line."""
+    return json.dumps(inv.to_json(), ensure_ascii=True, separators=(",", ":"))
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    since = f" since {stats['since']}" if stats["since"] else ""
+    lines = [f"invocations{since}: {stats['invocations']}"]
+    for title, key in (("decision", "by_decision"), ("reason", "by_reason"), ("outcome", "by_outcome")):
+        counts = ", ".join(f"{printable(k)} {n}" for k, n in stats[key].items())
+        lines.append(f"{title}: {counts or '-'}")
+    for title, key in (("agent", "by_agent"), ("tool", "by_tool")):
+        lines.append(f"{title}:")
+        width = max((len(printable(k)) for k in stats[key]), default=0)
+        lines += [f"  {printable(k):<{width}}  {n}" for k, n in stats[key].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _wants_colour(out: TextIO) -> bool:
+    return out.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def _paint(text: str, key: str, colour: bool) -> str:
+    text = printable(text)
+    code = "2" if key == "dim" else _COLOURS.get(key, "1")
+    return f"\x1b[{code}m{text}\x1b[0m" if colour else text
