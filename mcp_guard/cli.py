@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -51,6 +54,17 @@ def _parser() -> argparse.ArgumentParser:
 
     add_ledger_parser(sub)
     sub.add_parser("demo", help="a scripted agent session against the bundled example upstreams")
+
+    a = sub.add_parser("agent", help="agent credentials for HTTP")
+    a_sub = a.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
+    k = a_sub.add_parser("key", help="print a new random API key once, and the sha256: line for guard.yaml")
+    k.add_argument("name", metavar="NAME")
+
+    tk = sub.add_parser("token", help="short-lived signed tokens for HTTP")
+    tk_sub = tk.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    ti = tk_sub.add_parser("issue", help="print a short-lived signed token for an agent")
+    ti.add_argument("--agent", required=True)
+    ti.add_argument("--ttl", help="lifetime: 30s, 15m, 1h (default 15m, at most tokens.max_ttl)")
     return p
 
 
@@ -76,8 +90,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config, manifests = load(args)
     if args.http is not None:
-        msg = "serve --http: Streamable HTTP serving is not available in this version yet"
-        raise UsageError(msg)
+        if args.agent:
+            msg = "serve: --agent is for stdio; over HTTP each request's credential names its agent"
+            raise UsageError(msg)
+        return _serve_http(config, manifests, args.http or config.http.listen)
     agent = agent_of(config, Policy(config, manifests), args.agent)
 
     async def run() -> None:
@@ -85,6 +101,67 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await serve_stdio(guard)
 
     anyio.run(run)
+    return 0
+
+
+def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: str) -> int:
+    """Every agent over one HTTP listener; identity comes from each request's credential."""
+    from mcp_guard.http import ListenError, bind, parse_listen, serve_http
+    from mcp_guard.server import open_guard
+
+    try:
+        host, port = parse_listen(listen)
+    except ListenError as exc:
+        msg = f"serve --http: {exc}"
+        raise UsageError(msg) from None
+    sock = bind(host, port)
+
+    async def run() -> None:
+        async with open_guard(config, manifests, None) as guard:
+            await serve_http(guard, sock)
+
+    anyio.run(run)
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from mcp_guard.identity import hash_key, new_key
+    from mcp_guard.loading import NAME_PATTERN
+
+    if not re.match(NAME_PATTERN, args.name):
+        msg = f"agent key: {args.name!r} is not an agent name (lowercase letters, digits, - and _)"
+        raise UsageError(msg)
+    key = new_key()
+    print(f"key: {key}")
+    print(f'guard.yaml, under agents.{args.name}.keys: "{hash_key(key)}"')
+    print("mcp-guard: the key is shown once and is not stored; give it to the agent only", file=sys.stderr)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from mcp_guard.identity import issue_token
+    from mcp_guard.loading import format_duration, parse_duration
+
+    config = load_config(find_config(args.config))
+    if config.tokens is None:
+        msg = f"token issue: {config.source} has no `tokens` section (add tokens.signing_key)"
+        raise UsageError(msg)
+    if args.agent not in config.agents:
+        msg = f"token issue: agent {args.agent!r} is not defined in {config.source}"
+        raise UsageError(msg)
+    max_ttl = config.tokens.max_ttl
+    try:
+        ttl = parse_duration(args.ttl) if args.ttl else min(15 * 60.0, max_ttl)
+    except ValueError as exc:
+        msg = f"token issue: --ttl: {exc}"
+        raise UsageError(msg) from None
+    if ttl > max_ttl:
+        msg = f"token issue: --ttl {args.ttl} is longer than tokens.max_ttl ({format_duration(max_ttl)})"
+        raise UsageError(msg)
+    token, claims = issue_token(config.tokens, args.agent, ttl, time.time())
+    print(token)
+    expires = datetime.fromtimestamp(claims["exp"], tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"mcp-guard: token for {args.agent!r} expires {expires} (jti {claims['jti']})", file=sys.stderr)
     return 0
 
 
@@ -194,6 +271,8 @@ COMMANDS = {
     "tools": cmd_tools,
     "explain": cmd_explain,
     "demo": cmd_demo,
+    "agent": cmd_agent,
+    "token": cmd_token,
 }
 
 

@@ -42,6 +42,11 @@ class TokensConfig(Frozen):
 
 class HttpConfig(Frozen):
     listen: str = "127.0.0.1:8765"
+    # Host and Origin header values accepted (DNS-rebinding protection); "name:*" allows any port.
+    # Empty: loopback names only (plus the address the guard listens on). Set them for a guard
+    # that is reached through a proxy or by a DNS name.
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
 
 
 class LimitsConfig(Frozen):

@@ -1,0 +1,437 @@
+"""Serving Streamable HTTP at /mcp. Our own ASGI middleware stands in front of the SDK's session
+manager and, on every request: checks Host/Origin, derives the agent from `Authorization: Bearer`
+alone (identity.py), binds each MCP session to the agent that opened it, caps and strictly parses
+the body. Only then does the SDK see the request, with the agent in the ASGI scope."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+import mcp_types as types
+import uvicorn
+from mcp.server import NotificationOptions, Server
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcp_guard.config import HttpConfig
+from mcp_guard.errors import GuardError
+from mcp_guard.identity import Verdict, authenticate
+from mcp_guard.server import AGENT_SCOPE_KEY, Guard, build_server
+from mcp_guard.wire import StrictJSONError, parse_strict
+
+MCP_PATH = "/mcp"
+MAX_SESSIONS = 1000
+"""Open MCP sessions in this process; one more gets 503 until one ends or idles out."""
+MAX_SESSIONS_PER_AGENT = 100
+"""So that one agent that never closes its sessions cannot starve the others."""
+SESSION_IDLE_TIMEOUT = 30 * 60.0
+MAX_CONNECTIONS = 1000
+"""Concurrent HTTP connections (uvicorn answers 503 beyond)."""
+BODY_TIMEOUT = 30.0
+"""Seconds a client may take to send a request body (slow-drip bodies are cut off)."""
+SESSION_HEADER = "mcp-session-id"
+LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
+LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
+REALM = 'Bearer realm="mcp-guard"'
+
+
+class ListenError(GuardError):
+    """The HTTP address cannot be parsed or bound."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`[HOST:]PORT` (IPv6 hosts in brackets) -> (host, port); a bare port binds loopback."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", text
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host or not host:
+        host = ""
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        msg = f"{text!r} is not [HOST:]PORT (e.g. 8765, 127.0.0.1:8765 or [::1]:8765)"
+        raise ListenError(msg)
+    return host, int(port_text)
+
+
+def _host_pattern(host: str) -> str | None:
+    """The Host header pattern for a specific address we listen on (none for a wildcard)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"{host}:*"
+    if address.is_unspecified:
+        return None
+    return f"[{host}]:*" if address.version == 6 else f"{host}:*"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def security_settings(http: HttpConfig, host: str) -> TransportSecuritySettings:
+    """DNS-rebinding protection: loopback names, the address we listen on, and what guard.yaml adds."""
+    hosts = [*LOOPBACK_HOSTS, *http.allowed_hosts]
+    if (own := _host_pattern(host)) is not None and own not in hosts:
+        hosts.append(own)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=hosts,
+        allowed_origins=[*LOOPBACK_ORIGINS, *http.allowed_origins],
+    )
+
+
+# -- sessions and their owners --------------------------------------------------------------------
+
+
+@dataclass
+class _Owned:
+    agent: str
+    in_flight: int = 0
+    idle_since: float = 0.0
+
+
+class SessionOwners:
+    """Which agent opened each MCP session. A session id is not a credential: it only ever serves
+    the agent that opened it, and an id we did not see opened serves nobody."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._owned: dict[str, _Owned] = {}
+        self._clock = clock
+
+    def owner(self, sid: str) -> str | None:
+        entry = self._owned.get(sid)
+        return entry.agent if entry else None
+
+    def opened(self, sid: str, agent: str) -> None:
+        self._owned[sid] = _Owned(agent, in_flight=1)
+
+    def begin(self, sid: str) -> None:
+        if (entry := self._owned.get(sid)) is not None:
+            entry.in_flight += 1
+
+    def end(self, sid: str) -> None:
+        if (entry := self._owned.get(sid)) is not None:
+            entry.in_flight -= 1
+            entry.idle_since = self._clock()
+
+    def forget(self, sid: str) -> None:
+        self._owned.pop(sid, None)
+
+    def count(self, agent: str) -> int:
+        """Open sessions of `agent`, after forgetting those the SDK has surely expired: idle
+        longer than its idle timeout (it sees exactly the requests we pass it)."""
+        horizon = self._clock() - SESSION_IDLE_TIMEOUT - 60.0
+        for sid, entry in list(self._owned.items()):
+            if entry.in_flight <= 0 and entry.idle_since < horizon:
+                del self._owned[sid]
+        return sum(1 for entry in self._owned.values() if entry.agent == agent)
+
+
+# -- the middleware -------------------------------------------------------------------------------
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    content = json.dumps(body, separators=(",", ":"))
+    return Response(content, status_code=status, media_type="application/json", headers=headers)
+
+
+def _rpc_error(status: int, code: int, message: str) -> Response:
+    error = {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}
+    return _json(status, error)
+
+
+def _unauthorized(problem: str | None) -> Response:
+    if problem is None:
+        return _json(
+            401,
+            {"error": "invalid_request", "error_description": "send Authorization: Bearer <key or token>"},
+            {"WWW-Authenticate": REALM},
+        )
+    description = "the credential is invalid or expired"
+    return _json(
+        401,
+        {"error": "invalid_token", "error_description": description},
+        {"WWW-Authenticate": f'{REALM}, error="invalid_token", error_description="{description}"'},
+    )
+
+
+class GuardMiddleware:
+    """Everything the guard checks before the SDK sees an HTTP request; see the module docstring."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        guard: Guard,
+        settings: TransportSecuritySettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.guard = guard
+        self.security = TransportSecurityMiddleware(settings)
+        self.sessions = SessionOwners()
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        refusal = await self.security.validate_request(request, is_post=False)
+        if refusal is not None:  # Host or Origin of another site: DNS rebinding
+            await refusal(scope, receive, send)
+            return
+        if any(name.lower() == "access_token" for name, _ in parse_qsl(request.url.query)):
+            body = {
+                "error": "invalid_request",
+                "error_description": "credentials in the URL are refused; send Authorization: Bearer",
+            }
+            await _json(400, body)(scope, receive, send)
+            return
+        agent = self._identify(scope)
+        if isinstance(agent, Response):
+            await agent(scope, receive, send)
+            return
+        await self._serve(agent, scope, receive, send)
+
+    def _identify(self, scope: Scope) -> str | Response:
+        values = [v for k, v in scope["headers"] if k == b"authorization"]
+        if not values:
+            return _unauthorized(None)
+        policy = self.guard.policy
+        config = policy.config
+        if len(values) > 1:
+            verdict = Verdict(None, "more than one Authorization header")
+        else:
+            verdict = authenticate(values[0].decode("latin-1"), config.agents, config.tokens, self.clock())
+        if verdict.agent is None or verdict.agent not in policy.agents:
+            client = scope.get("client") or ("?", 0)
+            self.guard.log(f"HTTP 401 for {client[0]}: {verdict.problem or 'agent no longer defined'}")
+            return _unauthorized(verdict.problem)
+        return verdict.agent
+
+    async def _serve(self, agent: str, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(Request(scope).headers)
+        sid = headers.get(SESSION_HEADER)
+        if sid is not None and self.sessions.owner(sid) != agent:
+            # Another agent's session, or one we never saw opened: exactly as if it did not exist.
+            await _rpc_error(404, types.INVALID_REQUEST, "Session not found")(scope, receive, send)
+            return
+        message: Any = None
+        if scope["method"] == "POST":
+            read = await self._read_body(scope, receive)
+            if isinstance(read, Response):
+                await read(scope, receive, send)
+                return
+            body, message = read
+            receive = _replay(body, receive)
+        if (
+            sid is None
+            and isinstance(message, dict)
+            and message.get("method") == "initialize"
+            and self.sessions.count(agent) >= MAX_SESSIONS_PER_AGENT
+        ):
+            await _rpc_error(503, types.INTERNAL_ERROR, "Too many open sessions")(scope, receive, send)
+            return
+
+        scope[AGENT_SCOPE_KEY] = agent
+        # The SDK's own session binding compares this principal too (a second lock on the door).
+        token = AccessToken(token="-", client_id=agent, scopes=[], subject=agent)  # noqa: S106
+        scope["user"] = AuthenticatedUser(token)
+        opened: list[str] = []
+
+        async def watch(msg: Message) -> None:
+            if msg["type"] == "http.response.start":
+                status = int(msg["status"])
+                new = next((v.decode() for k, v in msg.get("headers", []) if k == b"mcp-session-id"), None)
+                if sid is None and new is not None and status < 400:
+                    self.sessions.opened(new, agent)
+                    opened.append(new)
+                elif sid is not None and (status == 404 or (scope["method"] == "DELETE" and status < 300)):
+                    self.sessions.forget(sid)
+            await send(msg)
+
+        if sid is not None:
+            self.sessions.begin(sid)
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            for done in [*([sid] if sid else []), *opened]:
+                self.sessions.end(done)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, Any] | Response:
+        """The whole body, within the size cap, parsed strictly; or the response refusing it."""
+        limit = self.guard.policy.config.limits.max_message_bytes
+        too_large = _rpc_error(413, types.PARSE_ERROR, f"Parse error: message is larger than {limit} bytes")
+        declared = Request(scope).headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return too_large
+        chunks: list[bytes] = []
+        size = 0
+        with anyio.move_on_after(BODY_TIMEOUT) as timer:
+            while True:
+                msg = await receive()
+                if msg["type"] != "http.request":
+                    return Response(status_code=400)  # the client went away
+                chunk = msg.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    return too_large
+                chunks.append(chunk)
+                if not msg.get("more_body", False):
+                    break
+        if timer.cancelled_caught:
+            return _rpc_error(408, types.PARSE_ERROR, "Parse error: the request body was not sent in time")
+        body = b"".join(chunks)
+        try:
+            message = parse_strict(body, limit)
+        except StrictJSONError as exc:
+            return _rpc_error(400, types.PARSE_ERROR, f"Parse error: {exc}")
+        if isinstance(message, list):
+            return _rpc_error(
+                400, types.INVALID_REQUEST, "Invalid request: JSON-RPC batches are not accepted"
+            )
+        return body, message
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that hands the body we already read to the SDK, then the client's later messages."""
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+# -- the app and the server -----------------------------------------------------------------------
+
+
+def _advertise_tools_changed(server: Server[Any]) -> None:
+    """The session manager asks for initialization options with no arguments; ours always say
+    that the tool list can change (the guard sends tools/list_changed on reloads)."""
+    base = server.create_initialization_options
+
+    def options(
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> Any:
+        chosen = notification_options or NotificationOptions(tools_changed=True)
+        return base(chosen, experimental_capabilities, extensions)
+
+    server.create_initialization_options = options  # type: ignore[method-assign]
+
+
+def build_app(guard: Guard, host: str) -> GuardMiddleware:
+    """The ASGI app: our middleware around a Starlette app serving the SDK's session manager."""
+    server = build_server(guard)
+    _advertise_tools_changed(server)
+    config = guard.policy.config
+    settings = security_settings(config.http, host)
+    manager = StreamableHTTPSessionManager(
+        app=server,
+        security_settings=settings,
+        session_idle_timeout=SESSION_IDLE_TIMEOUT,
+        max_request_body_size=config.limits.max_message_bytes,
+        max_sessions=MAX_SESSIONS,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with manager.run():
+            yield
+
+    inner = Starlette(routes=[Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(manager))], lifespan=lifespan)
+    return GuardMiddleware(inner, guard, settings)
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: serve_http stops it, and the guard then closes its
+    upstreams and ledger instead of being killed by a re-raised signal."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind now, so that a busy port is a clear error rather than a log line."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        msg = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        raise ListenError(msg) from None
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_http(guard: Guard, sock: socket.socket) -> None:
+    """Serve until SIGINT or SIGTERM, then finish in-flight requests (briefly) and return."""
+    host, port = sock.getsockname()[:2]
+    app = build_app(guard, host)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        limit_concurrency=MAX_CONNECTIONS,
+        timeout_keep_alive=15,
+        timeout_graceful_shutdown=5,
+    )
+    server = _Uvicorn(config)
+    shown = f"[{host}]" if ":" in host else host
+    if not _is_loopback(host):
+        print(
+            f"mcp-guard: warning: listening on {shown}, beyond this machine, in plain HTTP: put a TLS "
+            "proxy in front and list its names in http.allowed_hosts",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(
+        f"mcp-guard: serving Streamable HTTP at http://{shown}:{port}{MCP_PATH}", file=sys.stderr, flush=True
+    )
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    server.should_exit = True
+                    return
+
+        tg.start_soon(stop_on_signal)
+        await server.serve(sockets=[sock])
+        tg.cancel_scope.cancel()

@@ -1,0 +1,199 @@
+"""The upstream the conformance suite's server scenarios expect, over stdio, for the guard to
+wrap (manifest prefix ""): every `test_*` tool of @modelcontextprotocol/conformance's server
+scenarios and `json_schema_2020_12_tool`, behaving as each scenario's description asks.
+
+Run: python tests/conformance/upstream.py"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import mcp.types as types
+from mcp import MCPError
+from mcp.server import Server, ServerRequestContext
+from mcp.server.stdio import stdio_server
+
+# A 1x1 red PNG and a silent 8 kHz mono WAV of two samples.
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+WAV = "UklGRigAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQQAAAAAAAAA"
+NO_ARGS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def _tool(name: str, description: str, schema: dict[str, Any] | None = None) -> types.Tool:
+    return types.Tool(name=name, description=description, input_schema=schema or NO_ARGS)
+
+
+def _string_arg(name: str, description: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {name: {"type": "string", "description": description}},
+        "required": [name],
+        "additionalProperties": False,
+    }
+
+
+TOOLS = [
+    _tool("test_simple_text", "Returns simple text"),
+    _tool("test_image_content", "Returns a PNG image"),
+    _tool("test_audio_content", "Returns a WAV clip"),
+    _tool("test_embedded_resource", "Returns an embedded text resource"),
+    _tool("test_multiple_content_types", "Returns text, an image and a resource"),
+    _tool("test_tool_with_logging", "Sends three log messages while it runs"),
+    _tool("test_error_handling", "Always returns an error result"),
+    _tool("test_tool_with_progress", "Reports progress 0, 50, 100 of 100"),
+    _tool("test_reconnection", "Returns text (the suite's SSE polling probe)"),
+    _tool("test_sampling", "Asks the client to sample", _string_arg("prompt", "The prompt")),
+    _tool("test_elicitation", "Asks the user for input", _string_arg("message", "The message")),
+    _tool("test_elicitation_sep1034_defaults", "Elicitation with default values"),
+    _tool("test_elicitation_sep1330_enums", "Elicitation with enum schemas"),
+    _tool(
+        "json_schema_2020_12_tool",
+        "Tool with JSON Schema 2020-12 features",
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "$defs": {
+                "address": {
+                    "type": "object",
+                    "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+                }
+            },
+            "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
+            "additionalProperties": False,
+        },
+    ),
+]
+
+
+def _text(text: str, is_error: bool = False) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=is_error)
+
+
+def _resource(uri: str, mime: str, text: str) -> types.EmbeddedResource:
+    return types.EmbeddedResource(
+        type="resource", resource=types.TextResourceContents(uri=uri, mime_type=mime, text=text)
+    )
+
+
+async def _logging(ctx: ServerRequestContext[Any, Any]) -> types.CallToolResult:
+    for text in ("Tool execution started", "Tool processing data", "Tool execution completed"):
+        await ctx.session.send_log_message("info", text, related_request_id=ctx.request_id)
+    return _text("Tool with logging executed")
+
+
+async def _progress(ctx: ServerRequestContext[Any, Any]) -> types.CallToolResult:
+    for step in (0, 50, 100):
+        await ctx.session.report_progress(step, 100)
+    return _text("Tool with progress executed")
+
+
+async def _sampling(ctx: ServerRequestContext[Any, Any], prompt: str) -> types.CallToolResult:
+    message = types.SamplingMessage(role="user", content=types.TextContent(type="text", text=prompt))
+    result = await ctx.session.create_message([message], max_tokens=100)
+    text = result.content.text if isinstance(result.content, types.TextContent) else str(result.content)
+    return _text(f"LLM response: {text}")
+
+
+async def _elicit(ctx: ServerRequestContext[Any, Any], message: str, schema: dict[str, Any]) -> Any:
+    result = await ctx.session.elicit(message, schema, related_request_id=ctx.request_id)
+    return _text(f"Elicitation completed: action={result.action}, content={json.dumps(result.content)}")
+
+
+ELICIT_PERSON = {
+    "type": "object",
+    "properties": {
+        "username": {"type": "string", "description": "User's response"},
+        "email": {"type": "string", "description": "User's email address"},
+    },
+    "required": ["username", "email"],
+}
+ELICIT_DEFAULTS = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "default": "John Doe"},
+        "age": {"type": "integer", "default": 30},
+        "score": {"type": "number", "default": 95.5},
+        "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
+        "verified": {"type": "boolean", "default": True},
+    },
+}
+ELICIT_ENUMS = {
+    "type": "object",
+    "properties": {
+        "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+        "titledSingle": {
+            "type": "string",
+            "oneOf": [{"const": "value1", "title": "First Option"}, {"const": "value2", "title": "Second"}],
+        },
+    },
+}
+
+
+async def _dispatch(ctx: ServerRequestContext[Any, Any], name: str, args: dict[str, Any]) -> Any:
+    if name in ("test_simple_text", "test_reconnection"):
+        return _text("This is a simple text response for testing.")
+    if name == "test_image_content":
+        return types.CallToolResult(
+            content=[types.ImageContent(type="image", data=PNG, mime_type="image/png")]
+        )
+    if name == "test_audio_content":
+        return types.CallToolResult(
+            content=[types.AudioContent(type="audio", data=WAV, mime_type="audio/wav")]
+        )
+    if name == "test_embedded_resource":
+        resource = _resource(
+            "test://embedded-resource", "text/plain", "This is an embedded resource content."
+        )
+        return types.CallToolResult(content=[resource])
+    if name == "test_multiple_content_types":
+        return types.CallToolResult(
+            content=[
+                types.TextContent(type="text", text="Multiple content types test:"),
+                types.ImageContent(type="image", data=PNG, mime_type="image/png"),
+                _resource("test://mixed-content-resource", "application/json", '{"test":"data","value":123}'),
+            ]
+        )
+    if name == "test_tool_with_logging":
+        return await _logging(ctx)
+    if name == "test_error_handling":
+        return _text("This tool intentionally returns an error for testing", is_error=True)
+    if name == "test_tool_with_progress":
+        return await _progress(ctx)
+    if name == "test_sampling":
+        return await _sampling(ctx, str(args.get("prompt", "")))
+    if name == "test_elicitation":
+        return await _elicit(ctx, str(args.get("message", "")), ELICIT_PERSON)
+    if name == "test_elicitation_sep1034_defaults":
+        return await _elicit(ctx, "Please review and update the form fields with defaults", ELICIT_DEFAULTS)
+    if name == "test_elicitation_sep1330_enums":
+        return await _elicit(ctx, "Please pick from the enums", ELICIT_ENUMS)
+    if name == "json_schema_2020_12_tool":
+        return _text(f"received: {json.dumps(args, sort_keys=True)}")
+    raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
+
+
+def build_server() -> Server[Any]:
+    async def list_tools(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=TOOLS)
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        result: types.CallToolResult = await _dispatch(ctx, params.name, params.arguments or {})
+        return result
+
+    return Server("conformance-upstream", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+async def serve() -> None:
+    server = build_server()
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+if __name__ == "__main__":
+    anyio.run(serve)
