@@ -14,6 +14,7 @@ import yaml
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 
 from mcp_guard.ledger import Ledger
+from mcp_guard.ledger_view import format_line
 
 EXAMPLES = Path(__file__).resolve().parent.parent
 AGENT = "support-bot"
@@ -85,9 +86,7 @@ def run_demo() -> int:
         ledger = Ledger.open(Path(tmp) / "demo-ledger.db")
         try:
             for inv in ledger.invocations():
-                verdict = "allow" if inv.decision == "allow" else f"deny {inv.reason}"
-                outcome = f" -> {inv.outcome}" if inv.outcome else ""
-                _say(f"  {inv.agent}  {inv.server or '-'}.{inv.tool}  {verdict}{outcome}")
+                _say("  " + format_line(inv))
             check = ledger.verify()
             _say(f"\nledger verify: {'ok' if check.ok else 'BROKEN'}, {check.entries} entries, hash-chained")
         finally:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,14 +14,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO, TypedDict
 
+from mcp_guard import loading
 from mcp_guard.errors import LedgerError
 from mcp_guard.ledger import Invocation, Ledger
 
 POLL_SECONDS = 0.2
 IN_FLIGHT_SECONDS = 3.0
 MAX_ARGUMENTS_CHARS = 200
-_DURATION = re.compile(r"^([1-9][0-9]{0,8})([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _COLOURS = {"allow": "32", "ok": "32", "deny": "31", "error": "33", "upstream_error": "31", "timeout": "33"}
 
@@ -35,11 +33,10 @@ class Filters(TypedDict):
 
 def parse_duration(text: str) -> timedelta:
     """`30s`, `15m`, `1h`, `1d` (argparse `type=`)."""
-    match = _DURATION.match(text)
-    if match is None:
-        msg = f"invalid duration {text!r}: use a number and s, m, h or d, e.g. 1d"
-        raise argparse.ArgumentTypeError(msg)
-    return timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    try:
+        return timedelta(seconds=loading.parse_duration(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _count(text: str) -> int:

@@ -4,7 +4,7 @@ The one place that converts between the SDK's types and the policy's."""
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import sys
 import time
 import uuid
@@ -149,7 +149,7 @@ class Guard:
         call_id = uuid.uuid4().hex
         try:
             await self._record(self._record_of(call_id, agent, self._session_of(ctx), decision))
-        except LedgerUnavailable as exc:
+        except (LedgerUnavailable, ValueError) as exc:  # no ledger, no call
             self.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc}")
             if decision.reason == "unknown_tool":
                 raise MCPError(types.INVALID_PARAMS, decision.detail) from None
@@ -253,8 +253,16 @@ def _refusal(text: str) -> types.CallToolResult:
 
 
 def _jsonable(value: Any) -> Any:
-    """Arguments as recorded: JSON-safe, non-finite numbers as strings."""
-    return json.loads(json.dumps(value, default=str, allow_nan=True).replace("NaN", '"NaN"'))
+    """Arguments as recorded: JSON-safe, with non-finite numbers (which were refused) as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
 
 
 def _progress_relay(ctx: ServerRequestContext[Any, Any]) -> Any:
