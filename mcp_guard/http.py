@@ -233,8 +233,13 @@ class GuardMiddleware:
         return verdict.agent
 
     async def _serve(self, agent: str, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(Request(scope).headers)
-        sid = headers.get(SESSION_HEADER)
+        sids = Request(scope).headers.getlist(SESSION_HEADER)
+        if len(sids) > 1:  # we and the SDK must not read different ones
+            await _rpc_error(400, types.INVALID_REQUEST, "Bad request: more than one session id")(
+                scope, receive, send
+            )
+            return
+        sid = sids[0] if sids else None
         if sid is not None and self.sessions.owner(sid) != agent:
             # Another agent's session, or one we never saw opened: exactly as if it did not exist.
             await _rpc_error(404, types.INVALID_REQUEST, "Session not found")(scope, receive, send)

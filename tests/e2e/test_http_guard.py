@@ -451,12 +451,22 @@ async def test_another_agent_using_a_session_id_gets_404_and_the_owner_keeps_it(
                 guard.url, headers=_headers(finance, sid, Accept="text/event-stream")
             )
             hijack_delete = await http.delete(guard.url, headers=_headers(finance, sid))
+            own = await _open_raw_session(http, guard.url, finance)
+            doubled = [
+                await http.post(
+                    guard.url,
+                    json=_lookup("ORD-17001"),
+                    headers=[*_headers(finance, first).items(), ("Mcp-Session-Id", second)],
+                )
+                for first, second in ((own, sid), (sid, own))
+            ]
             made_up = await http.post(guard.url, json=_rpc("tools/list"), headers=_headers(support, "f" * 32))
             owner = await http.post(guard.url, json=_rpc("tools/list"), headers=_headers(support, sid))
             closed = await http.delete(guard.url, headers=_headers(support, sid))
             after_close = await http.post(guard.url, json=_rpc("tools/list"), headers=_headers(support, sid))
     for response in (hijack_list, hijack_call, hijack_stream, hijack_delete, made_up, after_close):
         assert response.status_code == 404, response.text
+    assert [response.status_code for response in doubled] == [400, 400]
     assert owner.status_code == 200
     assert {t["name"] for t in _messages(owner)[0]["result"]["tools"]} == SUPPORT_TOOLS
     assert closed.status_code == 200
