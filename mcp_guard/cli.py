@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 
 from mcp_guard import __version__
+from mcp_guard.approvals_view import add_approvals_parser, run_approvals
 from mcp_guard.config import GuardConfig, find_config, load_config
 from mcp_guard.errors import ConfigError, GuardError
 from mcp_guard.ledger_view import add_ledger_parser, run_ledger
@@ -53,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("arguments", help="the arguments as a JSON object")
 
     add_ledger_parser(sub)
+    add_approvals_parser(sub)
     sub.add_parser("demo", help="a scripted agent session against the bundled example upstreams")
 
     a = sub.add_parser("agent", help="agent credentials for HTTP")
@@ -279,9 +281,10 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command == "ledger":
+        if args.command in ("ledger", "approvals"):
             config = load_config(find_config(args.config))
-            return int(run_ledger(args, config.ledger.path))
+            run = run_ledger if args.command == "ledger" else run_approvals
+            return int(run(args, config.ledger.path))
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError) as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)

@@ -12,13 +12,13 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote
 
 from sqlite_utils import Database, Migrations
@@ -150,6 +150,47 @@ class Event:
     tool: str | None
     payload: object
     policy_hash: str | None
+
+
+class Window:
+    """The history as seen from inside the transaction that records a decision."""
+
+    def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
+        self.now = now
+        self.queued: list[dict[str, object]] = []
+        self._conn = conn
+
+    def allowed(self, server: str, tool: str, seconds: float) -> list[tuple[str, str | None, object]]:
+        """(agent, session, arguments) of every allow decision for server and tool decided in
+        `(now - seconds, now]`, whatever its grant, agent, policy or outcome."""
+        since = format_ts(self.now - timedelta(seconds=seconds))
+        rows = self._conn.execute(
+            "SELECT agent, session, arguments FROM entries WHERE server = ? AND tool = ? AND ts > ? "
+            "AND kind = 'decision' AND decision = 'allow'",
+            (server, tool, since),
+        )
+        return [(a, s, _loads(args)) for a, s, args in rows]
+
+    def events(self, kind: str, *, server: str, tool: str, agent: str) -> list[Event]:
+        """Events of one kind for one agent, server and tool, oldest first."""
+        return self._events("kind = ? AND server = ? AND tool = ? AND agent = ?", (kind, server, tool, agent))
+
+    def all_events(self, kind: str) -> list[Event]:
+        """Every event of one kind, oldest first."""
+        return self._events("kind = ?", (kind,))
+
+    def _events(self, where: str, params: tuple[str, ...]) -> list[Event]:
+        sql = "SELECT id, ts, kind, call_id, agent, server, tool, payload, policy_hash FROM entries WHERE "
+        rows = self._conn.execute(sql + where + " ORDER BY id", params)
+        return [Event(i, ts, k, c, a, s, t, _loads(p), h) for i, ts, k, c, a, s, t, p, h in rows]
+
+    def queue_event(self, kind: str, payload: dict[str, Any], **columns: str | None) -> None:
+        """Append an event right after the decision, in the same transaction."""
+        self.queued.append(_event_fields(kind, payload, columns.pop("policy_hash", None), **columns))
+
+
+Check = Callable[[Window], CallRecord]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,22 +341,40 @@ class Ledger:
 
     # -- writing: each method commits before it returns, or raises LedgerUnavailable --------------
 
-    def record_decision(self, rec: CallRecord, ts: datetime | None = None) -> None:
-        """Commit a decision; ValueError for a record that is malformed (a caller bug)."""
-        fields = {
-            "kind": "decision",
-            "call_id": _text(rec.call_id),
-            "agent": _text(rec.agent),
-            "session": _opt_text(rec.session),
-            "server": _opt_text(rec.server),
-            "tool": _text(rec.tool),
-            "arguments": canonical_json(rec.arguments),
-            "decision": _one_of(rec.decision, DECISIONS, "decision"),
-            "reason": _opt_text(rec.reason),
-            "detail": _opt_text(rec.detail),
-            "policy_hash": _text(rec.policy_hash),
-        }
-        self._record(fields, ts)
+    def record_decision(
+        self, rec: CallRecord, ts: datetime | None = None, *, check: Check | None = None
+    ) -> CallRecord:
+        """Commit a decision; ValueError for a record that is malformed (a caller bug).
+
+        With `check`, the decision is made inside the write transaction: `check(window)` reads the
+        history (budgets, approvals) and returns the record to commit, and any events it queues are
+        appended after it. No other process can append in between, so concurrent calls cannot
+        overspend a budget or use one approval twice."""
+        if check is None:
+            self._record(_decision_fields(rec), ts)
+            return rec
+        with self._transaction() as conn:
+            window = Window(conn, ts or datetime.now(UTC))
+            rec = check(window)
+            stamp = format_ts(window.now)
+            self._append(conn, _decision_fields(rec), stamp)
+            for fields in window.queued:
+                self._append(conn, fields, stamp)
+        return rec
+
+    def hold(self, fn: Callable[[Window], T]) -> T:
+        """Run `fn` inside a write transaction and append the events it queues."""
+        with self._transaction() as conn:
+            window = Window(conn, datetime.now(UTC))
+            result = fn(window)
+            for fields in window.queued:
+                self._append(conn, fields, format_ts(window.now))
+        return result
+
+    def peek(self, fn: Callable[[Window], T]) -> T:
+        """Run `fn` on one consistent snapshot; what it queues is dropped."""
+        with self._read() as conn:
+            return fn(Window(conn, datetime.now(UTC)))
 
     def record_outcome(
         self,
@@ -352,18 +411,9 @@ class Ledger:
         ts: datetime | None = None,
     ) -> int:
         """Append a policy, pin or approval entry; returns its id."""
-        if not isinstance(payload, dict):
-            msg = f"payload must be a dict, not {type(payload).__name__}"
-            raise ValueError(msg)
-        fields = {
-            "kind": _one_of(kind, EVENT_KINDS, "event kind"),
-            "payload": canonical_json(payload),
-            "policy_hash": _opt_text(policy_hash),
-            "call_id": _opt_text(call_id),
-            "agent": _opt_text(agent),
-            "server": _opt_text(server),
-            "tool": _opt_text(tool),
-        }
+        fields = _event_fields(
+            kind, payload, policy_hash, call_id=call_id, agent=agent, server=server, tool=tool
+        )
         return self._record(fields, ts)
 
     def _record(self, fields: Mapping[str, object], ts: datetime | None) -> int:
@@ -498,6 +548,38 @@ class Ledger:
             conn.execute("COMMIT")
         conn.close()
         return result
+
+
+def _decision_fields(rec: CallRecord) -> dict[str, object]:
+    return {
+        "kind": "decision",
+        "call_id": _text(rec.call_id),
+        "agent": _text(rec.agent),
+        "session": _opt_text(rec.session),
+        "server": _opt_text(rec.server),
+        "tool": _text(rec.tool),
+        "arguments": canonical_json(rec.arguments),
+        "decision": _one_of(rec.decision, DECISIONS, "decision"),
+        "reason": _opt_text(rec.reason),
+        "detail": _opt_text(rec.detail),
+        "policy_hash": _text(rec.policy_hash),
+    }
+
+
+def _event_fields(
+    kind: str, payload: dict[str, Any], policy_hash: str | None, **columns: str | None
+) -> dict[str, object]:
+    if not isinstance(payload, dict):
+        msg = f"payload must be a dict, not {type(payload).__name__}"
+        raise ValueError(msg)
+    fields: dict[str, object] = {
+        "kind": _one_of(kind, EVENT_KINDS, "event kind"),
+        "payload": canonical_json(payload),
+        "policy_hash": _opt_text(policy_hash),
+    }
+    for name in ("call_id", "agent", "server", "tool"):
+        fields[name] = _opt_text(columns.get(name))
+    return fields
 
 
 def _filters(agent: str | None, tool: str | None, decision: str | None) -> list[tuple[str, object]]:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.loading import Duration, Frozen, build, expand_env, load_yaml
@@ -72,15 +72,6 @@ class Grant(Frozen):
     arguments: dict[str, Limit] = {}
     budgets: tuple[Budget, ...] = ()
     approval: Approval | None = None
-
-    @field_validator("budgets", "approval")
-    @classmethod
-    def _not_yet(cls, value: object) -> object:
-        # Fail closed: a limit this version cannot enforce must not be silently ignored.
-        if value:
-            msg = "is not supported by this version of mcp-guard yet; remove it or upgrade"
-            raise ValueError(msg)
-        return value
 
     def matches(self, agent: str, roles: frozenset[str]) -> bool:
         return any(p == "*" or p == agent or (p.startswith("role:") and p[5:] in roles) for p in self.allow)

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -20,16 +21,19 @@ from mcp import MCPError
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.session import ServerSession
 
+from mcp_guard import holds
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.ledger import CallRecord, Ledger
 from mcp_guard.manifest import Manifest
+from mcp_guard.policy import approvals
 from mcp_guard.policy.engine import Agent, Catalog, Decision, Offer, Policy, ToolDef, canonical
 from mcp_guard.policy.schemas import clean_text
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream import Pool, Upstream, open_pool
 
 AFTER_FORWARD = "the call may have taken effect"
+APPROVAL_POLL = 0.25  # seconds between looks at the ledger while a call waits for an operator
 AGENT_SCOPE_KEY = "mcp_guard.agent"
 """Where the HTTP transport puts the authenticated agent's name in the ASGI scope."""
 
@@ -141,14 +145,22 @@ class Guard:
     ) -> types.CallToolResult:
         started = time.perf_counter()
         agent = self.identify(ctx)
+        session = self._session_of(ctx)
         arguments: Mapping[str, Any] = params.arguments or {}
         offers = await self.offers(agent)
-        decision = self.policy.decide(params.name, arguments, offers)
-        if decision.allowed and decision.server is not None:
+        decision = self.policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
+        if decision.allowed:
             decision = await self._check_upstream(decision)
-        call_id = uuid.uuid4().hex
+        record = self._record_of(uuid.uuid4().hex, agent, session, decision)
+        hold = self._hold_of(agent, decision, record)
         try:
-            await self._record(self._record_of(call_id, agent, self._session_of(ctx), decision))
+            if hold is not None and hold.approval is not None:
+                await self._await_approval(ctx, hold, record.policy_hash)
+            check = None if hold is None else partial(holds.check, record=record, hold=hold)
+            with anyio.CancelScope(shield=True):
+                record = await anyio.to_thread.run_sync(
+                    partial(self.ledger.record_decision, record, check=check)
+                )
         except (LedgerUnavailable, ValueError) as exc:  # no ledger, no call
             self.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc}")
             if decision.reason == "unknown_tool":
@@ -156,9 +168,47 @@ class Guard:
             return _refusal("denied (ledger_unavailable): the call cannot be recorded, so it is refused")
         if decision.reason == "unknown_tool":
             raise MCPError(types.INVALID_PARAMS, decision.detail)
-        if not decision.allowed:
-            return _refusal(decision.text)
-        return await self._forward(ctx, call_id, decision, started)
+        if record.decision != "allow":
+            return _refusal(f"denied ({record.reason}): {record.detail}")
+        return await self._forward(ctx, record.call_id, decision, started)
+
+    def _hold_of(self, agent: Agent, decision: Decision, record: CallRecord) -> holds.Hold | None:
+        """What the ledger must settle for an allowed call: budgets and approval (None if nothing)."""
+        if not decision.allowed or (not decision.charges and decision.approval is None):
+            return None
+        assert decision.server is not None
+        return holds.Hold(
+            server=decision.server,
+            tool=decision.tool,
+            agent=agent.name,
+            charges=decision.charges,
+            approval=decision.approval,
+            digest=approvals.digest(decision.arguments) if decision.approval else "",
+            recorded_arguments=record.arguments,
+        )
+
+    async def _await_approval(
+        self, ctx: ServerRequestContext[Any, Any], hold: holds.Hold, policy_hash: str
+    ) -> None:
+        """File (or find) the approval request for this exact call; if it is pending, wait up to
+        `approval.wait` for an operator, with progress notifications if the client asked."""
+        assert hold.approval is not None
+        _, verdict = await anyio.to_thread.run_sync(
+            self.ledger.hold, partial(holds.file_request, hold=hold, policy_hash=policy_hash)
+        )
+        if verdict != "pending":
+            return
+        relay = _progress_relay(ctx)
+        waited = 0.0
+        with anyio.move_on_after(hold.approval.wait):
+            while verdict == "pending":
+                await anyio.sleep(APPROVAL_POLL)
+                waited += APPROVAL_POLL
+                verdict = await anyio.to_thread.run_sync(
+                    self.ledger.peek, partial(holds.approval_verdict, hold=hold)
+                )
+                if relay is not None:
+                    await relay(waited, hold.approval.wait, None)
 
     async def _check_upstream(self, decision: Decision) -> Decision:
         """An upstream that cannot be (re)started is a denial: nothing was forwarded."""
@@ -235,10 +285,6 @@ class Guard:
             detail=None if decision.allowed else self.scrubber.record(decision.detail),
             policy_hash=self.policy.hash,
         )
-
-    async def _record(self, record: CallRecord) -> None:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self.ledger.record_decision, record)
 
     async def _record_outcome(self, call_id: str, outcome: str, ms: float, detail: str | None) -> None:
         try:

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_guard.config import GuardConfig
-from mcp_guard.manifest import Grant, Manifest
+from mcp_guard.manifest import Approval, Grant, Manifest
+from mcp_guard.policy.approvals import needs_approval
 from mcp_guard.policy.arguments import Violation, check_schema, check_strict, compile_schema
+from mcp_guard.policy.budgets import Charge, charges
 from mcp_guard.policy.schemas import clean_text, merge_limits
 
 
@@ -58,6 +60,10 @@ class Decision:
     server: str | None
     tool: str
     arguments: Mapping[str, Any]
+    # What must still hold in the ledger for an allowed call: its budget charges, and the
+    # approval it needs (None if none).
+    charges: tuple[Charge, ...] = ()
+    approval: Approval | None = None
 
     @property
     def text(self) -> str:
@@ -148,8 +154,17 @@ class Policy:
                             out.append(f"{manifest.source}:tools.{name}[{i}].arguments.{arg}: {msg}")
         return out
 
-    def decide(self, name: str, arguments: Mapping[str, Any], offers: Mapping[str, Offer]) -> Decision:
-        """The decision for one call, checks in the order of SPEC.md."""
+    def decide(
+        self,
+        name: str,
+        arguments: Mapping[str, Any],
+        offers: Mapping[str, Offer],
+        *,
+        agent: str = "",
+        session: str | None = None,
+    ) -> Decision:
+        """The decision for one call, checks in the order of SPEC.md. Budgets and approval are
+        only prepared here (charges, the approval needed); the ledger transaction settles them."""
         offer = offers.get(name)
         if offer is None:
             return Decision(
@@ -167,7 +182,13 @@ class Policy:
         )
         if violations:
             return _deny(offer, violations[0], arguments)
-        return Decision(True, None, "allowed", offer.server, offer.tool.name, arguments)
+        found = charges(offer.grant, agent, session, arguments)
+        if isinstance(found, Violation):
+            return _deny(offer, found, arguments)
+        approval = offer.grant.approval if needs_approval(offer.grant.approval, arguments) else None
+        return Decision(
+            True, None, "allowed", offer.server, offer.tool.name, arguments, tuple(found), approval
+        )
 
 
 def _deny(offer: Offer, violation: Violation, arguments: Mapping[str, Any]) -> Decision:

@@ -82,9 +82,19 @@ BAD = [
     ),
     ("yes is a string", GOOD.replace("note: false", "note: no"), "JSON Schema mapping or false"),
     (
-        "budgets not yet",
-        GOOD.replace("note: false", "note: false\n      budgets: [{max: 1, per: 1d}]"),
-        "not supported",
+        "negative budget",
+        GOOD.replace("note: false", "note: false\n      budgets: [{max: -1, per: 1d}]"),
+        "budgets[0].max",
+    ),
+    (
+        "bad budget scope",
+        GOOD.replace("note: false", "note: false\n      budgets: [{max: 1, per: 1d, by: [customer]}]"),
+        "budgets[0].by[0]",
+    ),
+    (
+        "bad approval wait",
+        GOOD.replace("note: false", "note: false\n      approval: {wait: soon}"),
+        "approval.wait",
     ),
     (
         "empty grant list",

@@ -1,0 +1,119 @@
+"""Budgets and approvals against the ledger: the checks that run inside the transaction that
+records a decision, so concurrent calls from any number of guard processes can never overspend a
+budget or use one approval twice. Converts ledger rows to policy values and back; decides nothing
+the policy core does not."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from mcp_guard.ledger import CallRecord, Window, format_ts
+from mcp_guard.manifest import Approval
+from mcp_guard.policy import approvals, budgets
+from mcp_guard.policy.budgets import Charge, Spent
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """What must hold, in the ledger, for one allowed call to go ahead."""
+
+    server: str
+    tool: str
+    agent: str
+    charges: tuple[Charge, ...] = ()
+    approval: Approval | None = None
+    digest: str = ""
+    recorded_arguments: Any = None  # redacted, for the approval request
+
+
+def file_request(window: Window, hold: Hold, policy_hash: str) -> tuple[str, str]:
+    """The latest request for this exact call and what it means now; files a new request (or
+    reuses a pending one) when needed. Returns (request id, verdict)."""
+    assert hold.approval is not None
+    now = format_ts(window.now)
+    req = approvals.latest(_approval_events(window, hold), hold.digest)
+    verdict = approvals.verdict(req, now)
+    if verdict != "new":
+        assert req is not None
+        return req.id, verdict
+    request_id = uuid.uuid4().hex[:16]
+    payload = {
+        "id": request_id,
+        "action": approvals.REQUEST,
+        "digest": hold.digest,
+        "arguments": hold.recorded_arguments,
+        "requested_at": now,
+        "expires_at": format_ts(window.now + timedelta(seconds=hold.approval.timeout)),
+    }
+    window.queue_event(
+        "approval", payload, agent=hold.agent, server=hold.server, tool=hold.tool, policy_hash=policy_hash
+    )
+    return request_id, "pending"
+
+
+def approval_verdict(window: Window, hold: Hold) -> str:
+    return approvals.verdict(
+        approvals.latest(_approval_events(window, hold), hold.digest), format_ts(window.now)
+    )
+
+
+def check(window: Window, record: CallRecord, hold: Hold) -> CallRecord:
+    """The record to commit: the allowed record, or a denial that says what would pass."""
+    request_id, verdict = ("", "use")
+    if hold.approval is not None:
+        request_id, verdict = file_request(window, hold, record.policy_hash)
+        if verdict == "denied":
+            return _deny(record, "approval_denied", f"an operator denied this call (approval {request_id})")
+        if verdict == "expired":
+            _queue(window, hold, request_id, approvals.EXPIRED, record.policy_hash)
+            return _deny(
+                record, "approval_expired", f"approval {request_id} lapsed; call again to request a new one"
+            )
+        if verdict == "pending":
+            detail = f"held for human approval as request {request_id}; call again with the same arguments"
+            return _deny(record, "approval_pending", f"{detail} once it is approved")
+    violation = budgets.check_budgets(hold.tool, [(c, _spent(window, hold, c)) for c in hold.charges])
+    if violation is not None:
+        return _deny(record, violation.reason, violation.detail)
+    if hold.approval is not None:
+        _queue(window, hold, request_id, approvals.USE, record.policy_hash, call_id=record.call_id)
+    return record
+
+
+def remaining(window: Window, hold: Hold) -> list[tuple[Charge, Decimal]]:
+    """What is left of each budget for this call (for `tools` and `explain`)."""
+    return [(c, max(c.budget.max - _spent(window, hold, c), Decimal(0))) for c in hold.charges]
+
+
+def _spent(window: Window, hold: Hold, charge: Charge) -> Decimal:
+    rows = window.allowed(hold.server, hold.tool, charge.budget.per)
+    return budgets.spent(charge, (Spent(a, s, args) for a, s, args in rows if isinstance(args, Mapping)))
+
+
+def _approval_events(window: Window, hold: Hold) -> list[Mapping[str, Any]]:
+    events = window.events("approval", server=hold.server, tool=hold.tool, agent=hold.agent)
+    return [e.payload for e in events if isinstance(e.payload, Mapping)]
+
+
+def _queue(
+    window: Window, hold: Hold, request_id: str, action: str, policy_hash: str, call_id: str | None = None
+) -> None:
+    payload = {"id": request_id, "action": action}
+    window.queue_event(
+        "approval",
+        payload,
+        agent=hold.agent,
+        server=hold.server,
+        tool=hold.tool,
+        call_id=call_id,
+        policy_hash=policy_hash,
+    )
+
+
+def _deny(record: CallRecord, reason: str, detail: str) -> CallRecord:
+    return replace(record, decision="deny", reason=reason, detail=detail)

@@ -1,0 +1,109 @@
+"""Budgets: what a call would spend against each budget of its grant, how much the recorded
+history already spent, and whether the rolling window allows it. Pure: the caller passes the
+history in (rows read inside the same ledger transaction that records the call)."""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from mcp_guard.loading import format_duration
+from mcp_guard.manifest import Budget, Grant
+from mcp_guard.policy.arguments import Violation
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one call spends against one budget, and the scope it spends in."""
+
+    budget: Budget
+    scope: tuple[tuple[str, str], ...]
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """One earlier allowed call of the same server and tool inside a window."""
+
+    agent: str
+    session: str | None
+    arguments: Mapping[str, Any]
+
+
+def scope_value(key: str, agent: str, session: str | None, arguments: Mapping[str, Any]) -> str:
+    """The value a call has for one scope key. `arg:` values are compared case- and
+    width-insensitively, so `ORD-1` and `ｏｒｄ-1` share one budget (over-counting is the safe side)."""
+    if key == "agent":
+        return agent
+    if key == "session":
+        return session or f"agent:{agent}"
+    value = arguments.get(key[4:])
+    if isinstance(value, str):
+        return "s:" + unicodedata.normalize("NFKC", value).casefold().strip()
+    return "j:" + json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def amount_of(value: Any) -> Decimal | None:
+    """A spend amount exactly as sent, or None if it is not a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    return amount if amount >= 0 else None
+
+
+def charges(
+    grant: Grant, agent: str, session: str | None, arguments: Mapping[str, Any]
+) -> list[Charge] | Violation:
+    """The charges of one call, or why its arguments cannot be charged."""
+    out: list[Charge] = []
+    for budget in grant.budgets:
+        amount = Decimal(1)
+        if budget.sum is not None:
+            if budget.sum not in arguments:
+                return Violation("invalid_arguments", f"{budget.sum} is required")
+            found = amount_of(arguments[budget.sum])
+            if found is None:
+                return Violation("invalid_arguments", f"{budget.sum} must be a finite number >= 0")
+            amount = found
+        scope = tuple((key, scope_value(key, agent, session, arguments)) for key in budget.by)
+        out.append(Charge(budget, scope, amount))
+    return out
+
+
+def spent(charge: Charge, history: Iterable[Spent]) -> Decimal:
+    """What the history already spent in the charge's scope (history: this server and tool,
+    inside the charge's window, allowed decisions only)."""
+    total = Decimal(0)
+    for row in history:
+        if all(scope_value(k, row.agent, row.session, row.arguments) == v for k, v in charge.scope):
+            if charge.budget.sum is None:
+                total += 1
+            else:
+                total += amount_of(row.arguments.get(charge.budget.sum)) or Decimal(0)
+    return total
+
+
+def check_budgets(tool: str, pending: Iterable[tuple[Charge, Decimal]]) -> Violation | None:
+    """Allowed when every total including this call stays <= max; else say what is left."""
+    for charge, already in pending:
+        budget = charge.budget
+        if already + charge.amount > budget.max:
+            left = max(budget.max - already, Decimal(0))
+            window = format_duration(budget.per)
+            what = f"{budget.sum} " if budget.sum else ""
+            unit = "" if budget.sum else " calls"
+            detail = f"{what}{_fmt(left)} of {_fmt(budget.max)}{unit} left for {tool} (rolling {window})"
+            return Violation("budget_exhausted", detail)
+    return None
+
+
+def _fmt(value: Decimal) -> str:
+    text = format(value.normalize(), "f")
+    return text
