@@ -18,7 +18,7 @@ import anyio
 from mcp_guard import __version__
 from mcp_guard.approvals_view import add_approvals_parser, run_approvals
 from mcp_guard.config import GuardConfig, find_config, load_config
-from mcp_guard.errors import ConfigError, GuardError
+from mcp_guard.errors import ConfigError, GuardError, ListenError
 from mcp_guard.ledger_view import add_ledger_parser, run_ledger
 from mcp_guard.manifest import Manifest, load_manifests
 from mcp_guard.policy.engine import Agent, Offer, Policy
@@ -108,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: str) -> int:
     """Every agent over one HTTP listener; identity comes from each request's credential."""
-    from mcp_guard.http import ListenError, bind, parse_listen, serve_http
+    from mcp_guard.http import bind, parse_listen, serve_http
     from mcp_guard.server import open_guard
 
     try:

@@ -3,6 +3,7 @@ these are for broken things: a bad config, a dead disk, an upstream that cannot 
 
     GuardError
     ├── ConfigError            a config or manifest cannot be loaded (exit 2)
+    ├── ListenError            the HTTP address cannot be parsed or bound
     ├── LedgerError            the ledger cannot be opened, read or verified
     │   └── LedgerUnavailable  a write could not be committed: the call is refused
     └── UpstreamError          an upstream failed after or while being contacted
@@ -26,6 +27,10 @@ class ConfigError(GuardError):
         self.reason = reason
         where = f"{file}:{path}" if path else file
         super().__init__(f"{where}: {reason}")
+
+
+class ListenError(GuardError):
+    """The HTTP address cannot be parsed or bound."""
 
 
 class LedgerError(GuardError):

@@ -20,7 +20,6 @@ from urllib.parse import parse_qsl
 import anyio
 import mcp_types as types
 import uvicorn
-from mcp.server import NotificationOptions, Server
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
@@ -32,7 +31,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_guard.config import HttpConfig
-from mcp_guard.errors import GuardError
+from mcp_guard.errors import ListenError
 from mcp_guard.identity import Verdict, authenticate
 from mcp_guard.server import AGENT_SCOPE_KEY, Guard, build_server
 from mcp_guard.wire import StrictJSONError, parse_strict
@@ -51,10 +50,6 @@ SESSION_HEADER = "mcp-session-id"
 LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
 LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 REALM = 'Bearer realm="mcp-guard"'
-
-
-class ListenError(GuardError):
-    """The HTTP address cannot be parsed or bound."""
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -338,26 +333,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 # -- the app and the server -----------------------------------------------------------------------
 
 
-def _advertise_tools_changed(server: Server[Any]) -> None:
-    """The session manager asks for initialization options with no arguments; ours always say
-    that the tool list can change (the guard sends tools/list_changed on reloads)."""
-    base = server.create_initialization_options
-
-    def options(
-        notification_options: NotificationOptions | None = None,
-        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
-        extensions: dict[str, dict[str, Any]] | None = None,
-    ) -> Any:
-        chosen = notification_options or NotificationOptions(tools_changed=True)
-        return base(chosen, experimental_capabilities, extensions)
-
-    server.create_initialization_options = options  # type: ignore[method-assign]
-
-
 def build_app(guard: Guard, host: str) -> GuardMiddleware:
     """The ASGI app: our middleware around a Starlette app serving the SDK's session manager."""
     server = build_server(guard)
-    _advertise_tools_changed(server)
     config = guard.policy.config
     settings = security_settings(config.http, host)
     manager = StreamableHTTPSessionManager(

@@ -19,9 +19,10 @@ import anyio
 import mcp_types as types
 from mcp import MCPError
 from mcp.server import NotificationOptions, Server, ServerRequestContext
+from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 
-from mcp_guard import holds
+from mcp_guard import __version__, holds
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.ledger import CallRecord, Ledger
@@ -331,19 +332,27 @@ def _progress_relay(ctx: ServerRequestContext[Any, Any]) -> Any:
     return relay
 
 
-def build_server(guard: Guard) -> Server[Any]:
-    server: Server[Any] = Server(
-        "mcp-guard",
-        version="0.1.0",
-        on_list_tools=guard.list_tools,
-        on_call_tool=guard.call_tool,
+class GuardServer(Server[Any]):
+    """The SDK's low-level server, saying on every transport that the tool list can change
+    (the HTTP session manager asks for initialization options with no arguments)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        chosen = notification_options or NotificationOptions(tools_changed=True)
+        return super().create_initialization_options(chosen, experimental_capabilities, extensions)
+
+
+def build_server(guard: Guard) -> GuardServer:
+    """Only tools/list, tools/call and ping are served; every other method gets -32601."""
+    server = GuardServer(
+        "mcp-guard", version=__version__, on_list_tools=guard.list_tools, on_call_tool=guard.call_tool
     )
     server.middleware = []  # the SDK's telemetry middleware costs 10-15% per call; not configured here
     return server
-
-
-def init_options(server: Server[Any]) -> Any:
-    return server.create_initialization_options(NotificationOptions(tools_changed=True))
 
 
 @asynccontextmanager

@@ -11,7 +11,7 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from mcp_guard.server import Guard, build_server, init_options
+from mcp_guard.server import Guard, build_server
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 CHUNK = 65536
@@ -115,5 +115,5 @@ async def serve_stdio(guard: Guard) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
         tg.start_soon(writer)
-        await server.run(server_in, server_out, init_options(server))
+        await server.run(server_in, server_out, server.create_initialization_options())
         tg.cancel_scope.cancel()

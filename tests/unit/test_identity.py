@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from mcp_guard.config import AgentConfig, TokensConfig
-from mcp_guard.http import SESSION_IDLE_TIMEOUT, ListenError, SessionOwners, parse_listen
+from mcp_guard.errors import ListenError
+from mcp_guard.http import SESSION_IDLE_TIMEOUT, SessionOwners, parse_listen
 from mcp_guard.identity import (
     KEY_PREFIX,
     agent_for_key,
