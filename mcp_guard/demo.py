@@ -37,6 +37,9 @@ SCRIPT: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+ESCALATION = {"order_id": "ORD-1005", "amount": 75, "currency": "EUR"}
+
+
 def _deployment(folder: Path) -> Path:
     """A copy of the bundled guard.yaml that points at the bundled manifests and a fresh ledger."""
     source = EXAMPLES / "guard.yaml"
@@ -68,14 +71,37 @@ async def _session(config: Path) -> None:
             limit = f"   amount: {json.dumps(amount)}" if amount else ""
             _say(f"  {tool.name}{limit}")
         for title, name, arguments in SCRIPT:
-            _say(f"\n> {title}: {name} {json.dumps(arguments)}")
-            try:
-                result = await session.call_tool(name, arguments)
-            except MCPError as exc:
-                _say(f"< JSON-RPC error {exc.error.code}: {exc.error.message}")
-                continue
-            text = " ".join(getattr(block, "text", "") for block in result.content)
-            _say(f"< {'isError ' if result.is_error else ''}{text[:200]}")
+            await _call(session, title, name, arguments)
+        _say("\n> a refund over 50 waits for a person (the guard holds the call, an operator approves)")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_call, session, "refund of 75", "billing__refund", ESCALATION)
+            await _approve_when_requested(config)
+
+
+async def _call(session: ClientSession, title: str, name: str, arguments: dict[str, Any]) -> None:
+    _say(f"\n> {title}: {name} {json.dumps(arguments)}")
+    try:
+        result = await session.call_tool(name, arguments)
+    except MCPError as exc:
+        _say(f"< JSON-RPC error {exc.error.code}: {exc.error.message}")
+        return
+    text = " ".join(getattr(block, "text", "") for block in result.content)
+    _say(f"< {'isError ' if result.is_error else ''}{text[:200]}")
+
+
+async def _approve_when_requested(config: Path) -> None:
+    """Play the operator: wait for the request to show up, then approve it with the real CLI."""
+    command = [sys.executable, "-m", "mcp_guard", "--config", str(config), "approvals"]
+    with anyio.fail_after(20):
+        while True:
+            listed = await anyio.run_process([*command, "list", "--json"])
+            lines = listed.stdout.decode().splitlines()
+            if lines:
+                request = json.loads(lines[0])
+                break
+            await anyio.sleep(0.2)
+    _say(f"  operator: mcp-guard approvals approve {request['id']}   ({request['agent']}, {request['tool']})")
+    await anyio.run_process([*command, "approve", request["id"]])
 
 
 def run_demo() -> int:
