@@ -72,13 +72,14 @@ async def serve_stdio(guard: Guard) -> None:
         async with write_lock:
             await anyio.to_thread.run_sync(wire_out.write, data)
 
-    async def refuse(reason: str, msg_id: Any = None) -> None:
+    async def answer(code: int, message: str, msg_id: Any = None) -> None:
         error = types.JSONRPCError(
-            jsonrpc="2.0",
-            id=msg_id,
-            error=types.ErrorData(code=types.PARSE_ERROR, message=f"Parse error: {reason}"),
+            jsonrpc="2.0", id=msg_id, error=types.ErrorData(code=code, message=message)
         )
         await write(error.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+
+    async def refuse(reason: str) -> None:
+        await answer(types.PARSE_ERROR, f"Parse error: {reason}")
 
     async def emit(line: bytes) -> None:
         if not line.strip():
@@ -88,17 +89,16 @@ async def serve_stdio(guard: Guard) -> None:
         except StrictJSONError as exc:
             await refuse(str(exc))
             return
+        msg_id = value.get("id") if isinstance(value, dict) else None
+        valid_id = msg_id if isinstance(msg_id, str) or type(msg_id) is int else None
+        if isinstance(value, dict) and "id" in value and valid_id is None:
+            # An id of null, true or 1.5 would make a request look like a notification.
+            await answer(types.INVALID_REQUEST, "Invalid request: id must be a string or an integer")
+            return
         try:
             message = types.jsonrpc_message_adapter.validate_python(value, by_name=False)
         except Exception:
-            msg_id = value.get("id") if isinstance(value, dict) else None
-            valid_id = msg_id if isinstance(msg_id, str) or (type(msg_id) is int) else None
-            error = types.JSONRPCError(
-                jsonrpc="2.0",
-                id=valid_id,
-                error=types.ErrorData(code=types.INVALID_REQUEST, message="Invalid request"),
-            )
-            await write(error.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+            await answer(types.INVALID_REQUEST, "Invalid request", valid_id)
             return
         await to_server.send(SessionMessage(message))
 
