@@ -10,8 +10,8 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -28,7 +28,7 @@ from mcp_guard.config import load_config
 from mcp_guard.examples.journal import JOURNAL_ENV, read_journal
 from mcp_guard.manifest import load_manifests
 from mcp_guard.policy.engine import Agent
-from mcp_guard.server import build_server, open_guard
+from mcp_guard.server import Guard, build_server, open_guard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30.0
@@ -283,20 +283,43 @@ async def inprocess_guard(
 ) -> AsyncIterator[ClientSession]:
     """The guard's own Server, in this process, connected to a ClientSession by memory streams;
     the upstreams are real subprocesses."""
+    async with inprocess_guards(deployment, [agent], **session_args) as sessions:
+        yield sessions[agent]
+
+
+@asynccontextmanager
+async def inprocess_guards(
+    deployment: Deployment, agents: Sequence[str], **session_args: Any
+) -> AsyncIterator[dict[str, ClientSession]]:
+    """One client session per agent, each with its own guard Server, all over one set of
+    upstream processes and one ledger connection (as HTTP serves many agents from one guard)."""
     config, manifests = deployment.load()
-    async with open_guard(config, manifests, agent_of(deployment, agent)) as guard:
-        server = build_server(guard)
-        to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](16)
-        server_out, to_client = anyio.create_memory_object_stream[SessionMessage | Exception](16)
-        async with anyio.create_task_group() as tg, to_server, server_in, server_out, to_client:
-            tg.start_soon(server.run, server_in, server_out, server.create_initialization_options())
-            async with ClientSession(
-                to_client, to_server, read_timeout_seconds=TIMEOUT, **session_args
-            ) as session:
-                with anyio.fail_after(TIMEOUT):
-                    await session.initialize()
-                yield session
-            tg.cancel_scope.cancel()
+    async with (
+        open_guard(config, manifests, agent_of(deployment, agents[0])) as first,
+        AsyncExitStack() as stack,
+    ):
+        sessions: dict[str, ClientSession] = {}
+        for name in agents:
+            agent = agent_of(deployment, name)
+            guard = first if name == agents[0] else Guard(first.policy, first.pool, first.ledger, agent)
+            sessions[name] = await stack.enter_async_context(_connect(guard, session_args))
+        yield sessions
+
+
+@asynccontextmanager
+async def _connect(guard: Guard, session_args: dict[str, Any]) -> AsyncIterator[ClientSession]:
+    server = build_server(guard)
+    to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](16)
+    server_out, to_client = anyio.create_memory_object_stream[SessionMessage | Exception](16)
+    async with anyio.create_task_group() as tg, to_server, server_in, server_out, to_client:
+        tg.start_soon(server.run, server_in, server_out, server.create_initialization_options())
+        async with ClientSession(
+            to_client, to_server, read_timeout_seconds=TIMEOUT, **session_args
+        ) as session:
+            with anyio.fail_after(TIMEOUT):
+                await session.initialize()
+            yield session
+        tg.cancel_scope.cancel()
 
 
 def guard_command(deployment: Deployment, agent: str) -> list[str]:
