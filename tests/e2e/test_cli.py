@@ -13,7 +13,8 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.helpers import REPO_ROOT, SECRETS, TIMEOUT, Deployment, guard_env, write_private
+from tests.helpers import HOSTILE_SECRET, REPO_ROOT, SECRETS, TIMEOUT, Deployment, guard_env, write_private
+from tests.upstreams.hostile import secret_forms as hostile_forms
 
 
 @dataclass
@@ -232,6 +233,27 @@ async def _both(first: Any, second: Any) -> tuple[Run, Run]:
         tg.start_soon(run, 0, first)
         tg.start_soon(run, 1, second)
     return results[0], results[1]
+
+
+async def test_tools_shows_descriptions_as_the_agent_sees_them_with_injected_secrets_redacted(
+    deployment: Deployment,
+) -> None:
+    deployment.with_hostile(
+        tools={"echo": {"allow": ["qa-bot"]}}, description_suffix=f" (key {HOSTILE_SECRET}) \x1b[31mred\u200b"
+    ).write()
+    config = str(deployment.config_path)
+    text, as_json = await _both(
+        mcp_guard("--config", config, "tools", "--agent", "qa-bot", cwd=deployment.root),
+        mcp_guard("--config", config, "tools", "--agent", "qa-bot", "--json", cwd=deployment.root),
+    )
+    assert (text.returncode, as_json.returncode) == (0, 0), (text, as_json)
+    (row,) = [json.loads(line) for line in as_json.stdout.splitlines() if line.strip()]
+    assert row["description"].startswith("Return the given text unchanged.")
+    assert "\x1b" not in text.stdout + as_json.stdout
+    assert "\u200b" not in text.stdout + as_json.stdout
+    for form in hostile_forms(HOSTILE_SECRET).values():
+        assert form not in text.stdout, text.stdout
+        assert form not in row["description"], row
 
 
 def files_under(root: Path) -> dict[str, float]:

@@ -279,7 +279,21 @@ async def test_adversarial_arguments_and_names_are_denied_recorded_and_never_for
             unknown[name] = await guard.request(
                 "tools/call", {"name": name, "arguments": {"order_id": "ORD-1001"}}
             )
-        allowed = await guard.request("tools/call", {"name": "billing__refund", "arguments": REFUND})
+        # The one allowed call carries client-only fields: none of them may reach the upstream.
+        allowed = await guard.request(
+            "tools/call",
+            {
+                "name": "billing__refund",
+                "arguments": REFUND,
+                "_meta": {
+                    "io.modelcontextprotocol/related-task": {"taskId": "t-1"},
+                    "trace": "agent-trace",
+                    "authorization": "Bearer agent-credential-123456",
+                },
+                "task": {"ttl": 60000},
+                "agent": "finance-bot",
+            },
+        )
 
     for label, _, reason in DENIED_CALLS:
         result = answers[label].get("result")
@@ -304,4 +318,4 @@ async def test_adversarial_arguments_and_names_are_denied_recorded_and_never_for
     ]
     expected_names = [json.dumps(name, ensure_ascii=True)[1:-1][:256] for name in LOOK_ALIKE_NAMES]
     assert [r["tool"] for r in name_rows] == expected_names
-    assert (last["decision"], last["outcome"]) == ("allow", "ok")
+    assert (last["decision"], last["outcome"], last["agent"]) == ("allow", "ok", "support-bot")
