@@ -1,0 +1,163 @@
+"""Budgets across real `mcp-guard serve` processes sharing one SQLite ledger file: one after the
+other, and four at once racing for the last of a budget. The billing journal proves what was
+forwarded; the ledger file what was decided; `mcp-guard ledger verify` that the chain held."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from mcp import ClientSession, StdioServerParameters, stdio_client
+
+from tests.helpers import (
+    BILLING_TOOLS,
+    TIMEOUT,
+    Deployment,
+    assert_denied,
+    guard_command,
+    guard_env,
+    stdio_guard,
+    text_of,
+)
+
+PROCESSES = 4
+CALLS_EACH = 6
+AMOUNT = 10
+WORTH = 10  # the budget holds this many calls of AMOUNT
+
+
+def billing(deployment: Deployment, refund_budgets: list[dict[str, Any]], **tools: Any) -> Deployment:
+    refund = [
+        {
+            "allow": ["role:support"],
+            "arguments": {"amount": {"exclusiveMinimum": 0, "maximum": 100}},
+            "budgets": refund_budgets,
+        },
+    ]
+    return deployment.with_billing({**BILLING_TOOLS, "refund": refund, **tools})
+
+
+async def refund(session: ClientSession, amount: Any) -> Any:
+    with anyio.fail_after(TIMEOUT):
+        return await session.call_tool(
+            "billing__refund", {"order_id": "ORD-1004", "amount": amount, "currency": "USD"}
+        )
+
+
+async def lookup(session: ClientSession) -> Any:
+    with anyio.fail_after(TIMEOUT):
+        return await session.call_tool("billing__lookup_order", {"order_id": "ORD-1004"})
+
+
+def assert_ok(result: Any) -> None:
+    assert result.is_error is not True, text_of(result)
+
+
+def refunds(deployment: Deployment) -> list[Any]:
+    return [e["arguments"]["amount"] for e in deployment.journal("billing") if e["tool"] == "refund"]
+
+
+async def test_budgets_span_guard_processes_and_a_session_budget_each_connection(
+    deployment: Deployment,
+) -> None:
+    once_a_session = {"allow": ["role:support"], "budgets": [{"max": 1, "per": "1h", "by": ["session"]}]}
+    billing(deployment, [{"sum": "amount", "max": 100, "per": "1d"}], lookup_order=once_a_session)
+    async with stdio_guard(deployment, "support-bot") as first:
+        assert_ok(await refund(first, 60))
+        assert_ok(await lookup(first))
+        assert_denied(await lookup(first), "budget_exhausted")
+    async with stdio_guard(deployment, "support-bot") as second:  # a new process, the same ledger
+        over = await refund(second, 60)
+        assert_denied(over, "budget_exhausted")
+        assert "40 of 100 left" in text_of(over)
+        assert_ok(await refund(second, 40))
+        assert_denied(await refund(second, 0.01), "budget_exhausted")
+        assert_ok(await lookup(second))  # a new connection is a new session
+    assert refunds(deployment) == [60, 40]
+    assert len([e for e in deployment.journal("billing") if e["tool"] == "lookup_order"]) == 2
+    calls = deployment.ledger()
+    assert [(c["tool"], c["decision"]) for c in calls] == [
+        ("refund", "allow"),
+        ("lookup_order", "allow"),
+        ("lookup_order", "deny"),
+        ("refund", "deny"),
+        ("refund", "allow"),
+        ("refund", "deny"),
+        ("lookup_order", "allow"),
+    ]
+    assert len({c["session"] for c in calls}) == 2
+
+
+@asynccontextmanager
+async def started_guard(deployment: Deployment, agent: str) -> AsyncIterator[ClientSession]:
+    """Like `stdio_guard`, but without rewriting the deployment's files, which other guards are
+    reading as they start at the same time."""
+    command = guard_command(deployment, agent)
+    params = StdioServerParameters(
+        command=command[0], args=command[1:], env=guard_env(), cwd=str(deployment.root)
+    )
+    with deployment.stderr_path.open("a", encoding="utf-8") as errlog:
+        async with (
+            stdio_client(params, errlog=errlog) as (read, write),
+            ClientSession(read, write, read_timeout_seconds=TIMEOUT) as session,
+        ):
+            with anyio.fail_after(TIMEOUT):
+                await session.initialize()
+            yield session
+
+
+async def test_four_guard_processes_making_six_concurrent_calls_each_forward_exactly_the_budget(
+    deployment: Deployment,
+) -> None:
+    billing(deployment, [{"sum": "amount", "max": AMOUNT * WORTH, "per": "1d"}])
+    deployment.write()
+    results: list[Any] = []
+    ready = 0
+    go = anyio.Event()
+
+    async def guard_process() -> None:
+        nonlocal ready
+        async with started_guard(deployment, "support-bot") as session:
+            ready += 1
+            if ready == PROCESSES:
+                go.set()
+            with anyio.fail_after(TIMEOUT):
+                await go.wait()  # every process is up before any call is made
+            async with anyio.create_task_group() as calls:
+                for _ in range(CALLS_EACH):
+                    calls.start_soon(lambda: _append(results, refund(session, AMOUNT)))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(PROCESSES):
+            tg.start_soon(guard_process)
+
+    allowed = [r for r in results if r.is_error is not True]
+    refused = [r for r in results if r.is_error is True]
+    assert len(results) == PROCESSES * CALLS_EACH
+    assert len(allowed) == WORTH, [text_of(r) for r in refused]
+    for result in refused:
+        assert_denied(result, "budget_exhausted")
+    assert refunds(deployment) == [AMOUNT] * WORTH
+    calls = deployment.ledger()
+    assert len(calls) == PROCESSES * CALLS_EACH
+    assert len({c["call_id"] for c in calls}) == PROCESSES * CALLS_EACH
+    assert sorted((c["decision"], c["reason"], c["outcome"]) for c in calls) == sorted(
+        [("allow", None, "ok")] * WORTH
+        + [("deny", "budget_exhausted", None)] * (PROCESSES * CALLS_EACH - WORTH)
+    )
+    assert len({c["session"] for c in calls}) == PROCESSES
+    with anyio.fail_after(TIMEOUT):
+        verify = await anyio.run_process(
+            [sys.executable, "-m", "mcp_guard", "--config", str(deployment.config_path), "ledger", "verify"],
+            cwd=deployment.root,
+            env=guard_env(),
+            check=False,
+        )
+    assert verify.returncode == 0, verify.stderr.decode()
+
+
+async def _append(into: list[Any], pending: Any) -> None:
+    into.append(await pending)
