@@ -56,11 +56,11 @@ LATER = "2026-01-01T11:00:00.000000Z"
     ],
     ids=lambda v: repr(v)[:60],
 )
-def test_the_digest_differs_for_any_change_of_the_arguments(changed: dict[str, Any]):
+def test_the_digest_differs_for_any_change_of_the_arguments(changed: dict[str, Any]) -> None:
     assert digest(changed) != digest(REFUND)
 
 
-def test_the_digest_differs_for_nested_changes_and_list_order():
+def test_the_digest_differs_for_nested_changes_and_list_order() -> None:
     base = {"meta": {"a": [1, 2], "b": {"c": True}}}
     for changed in (
         {"meta": {"a": [2, 1], "b": {"c": True}}},
@@ -71,7 +71,7 @@ def test_the_digest_differs_for_nested_changes_and_list_order():
         assert digest(changed) != digest(base)
 
 
-def test_the_digest_is_the_same_whatever_the_key_order():
+def test_the_digest_is_the_same_whatever_the_key_order() -> None:
     reordered = {"currency": "USD", "amount": 75, "order_id": "ORD-1001"}
     assert list(reordered) != list(REFUND)
     assert digest(reordered) == digest(REFUND)
@@ -80,12 +80,12 @@ def test_the_digest_is_the_same_whatever_the_key_order():
     assert digest(nested_a) == digest(nested_b)
 
 
-def test_the_digest_is_a_sha256_hex_string():
+def test_the_digest_is_a_sha256_hex_string() -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", digest(REFUND))
     assert re.fullmatch(r"[0-9a-f]{64}", digest({}))
 
 
-def test_the_digest_refuses_values_that_are_not_json():
+def test_the_digest_refuses_values_that_are_not_json() -> None:
     with pytest.raises(ValueError, match="not JSON compliant"):
         digest({"amount": float("nan")})
 
@@ -130,11 +130,11 @@ EMPTY_WHEN = Approval.model_validate({"when": {}})
 )
 def test_a_call_needs_approval_when_each_listed_argument_is_absent_or_valid(
     approval: Approval | None, arguments: dict[str, Any], needed: bool
-):
+) -> None:
     assert needs_approval(approval, arguments) is needed
 
 
-def test_an_approval_block_without_durations_waits_30s_and_stays_open_15m():
+def test_an_approval_block_without_durations_waits_30s_and_stays_open_15m() -> None:
     assert (ALWAYS.wait, ALWAYS.timeout) == (1.0, 900.0)
     assert (OVER_50_IN_EUR.wait, OVER_50_IN_EUR.timeout) == (30.0, 900.0)
 
@@ -186,11 +186,11 @@ def state(events: list[dict[str, Any]], now: str = T2, dig: str = D) -> str:
 )
 def test_the_verdict_follows_the_latest_request_for_the_exact_arguments(
     events: list[dict[str, Any]], now: str, expected: str
-):
+) -> None:
     assert state(events, now) == expected
 
 
-def test_the_latest_request_says_who_decided_it_and_when_it_expires():
+def test_the_latest_request_says_who_decided_it_and_when_it_expires() -> None:
     req = latest([request(), act(APPROVE, by="alice")], D)
     assert req == Request("r1", T0, EXPIRES, "approved", decided_by="alice")
     used = latest([request(), act(APPROVE, by="alice"), act(USE)], D)
@@ -202,7 +202,7 @@ def test_the_latest_request_says_who_decided_it_and_when_it_expires():
     assert latest([request(dig=OTHER)], D) is None
 
 
-def test_a_request_lapses_at_its_expiry_time_not_after():
+def test_a_request_lapses_at_its_expiry_time_not_after() -> None:
     req = latest([request()], D)
     assert req is not None
     assert not req.lapsed(T2)
@@ -210,7 +210,7 @@ def test_a_request_lapses_at_its_expiry_time_not_after():
     assert req.lapsed(LATER)
 
 
-def test_a_full_life_pending_approved_used_then_new():
+def test_a_full_life_pending_approved_used_then_new() -> None:
     events: list[dict[str, Any]] = [request()]
     assert state(events) == "pending"
     events.append(act(APPROVE, by="op"))
@@ -223,7 +223,7 @@ def test_a_full_life_pending_approved_used_then_new():
 # -- pending -------------------------------------------------------------------------------------
 
 
-def test_pending_lists_only_undecided_unexpired_requests():
+def test_pending_lists_only_undecided_unexpired_requests() -> None:
     events = [
         request("open"),
         request("approved"),
@@ -244,6 +244,6 @@ def test_pending_lists_only_undecided_unexpired_requests():
     assert pending(events, AT_EXPIRY) == {}
 
 
-def test_pending_is_empty_without_requests():
+def test_pending_is_empty_without_requests() -> None:
     assert pending([], T2) == {}
     assert pending([act(APPROVE, "ghost"), act(DENY, "ghost")], T2) == {}

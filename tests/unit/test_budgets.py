@@ -42,20 +42,20 @@ def one_charge(
 # -- charges ------------------------------------------------------------------------------------
 
 
-def test_a_sum_budget_charges_the_amount_and_a_count_budget_charges_one_call():
+def test_a_sum_budget_charges_the_amount_and_a_count_budget_charges_one_call() -> None:
     found = charges(grant(PER_DAY, CALLS_PER_HOUR), AGENT, SESSION, REFUND)
     assert isinstance(found, list)
     assert [c.amount for c in found] == [Decimal(40), Decimal(1)]
     assert [c.budget.sum for c in found] == ["amount", None]
 
 
-def test_several_budgets_give_one_charge_each_in_manifest_order():
+def test_several_budgets_give_one_charge_each_in_manifest_order() -> None:
     found = charges(grant(PER_DAY, CALLS_PER_HOUR, PER_ORDER), AGENT, SESSION, REFUND)
     assert isinstance(found, list)
     assert [c.budget.max for c in found] == [Decimal(500), Decimal(20), Decimal(150)]
 
 
-def test_a_grant_without_budgets_charges_nothing():
+def test_a_grant_without_budgets_charges_nothing() -> None:
     assert charges(grant(), AGENT, SESSION, REFUND) == []
 
 
@@ -73,7 +73,7 @@ def test_a_grant_without_budgets_charges_nothing():
 )
 def test_the_scope_of_a_charge_holds_one_value_per_scope_key(
     by: list[str] | None, session: str | None, scope: tuple[tuple[str, str], ...]
-):
+) -> None:
     fields = dict(CALLS_PER_HOUR) | ({"by": by} if by is not None else {})
     assert one_charge(fields, REFUND, session).scope == scope
 
@@ -82,22 +82,22 @@ def test_the_scope_of_a_charge_holds_one_value_per_scope_key(
     "variant",
     ["ORD-1001", "ord-1001", "Ord-1001", "ＯＲＤ－１００１", "ｏｒｄ-1001", " ORD-1001 ", "ORD-1001\t"],
 )
-def test_case_and_width_variants_of_an_order_id_share_one_arg_scope(variant: str):
+def test_case_and_width_variants_of_an_order_id_share_one_arg_scope(variant: str) -> None:
     assert scope_value("arg:order_id", AGENT, SESSION, {"order_id": variant}) == "s:ord-1001"
     assert one_charge(PER_ORDER, {**REFUND, "order_id": variant}).scope == (("arg:order_id", "s:ord-1001"),)
 
 
-def test_an_arg_scope_does_not_confuse_a_string_with_a_number_or_null():
+def test_an_arg_scope_does_not_confuse_a_string_with_a_number_or_null() -> None:
     values = {scope_value("arg:x", AGENT, None, {"x": v}) for v in ("1", 1, None, "null", [1], {"a": 1})}
     assert len(values) == 6
 
 
-def test_a_sum_budget_makes_its_argument_required():
+def test_a_sum_budget_makes_its_argument_required() -> None:
     found = charges(grant(PER_DAY), AGENT, SESSION, {"order_id": "ORD-1001", "currency": "USD"})
     assert found == Violation("invalid_arguments", "amount is required")
 
 
-def test_a_count_budget_requires_no_argument():
+def test_a_count_budget_requires_no_argument() -> None:
     assert one_charge(CALLS_PER_HOUR, {}).amount == Decimal(1)
 
 
@@ -119,14 +119,14 @@ def test_a_count_budget_requires_no_argument():
         pytest.param({"value": 40}, id="object"),
     ],
 )
-def test_an_amount_that_is_not_a_finite_number_at_least_zero_is_invalid_arguments(amount: Any):
+def test_an_amount_that_is_not_a_finite_number_at_least_zero_is_invalid_arguments(amount: Any) -> None:
     found = charges(grant(PER_DAY), AGENT, SESSION, {**REFUND, "amount": amount})
     assert isinstance(found, Violation)
     assert found.reason == "invalid_arguments"
     assert "amount" in found.detail
 
 
-def test_a_refusal_of_one_budget_refuses_the_whole_call_whatever_the_others_say():
+def test_a_refusal_of_one_budget_refuses_the_whole_call_whatever_the_others_say() -> None:
     found = charges(grant(CALLS_PER_HOUR, PER_DAY), AGENT, SESSION, {**REFUND, "amount": -1})
     assert isinstance(found, Violation)
     assert found.reason == "invalid_arguments"
@@ -146,7 +146,7 @@ def test_a_refusal_of_one_budget_refuses_the_whole_call_whatever_the_others_say(
         (10**40, Decimal(10**40)),  # a Python int is exact, however large
     ],
 )
-def test_amounts_are_charged_exactly_as_sent(amount: Any, charged: Decimal):
+def test_amounts_are_charged_exactly_as_sent(amount: Any, charged: Decimal) -> None:
     got = one_charge(PER_DAY, {**REFUND, "amount": amount}).amount
     assert got == charged
     assert got >= 0
@@ -160,7 +160,7 @@ def row(agent: str = AGENT, session: str | None = SESSION, **arguments: Any) -> 
     return Spent(agent, session, arguments)
 
 
-def test_a_sum_budget_adds_the_amounts_of_the_calls_in_its_scope_only():
+def test_a_sum_budget_adds_the_amounts_of_the_calls_in_its_scope_only() -> None:
     charge = one_charge(PER_DAY, REFUND)
     history = [
         row(amount=100, order_id="ORD-1001"),
@@ -171,26 +171,26 @@ def test_a_sum_budget_adds_the_amounts_of_the_calls_in_its_scope_only():
     assert spent(charge, history) == Decimal("107.5")
 
 
-def test_a_count_budget_counts_calls_whatever_their_arguments():
+def test_a_count_budget_counts_calls_whatever_their_arguments() -> None:
     charge = one_charge(CALLS_PER_HOUR, REFUND)
     history = [row(), row(amount=1e308), row(amount="x"), row(agent="finance-bot")]
     assert spent(charge, history) == Decimal(3)
 
 
-def test_a_session_scope_counts_only_the_calls_of_that_session():
+def test_a_session_scope_counts_only_the_calls_of_that_session() -> None:
     charge = one_charge({**CALLS_PER_HOUR, "by": ["session"]}, REFUND)
     history = [row(), row(), row(session="other"), row(agent="finance-bot", session=SESSION)]
     # finance-bot's call in a session of the same id: another agent, the same session value
     assert spent(charge, history) == Decimal(3)
 
 
-def test_without_a_session_the_session_scope_is_the_agent():
+def test_without_a_session_the_session_scope_is_the_agent() -> None:
     charge = one_charge({**CALLS_PER_HOUR, "by": ["session"]}, REFUND, session=None)
     history = [row(session=None), row(session=None), row(agent="finance-bot", session=None)]
     assert spent(charge, history) == Decimal(2)
 
 
-def test_an_arg_scope_spans_agents_and_case_and_width_variants_of_the_value():
+def test_an_arg_scope_spans_agents_and_case_and_width_variants_of_the_value() -> None:
     charge = one_charge(PER_ORDER, REFUND)
     history = [
         row(amount=50, order_id="ORD-1001"),
@@ -201,7 +201,7 @@ def test_an_arg_scope_spans_agents_and_case_and_width_variants_of_the_value():
     assert spent(charge, history) == Decimal(100)
 
 
-def test_history_rows_with_negative_or_unreadable_amounts_never_refill_a_budget():
+def test_history_rows_with_negative_or_unreadable_amounts_never_refill_a_budget() -> None:
     charge = one_charge(PER_DAY, REFUND)
     history = [
         row(amount=300),
@@ -214,7 +214,7 @@ def test_history_rows_with_negative_or_unreadable_amounts_never_refill_a_budget(
     assert spent(charge, history) == Decimal(300)
 
 
-def test_ten_thousand_cents_sum_to_exactly_one_hundred():
+def test_ten_thousand_cents_sum_to_exactly_one_hundred() -> None:
     charge = one_charge({"sum": "amount", "max": 100, "per": "1d"}, REFUND)
     assert spent(charge, [row(amount=0.01)] * 10_000) == Decimal(100)
 
@@ -231,7 +231,7 @@ def check(budget_fields: dict[str, Any], already: Any, amount: Any) -> Violation
     ("already", "amount"),
     [(0, 500), (480, 20), (499.99, 0.01), (0, 0), (500, 0), (460, 40)],
 )
-def test_a_call_that_keeps_the_total_at_or_under_max_is_allowed(already: Any, amount: Any):
+def test_a_call_that_keeps_the_total_at_or_under_max_is_allowed(already: Any, amount: Any) -> None:
     assert check(PER_DAY, already, amount) is None
 
 
@@ -248,7 +248,9 @@ def test_a_call_that_keeps_the_total_at_or_under_max_is_allowed(already: Any, am
         (600, 1, "0 of 500"),  # over already (max lowered since): nothing left, never negative
     ],
 )
-def test_the_call_that_would_overspend_is_refused_saying_what_is_left(already: Any, amount: Any, left: str):
+def test_the_call_that_would_overspend_is_refused_saying_what_is_left(
+    already: Any, amount: Any, left: str
+) -> None:
     found = check(PER_DAY, already, amount)
     assert isinstance(found, Violation)
     assert found.reason == "budget_exhausted"
@@ -256,7 +258,7 @@ def test_the_call_that_would_overspend_is_refused_saying_what_is_left(already: A
     assert "refund" in found.detail
 
 
-def test_a_count_budget_refuses_the_call_past_max_saying_no_calls_are_left():
+def test_a_count_budget_refuses_the_call_past_max_saying_no_calls_are_left() -> None:
     fields = {"max": 3, "per": "1h"}
     assert check(fields, 2, 0) is None
     found = check(fields, 3, 0)
@@ -265,7 +267,7 @@ def test_a_count_budget_refuses_the_call_past_max_saying_no_calls_are_left():
     assert "0 of 3 calls left" in found.detail
 
 
-def test_the_first_budget_that_would_overspend_is_the_one_reported():
+def test_the_first_budget_that_would_overspend_is_the_one_reported() -> None:
     per_day, per_order = (one_charge(b, {**REFUND, "amount": 40}) for b in (PER_DAY, PER_ORDER))
     assert check_budgets("refund", [(per_day, Decimal(0)), (per_order, Decimal(100))]) is None
     found = check_budgets("refund", [(per_day, Decimal(0)), (per_order, Decimal(120))])
@@ -276,7 +278,7 @@ def test_the_first_budget_that_would_overspend_is_the_one_reported():
     assert "30 of 500 left" in found.detail
 
 
-def test_three_refunds_of_a_tenth_fit_a_budget_of_three_tenths_and_a_fourth_does_not():
+def test_three_refunds_of_a_tenth_fit_a_budget_of_three_tenths_and_a_fourth_does_not() -> None:
     # In binary floating point 0.1 + 0.1 + 0.1 > 0.3, which would refuse the third refund.
     fields = {"sum": "amount", "max": 0.3, "per": "1d"}
     charge = one_charge(fields, {**REFUND, "amount": 0.1})
@@ -291,7 +293,7 @@ def test_three_refunds_of_a_tenth_fit_a_budget_of_three_tenths_and_a_fourth_does
     assert "0 of 0.3 left" in found.detail
 
 
-def test_sums_like_point_one_plus_point_two_are_exact_against_a_max_of_point_three():
+def test_sums_like_point_one_plus_point_two_are_exact_against_a_max_of_point_three() -> None:
     fields = {"sum": "amount", "max": 0.3, "per": "1d"}
     charge = one_charge(fields, {**REFUND, "amount": 0.2})
     assert check_budgets("refund", [(charge, spent(charge, [row(amount=0.1)]))]) is None
@@ -300,12 +302,12 @@ def test_sums_like_point_one_plus_point_two_are_exact_against_a_max_of_point_thr
 
 
 @pytest.mark.parametrize("tiny", [1e-26, 1e-40, 5e-324], ids=["1e-26", "1e-40", "smallest-float"])
-def test_a_tiny_amount_on_an_exhausted_budget_is_refused_however_small(tiny: float):
+def test_a_tiny_amount_on_an_exhausted_budget_is_refused_however_small(tiny: float) -> None:
     # The total including the call, 500 + tiny, is more than 500; a sum rounded to 28 digits is not.
     assert isinstance(check(PER_DAY, 500, tiny), Violation)
 
 
-def test_many_tiny_calls_add_up_exactly_and_are_stopped_at_max():
+def test_many_tiny_calls_add_up_exactly_and_are_stopped_at_max() -> None:
     fields = {"sum": "amount", "max": 1, "per": "1d"}
     charge = one_charge(fields, {**REFUND, "amount": 0.001})
     history = [row(amount=0.001)] * 999
