@@ -60,7 +60,7 @@ def refunds(deployment: Deployment) -> list[Any]:
     return [e["arguments"]["amount"] for e in deployment.journal("billing") if e["tool"] == "refund"]
 
 
-async def test_budgets_span_guard_processes_and_a_session_budget_each_connection(
+async def test_budgets_span_guard_processes_while_a_session_budget_starts_afresh_with_each_connection(
     deployment: Deployment,
 ) -> None:
     once_a_session = {"allow": ["role:support"], "budgets": [{"max": 1, "per": "1h", "by": ["session"]}]}
