@@ -15,6 +15,7 @@ from typing import Any
 from mcp_guard.ledger import CallRecord, Window, format_ts
 from mcp_guard.manifest import Approval
 from mcp_guard.policy import approvals, budgets
+from mcp_guard.policy.arguments import Violation
 from mcp_guard.policy.budgets import Charge, Spent
 
 
@@ -63,26 +64,32 @@ def approval_verdict(window: Window, hold: Hold) -> str:
 
 
 def check(window: Window, record: CallRecord, hold: Hold) -> CallRecord:
-    """The record to commit: the allowed record, or a denial that says what would pass."""
-    request_id, verdict = ("", "use")
-    if hold.approval is not None:
-        request_id, verdict = file_request(window, hold, record.policy_hash)
-        if verdict == "denied":
-            return _deny(record, "approval_denied", f"an operator denied this call (approval {request_id})")
-        if verdict == "expired":
-            _queue(window, hold, request_id, approvals.EXPIRED, record.policy_hash)
-            return _deny(
-                record, "approval_expired", f"approval {request_id} lapsed; call again to request a new one"
-            )
-        if verdict == "pending":
-            detail = f"held for human approval as request {request_id}; call again with the same arguments"
-            return _deny(record, "approval_pending", f"{detail} once it is approved")
-    violation = budgets.check_budgets(hold.tool, [(c, _spent(window, hold, c)) for c in hold.charges])
+    """The record to commit: the allowed record, or a denial that says what would pass.
+    Budgets first, then approval (SPEC.md's order): a call the budget refuses never reaches
+    an operator."""
+    violation = over_budget(window, hold)
     if violation is not None:
         return _deny(record, violation.reason, violation.detail)
-    if hold.approval is not None:
-        _queue(window, hold, request_id, approvals.USE, record.policy_hash, call_id=record.call_id)
+    if hold.approval is None:
+        return record
+    request_id, verdict = file_request(window, hold, record.policy_hash)
+    if verdict == "denied":
+        return _deny(record, "approval_denied", f"an operator denied this call (approval {request_id})")
+    if verdict == "expired":
+        _queue(window, hold, request_id, approvals.EXPIRED, record.policy_hash)
+        return _deny(
+            record, "approval_expired", f"approval {request_id} lapsed; call again to request a new one"
+        )
+    if verdict == "pending":
+        detail = f"held for human approval as request {request_id}; call again with the same arguments"
+        return _deny(record, "approval_pending", f"{detail} once it is approved")
+    _queue(window, hold, request_id, approvals.USE, record.policy_hash, call_id=record.call_id)
     return record
+
+
+def over_budget(window: Window, hold: Hold) -> Violation | None:
+    """The first budget this call would overspend, if any."""
+    return budgets.check_budgets(hold.tool, [(c, _spent(window, hold, c)) for c in hold.charges])
 
 
 def remaining(window: Window, hold: Hold) -> list[tuple[Charge, Decimal]]:

@@ -27,7 +27,7 @@ from mcp_guard.config import GuardConfig
 from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.ledger import CallRecord, Ledger
 from mcp_guard.manifest import Manifest
-from mcp_guard.policy import approvals
+from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.engine import Agent, Catalog, Decision, Offer, Policy, ToolDef, canonical
 from mcp_guard.policy.schemas import clean_text
 from mcp_guard.secrets import Scrubber
@@ -178,11 +178,16 @@ class Guard:
         if not decision.allowed or (not decision.charges and decision.approval is None):
             return None
         assert decision.server is not None
+        # Scopes are read from the arguments as recorded, as the history's are: a value the ledger
+        # redacts cannot open a fresh budget.
+        recorded = record.arguments if isinstance(record.arguments, Mapping) else {}
         return holds.Hold(
             server=decision.server,
             tool=decision.tool,
             agent=agent.name,
-            charges=decision.charges,
+            charges=tuple(
+                budgets.rescoped(c, agent.name, record.session, recorded) for c in decision.charges
+            ),
             approval=decision.approval,
             digest=approvals.digest(decision.arguments) if decision.approval else "",
             recorded_arguments=record.arguments,
@@ -194,6 +199,8 @@ class Guard:
         """File (or find) the approval request for this exact call; if it is pending, wait up to
         `approval.wait` for an operator, with progress notifications if the client asked."""
         assert hold.approval is not None
+        if await anyio.to_thread.run_sync(self.ledger.peek, partial(holds.over_budget, hold=hold)):
+            return  # refused by its budget in the final check; no operator is asked
         _, verdict = await anyio.to_thread.run_sync(
             self.ledger.hold, partial(holds.file_request, hold=hold, policy_hash=policy_hash)
         )

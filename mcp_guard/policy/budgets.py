@@ -9,12 +9,16 @@ import math
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context as _Context
+from decimal import Decimal, Inexact, InvalidOperation, Overflow, localcontext
 from typing import Any
 
 from mcp_guard.loading import format_duration
 from mcp_guard.manifest import Budget, Grant
 from mcp_guard.policy.arguments import Violation
+
+# Sums of doubles as written need up to ~770 significant digits; an inexact sum raises.
+EXACT = _Context(prec=2000, Emin=-999999, Emax=999999, traps=[Inexact, InvalidOperation, Overflow])
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,16 +81,26 @@ def charges(
     return out
 
 
+def rescoped(charge: Charge, agent: str, session: str | None, arguments: Mapping[str, Any]) -> Charge:
+    """The same charge with its scope read from other arguments (e.g. as recorded)."""
+    scope = tuple((key, scope_value(key, agent, session, arguments)) for key, _ in charge.scope)
+    return Charge(charge.budget, scope, charge.amount)
+
+
 def spent(charge: Charge, history: Iterable[Spent]) -> Decimal:
     """What the history already spent in the charge's scope (history: this server and tool,
     inside the charge's window, allowed decisions only)."""
     total = Decimal(0)
-    for row in history:
-        if all(scope_value(k, row.agent, row.session, row.arguments) == v for k, v in charge.scope):
-            if charge.budget.sum is None:
-                total += 1
-            else:
-                total += amount_of(row.arguments.get(charge.budget.sum)) or Decimal(0)
+    try:
+        with localcontext(EXACT):
+            for row in history:
+                if all(scope_value(k, row.agent, row.session, row.arguments) == v for k, v in charge.scope):
+                    if charge.budget.sum is None:
+                        total += 1
+                    else:
+                        total += amount_of(row.arguments.get(charge.budget.sum)) or Decimal(0)
+    except ArithmeticError:  # a history too precise to sum exactly counts as spent in full
+        return Decimal("Infinity")
     return total
 
 
@@ -94,7 +108,12 @@ def check_budgets(tool: str, pending: Iterable[tuple[Charge, Decimal]]) -> Viola
     """Allowed when every total including this call stays <= max; else say what is left."""
     for charge, already in pending:
         budget = charge.budget
-        if already + charge.amount > budget.max:
+        try:
+            with localcontext(EXACT):
+                over = already + charge.amount > budget.max
+        except ArithmeticError:  # a sum too precise to hold exactly: refuse rather than round
+            over = True
+        if over:
             left = max(budget.max - already, Decimal(0))
             window = format_duration(budget.per)
             what = f"{budget.sum} " if budget.sum else ""
