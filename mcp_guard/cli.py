@@ -4,14 +4,12 @@ failed or a runtime error, 2 bad usage or bad config (one line on stderr, no tra
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 import anyio
 
@@ -21,7 +19,7 @@ from mcp_guard.config import GuardConfig, find_config, load_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError
 from mcp_guard.ledger_view import add_ledger_parser, run_ledger
 from mcp_guard.manifest import Manifest, load_manifests
-from mcp_guard.policy.engine import Agent, Offer, Policy
+from mcp_guard.policy.engine import Agent, Policy
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 
@@ -189,60 +187,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _offers(
-    config: GuardConfig, manifests: tuple[Manifest, ...], name: str
-) -> tuple[Policy, dict[str, Offer]]:
-    from mcp_guard.secrets import Scrubber
-    from mcp_guard.server import tool_def
-    from mcp_guard.upstream import open_pool
-
-    policy = Policy(config, manifests)
-    agent = agent_of(config, policy, name)
-    scrubber = Scrubber(policy.secrets)
-
-    async def changed(_: Any) -> None:
-        return None
-
-    def log(text: str) -> None:
-        print(f"mcp-guard: {scrubber.record(text)}", file=sys.stderr)
-
-    async with open_pool(manifests, changed, log) as pool:
-        live = await pool.catalog()
-    catalog = {server: tuple(tool_def(t) for t in tools) for server, tools in live.items()}
-    for problem in policy.problems(catalog):
-        log(f"warning: {problem}")
-    return policy, policy.offers(agent, catalog)
-
-
 def cmd_tools(args: argparse.Namespace) -> int:
+    from mcp_guard.preview import load_preview, print_tools
+
     config, manifests = load(args)
-    _, offers = anyio.run(_offers, config, manifests, args.agent)
-    for offer in offers.values():
-        schema = offer.input_schema
-        if args.json:
-            row = {
-                "name": offer.name,
-                "server": offer.server,
-                "tool": offer.tool.name,
-                "description": offer.description,
-                "inputSchema": schema,
-            }
-            print(json.dumps(row, ensure_ascii=False))
-            continue
-        print(offer.name)
-        if offer.description:
-            print(f"  {offer.description.splitlines()[0][:100]}")
-        required = set(schema.get("required", []))
-        for arg, prop in (schema.get("properties") or {}).items():
-            limits = {k: v for k, v in prop.items() if k not in ("description", "title")}
-            flag = "" if arg in required else "?"
-            print(f"  {arg}{flag}: {json.dumps(limits, ensure_ascii=False)}")
-    if not offers and not args.json:
-        print(f"(no tools for {args.agent!r})")
+    agent = agent_of(config, Policy(config, manifests), args.agent)
+    print_tools(load_preview(config, manifests, agent), config, args.json)
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from mcp_guard.preview import explain, load_preview
+
     config, manifests = load(args)
     try:
         arguments = parse_strict(args.arguments.encode(), config.limits.max_message_bytes)
@@ -252,13 +208,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not isinstance(arguments, dict):
         msg = "explain: ARGS_JSON must be a JSON object"
         raise UsageError(msg)
-    policy, offers = anyio.run(_offers, config, manifests, args.agent)
-    decision = policy.decide(args.tool, arguments, offers)
-    if decision.allowed:
-        print(f"allow: {decision.server}.{decision.tool} for {args.agent!r} with {json.dumps(arguments)}")
-        return 0
-    print(decision.text)
-    return 1
+    agent = agent_of(config, Policy(config, manifests), args.agent)
+    allowed, line = explain(load_preview(config, manifests, agent), config, args.tool, arguments)
+    print(line)
+    return 0 if allowed else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -61,6 +61,24 @@ def tool_def(tool: types.Tool) -> ToolDef:
     )
 
 
+def advertise(offer: Offer, scrubber: Scrubber) -> types.Tool:
+    """A tool exactly as one agent is shown it: limits merged, text cleaned, secrets scrubbed."""
+    tool = offer.tool
+
+    def text(value: str | None) -> str | None:
+        return scrubber.text(clean_text(value) or "") or None if value else None
+
+    annotations = types.ToolAnnotations.model_validate(tool.annotations) if tool.annotations else None
+    return types.Tool(
+        name=offer.name,
+        title=text(tool.title),
+        description=text(offer.description),
+        input_schema=scrubber.json(dict(offer.input_schema)),
+        output_schema=scrubber.json(tool.output_schema) if tool.output_schema else None,
+        annotations=annotations,
+    )
+
+
 @dataclass
 class Guard:
     """What every request needs: the policy in force, the upstreams, the ledger."""
@@ -124,22 +142,7 @@ class Guard:
     ) -> types.ListToolsResult:
         agent = self.identify(ctx)
         offers = await self.offers(agent)
-        return types.ListToolsResult(tools=[self._advertise(o) for o in offers.values()])
-
-    def _advertise(self, offer: Offer) -> types.Tool:
-        tool = offer.tool
-        annotations = types.ToolAnnotations.model_validate(tool.annotations) if tool.annotations else None
-        return types.Tool(
-            name=offer.name,
-            title=self._text(tool.title),
-            description=self._text(offer.description),
-            input_schema=self.scrubber.json(dict(offer.input_schema)),
-            output_schema=self.scrubber.json(tool.output_schema) if tool.output_schema else None,
-            annotations=annotations,
-        )
-
-    def _text(self, value: str | None) -> str | None:
-        return self.scrubber.text(clean_text(value) or "") or None if value else None
+        return types.ListToolsResult(tools=[advertise(o, self.scrubber) for o in offers.values()])
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams

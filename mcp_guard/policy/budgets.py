@@ -118,11 +118,11 @@ def check_budgets(tool: str, pending: Iterable[tuple[Charge, Decimal]]) -> Viola
             window = format_duration(budget.per)
             what = f"{budget.sum} " if budget.sum else ""
             unit = "" if budget.sum else " calls"
-            detail = f"{what}{_fmt(left)} of {_fmt(budget.max)}{unit} left for {tool} (rolling {window})"
+            amounts = f"{format_amount(left)} of {format_amount(budget.max)}"
+            detail = f"{what}{amounts}{unit} left for {tool} (rolling {window})"
             return Violation("budget_exhausted", detail)
     return None
 
 
-def _fmt(value: Decimal) -> str:
-    text = format(value.normalize(), "f")
-    return text
+def format_amount(value: Decimal) -> str:
+    return format(value.normalize(), "f")

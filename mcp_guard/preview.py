@@ -1,0 +1,171 @@
+"""`mcp-guard tools` and `explain`: what an agent would be shown and what a call would get, with
+the budgets left, decided exactly as the guard would. Lists the upstreams' tools; forwards no
+call and writes nothing (the ledger is opened read-only, if it exists)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+import anyio
+
+from mcp_guard import holds
+from mcp_guard.config import GuardConfig
+from mcp_guard.ledger import CallRecord, Ledger, Window
+from mcp_guard.loading import format_duration
+from mcp_guard.manifest import Budget, Manifest
+from mcp_guard.policy import approvals, budgets
+from mcp_guard.policy.engine import Agent, Offer, Policy
+from mcp_guard.secrets import Scrubber
+from mcp_guard.server import advertise, tool_def
+from mcp_guard.upstream import open_pool
+
+
+@dataclass
+class Preview:
+    policy: Policy
+    agent: Agent
+    offers: dict[str, Offer]
+    scrubber: Scrubber
+
+
+async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Agent) -> Preview:
+    policy = Policy(config, manifests)
+    scrubber = Scrubber(policy.secrets)
+
+    async def changed(_: Any) -> None:
+        return None
+
+    def log(text: str) -> None:
+        print(f"mcp-guard: {scrubber.record(text)}", file=sys.stderr)
+
+    async with open_pool(manifests, changed, log) as pool:
+        live = await pool.catalog()
+    catalog = {server: tuple(tool_def(t) for t in tools) for server, tools in live.items()}
+    for problem in policy.problems(catalog):
+        log(f"warning: {problem}")
+    return Preview(policy, agent, policy.offers(agent, catalog), scrubber)
+
+
+def load_preview(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Agent) -> Preview:
+    return anyio.run(_load, config, manifests, agent)
+
+
+def _with_ledger(config: GuardConfig, fn: Any, default: Any) -> Any:
+    """fn(window) on the ledger's current state, or `default` if there is no ledger yet."""
+    if not config.ledger.path.exists():
+        return default
+    with Ledger.open_readonly(config.ledger.path) as ledger:
+        return ledger.peek(fn)
+
+
+def _budget_line(budget: Budget, left: Decimal | None) -> str:
+    what = f"sum of {budget.sum}" if budget.sum else "calls"
+    scope = ", ".join(budget.by)
+    now = "" if left is None else f"; {budgets.format_amount(left)} left now"
+    window = format_duration(budget.per)
+    return f"budget: {what} <= {budgets.format_amount(budget.max)} per rolling {window} by {scope}{now}"
+
+
+def print_tools(preview: Preview, config: GuardConfig, as_json: bool) -> None:
+    def left(window: Window | None, offer: Offer, budget: Budget) -> Decimal | None:
+        if window is None or budget.by != ("agent",):
+            return None  # other scopes depend on the call's own values
+        charge = budgets.Charge(budget, (("agent", preview.agent.name),), Decimal(0))
+        hold = holds.Hold(offer.server, offer.tool.name, preview.agent.name, (charge,))
+        return holds.remaining(window, hold)[0][1]
+
+    def report(window: Window | None) -> list[str]:
+        lines: list[str] = []
+        for offer in preview.offers.values():
+            tool = advertise(offer, preview.scrubber)
+            schema = tool.input_schema
+            grant = offer.grant
+            if as_json:
+                row = {
+                    "name": tool.name,
+                    "server": offer.server,
+                    "tool": offer.tool.name,
+                    "description": tool.description,
+                    "inputSchema": schema,
+                    "budgets": [
+                        {**b.model_dump(mode="json"), "left": _str(left(window, offer, b))}
+                        for b in grant.budgets
+                    ],
+                    "approval": grant.approval.model_dump(mode="json") if grant.approval else None,
+                }
+                lines.append(json.dumps(row, ensure_ascii=False))
+                continue
+            lines.append(tool.name)
+            if tool.description:
+                lines.append(f"  {tool.description.splitlines()[0][:100]}")
+            required = set(schema.get("required", []))
+            for arg, prop in (schema.get("properties") or {}).items():
+                limits = {k: v for k, v in prop.items() if k not in ("description", "title")}
+                lines.append(
+                    f"  {arg}{'' if arg in required else '?'}: {json.dumps(limits, ensure_ascii=False)}"
+                )
+            lines += [f"  {_budget_line(b, left(window, offer, b))}" for b in grant.budgets]
+            if grant.approval is not None:
+                when = json.dumps(grant.approval.when) if grant.approval.when else "every call"
+                lines.append(f"  approval: {when}")
+        return lines
+
+    lines = _with_ledger(config, report, None) if config.ledger.path.exists() else report(None)
+    assert lines is not None
+    for line in lines:
+        print(line)
+    if not preview.offers and not as_json:
+        print(f"(no tools for {preview.agent.name!r})")
+
+
+def explain(
+    preview: Preview, config: GuardConfig, name: str, arguments: Mapping[str, Any]
+) -> tuple[bool, str]:
+    """(allowed, the line to print): the decision the guard would make now, budgets included."""
+    agent = preview.agent
+    decision = preview.policy.decide(name, arguments, preview.offers, agent=agent.name)
+    if not decision.allowed:
+        return False, decision.text
+    recorded = preview.scrubber.json(dict(arguments), record=True)
+    record = CallRecord(
+        uuid.uuid4().hex, agent.name, None, decision.server, decision.tool, recorded, "allow", None, None, ""
+    )
+    assert decision.server is not None
+    hold = holds.Hold(
+        server=decision.server,
+        tool=decision.tool,
+        agent=agent.name,
+        charges=tuple(budgets.rescoped(c, agent.name, None, recorded) for c in decision.charges),
+        approval=decision.approval,
+        digest=approvals.digest(arguments) if decision.approval else "",
+        recorded_arguments=recorded,
+    )
+    if config.ledger.path.exists():
+        final: CallRecord = _with_ledger(config, partial(holds.check, record=record, hold=hold), None)
+    else:  # no history yet: every budget is whole, and no approval has been given
+        violation = budgets.check_budgets(hold.tool, [(c, Decimal(0)) for c in hold.charges])
+        reason = violation.reason if violation else "approval_pending" if hold.approval else None
+        detail = violation.detail if violation else None
+        final = replace(record, decision="deny" if reason else "allow", reason=reason, detail=detail)
+    if final.decision == "allow":
+        return (
+            True,
+            f"allow: {decision.server}.{decision.tool} for {agent.name!r} with {json.dumps(arguments)}",
+        )
+    if final.reason == "approval_pending":
+        return (
+            False,
+            "denied (approval_pending): this exact call needs an operator's approval (mcp-guard approvals)",
+        )
+    return False, f"denied ({final.reason}): {final.detail}"
+
+
+def _str(value: Decimal | None) -> str | None:
+    return None if value is None else budgets.format_amount(value)
