@@ -24,7 +24,7 @@ from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.engine import Agent, Offer, Policy
 from mcp_guard.secrets import Scrubber
 from mcp_guard.server import advertise, tool_def
-from mcp_guard.upstream import open_pool
+from mcp_guard.upstream import START_TIMEOUT, open_pool
 
 
 @dataclass
@@ -45,7 +45,7 @@ async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Age
     def log(text: str) -> None:
         print(f"mcp-guard: {scrubber.record(text)}", file=sys.stderr)
 
-    async with open_pool(manifests, changed, log) as pool:
+    async with open_pool(manifests, changed, log, wait=START_TIMEOUT) as pool:
         live = await pool.catalog()
     catalog = {server: tuple(tool_def(t) for t in tools) for server, tools in live.items()}
     for problem in policy.problems(catalog):

@@ -5,6 +5,7 @@ UpstreamError. Knows nothing of agents or policy."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -19,13 +20,16 @@ from mcp.shared.dispatcher import ProgressFnT as ProgressFn
 from mcp_guard.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.manifest import Manifest
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 30.0  # an upstream that has not answered initialize and tools/list by then has failed
+START_WAIT = 5.0  # how long the guard's own start waits for its upstreams before serving
+MAX_BACKOFF = 30.0  # seconds between attempts to start an upstream that keeps failing
 OnChange = Callable[["Upstream"], Awaitable[None]]
 
 
 class Upstream:
     """One upstream server. A background task owns its transport and session, so that their
-    context managers open and close in one task; calls use the session from any task."""
+    context managers open and close in one task; calls use the session from any task. Starting
+    never holds up requests for other upstreams: a failed start is retried after a backoff."""
 
     def __init__(self, manifest: Manifest, on_change: OnChange, log: Callable[[str], None]) -> None:
         self.manifest = manifest
@@ -34,8 +38,10 @@ class Upstream:
         self._log = log
         self._session: ClientSession | None = None
         self._stop: anyio.Event | None = None
-        self._lock = anyio.Lock()
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._starting: anyio.Event | None = None  # set when the start in flight ends
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_failure = "it has not been started"
 
     @property
     def name(self) -> str:
@@ -45,24 +51,31 @@ class Upstream:
     def alive(self) -> bool:
         return self._session is not None
 
+    def start_soon(self, tg: anyio.abc.TaskGroup) -> anyio.Event:
+        """Begin a start unless one is running, it is alive, or it failed too recently; returns
+        an event that is set when the attempt (if any) ends."""
+        if self._starting is not None:
+            return self._starting
+        done = anyio.Event()
+        if self._session is None and time.monotonic() >= self._retry_at:
+            self._starting = done
+            self._stop = anyio.Event()
+            tg.start_soon(self._run, self._stop, done)
+        else:
+            done.set()
+        return done
+
     async def ensure(self, tg: anyio.abc.TaskGroup) -> ClientSession:
         """The live session, starting (or restarting) the upstream if it is not running."""
-        self._tg = tg
-        async with self._lock:
-            if self._session is not None:
-                return self._session
-            ready = anyio.Event()
-            failure: list[BaseException] = []
-            self._stop = anyio.Event()
-            tg.start_soon(self._run, self._stop, ready, failure)
-            await ready.wait()
-            if self._session is None:
-                reason = _describe(failure[0]) if failure else "it exited during start-up"
-                msg = f"upstream {self.name!r} could not be started: {reason}"
-                raise UpstreamUnavailable(msg)
-            return self._session
+        if self._session is None:
+            await self.start_soon(tg).wait()
+        if self._session is None:
+            msg = f"upstream {self.name!r} is unavailable: {self._last_failure}"
+            raise UpstreamUnavailable(msg)
+        return self._session
 
-    async def _run(self, stop: anyio.Event, ready: anyio.Event, failure: list[BaseException]) -> None:
+    async def _run(self, stop: anyio.Event, done: anyio.Event) -> None:
+        session: ClientSession | None = None
         try:
             async with AsyncExitStack() as stack:
                 read, write = await stack.enter_async_context(self._transport())
@@ -73,17 +86,34 @@ class Upstream:
                 )
                 with anyio.fail_after(START_TIMEOUT):
                     await session.initialize()
-                    self.tools = tuple((await session.list_tools()).tools)
-                self._session = session
-                ready.set()
+                    tools = tuple((await session.list_tools()).tools)
+                changed = _dump(tools) != _dump(self.tools)
+                self.tools, self._session, self._failures = tools, session, 0
+                self._starting = None
+                done.set()
+                if changed:
+                    await self._on_change(self)
                 await stop.wait()
         except Exception as exc:  # whatever an upstream does, the guard keeps serving
-            failure.append(exc)
-            if self._session is not None:
+            if self._session is session and session is not None:
                 self._log(f"upstream {self.name!r} stopped: {_describe(exc)}")
+            else:
+                self._failed(
+                    _describe(exc) if not isinstance(exc, TimeoutError) else "it did not answer in time"
+                )
         finally:
-            self._session = None
-            ready.set()
+            if self._session is session:
+                self._session = None
+            if not done.is_set():
+                self._failed("it exited during start-up")
+                self._starting = None
+                done.set()
+
+    def _failed(self, reason: str) -> None:
+        self._failures += 1
+        self._retry_at = time.monotonic() + min(2.0 ** (self._failures - 1), MAX_BACKOFF)
+        self._last_failure = reason
+        self._log(f"upstream {self.name!r} could not be started: {reason}")
 
     def _transport(self) -> Any:
         up = self.manifest.upstream
@@ -155,6 +185,10 @@ def _owned_http(url: str, client: httpx2.AsyncClient) -> Any:
     return cm()
 
 
+def _dump(tools: tuple[types.Tool, ...]) -> list[dict[str, Any]]:
+    return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         return _describe(exc.exceptions[0])
@@ -172,30 +206,24 @@ class Pool:
         self.log = log
         self.tg: anyio.abc.TaskGroup | None = None
 
-    async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        """Start every upstream at once; one that fails is reported and retried on use."""
+    async def start(self, tg: anyio.abc.TaskGroup, wait: float = START_WAIT) -> None:
+        """Start every upstream at once and wait up to `wait` seconds for them; one that is not
+        up by then joins later (clients are told the tool list changed)."""
         self.tg = tg
-
-        async def start_one(up: Upstream) -> None:
-            try:
-                await up.ensure(tg)
-            except UpstreamError as exc:
-                self.log(str(exc))
-
-        async with anyio.create_task_group() as starters:
-            for up in self.upstreams.values():
-                starters.start_soon(start_one, up)
+        attempts = [up.start_soon(tg) for up in self.upstreams.values()]
+        with anyio.move_on_after(wait):
+            for done in attempts:
+                await done.wait()
 
     async def catalog(self) -> dict[str, tuple[types.Tool, ...]]:
-        """Live tools by server; dead upstreams are restarted first (and skipped if they fail)."""
+        """Tools by server, at once. An upstream that is down keeps the tools it last listed (a
+        call to one restarts it, or is refused `upstream_unavailable`) and is restarted in the
+        background after its backoff; one that never came up has none."""
         assert self.tg is not None
         for up in self.upstreams.values():
             if not up.alive:
-                try:
-                    await up.ensure(self.tg)
-                except UpstreamError as exc:
-                    self.log(str(exc))
-        return {name: up.tools for name, up in self.upstreams.items() if up.alive}
+                up.start_soon(self.tg)
+        return {name: up.tools for name, up in self.upstreams.items() if up.tools}
 
     async def call(
         self, server: str, tool: str, arguments: dict[str, Any], progress: ProgressFn | None
@@ -210,12 +238,12 @@ class Pool:
 
 @asynccontextmanager
 async def open_pool(
-    manifests: tuple[Manifest, ...], on_change: OnChange, log: Callable[[str], None]
+    manifests: tuple[Manifest, ...], on_change: OnChange, log: Callable[[str], None], wait: float = START_WAIT
 ) -> AsyncIterator[Pool]:
-    """Start every upstream; stop them all on exit."""
+    """Start every upstream (waiting up to `wait` seconds for them); stop them all on exit."""
     pool = Pool(manifests, on_change, log)
     async with anyio.create_task_group() as tg:
-        await pool.start(tg)
+        await pool.start(tg, wait)
         try:
             yield pool
         finally:
