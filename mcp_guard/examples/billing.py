@@ -9,19 +9,13 @@ import base64
 import itertools
 import json
 import math
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-import jsonschema
 import mcp.types as types
-from mcp import MCPError
-from mcp.server import Server, ServerRequestContext
-from mcp.server.stdio import stdio_server
+from mcp.server import Server
 
-from mcp_guard.examples.journal import record_call
+from mcp_guard.examples.toolkit import error, run_stdio, tool_server
 
 SERVER_NAME = "billing"
 API_KEY_ENV = "BILLING_API_KEY"
@@ -83,7 +77,6 @@ TOOLS = [
         annotations=types.ToolAnnotations(read_only_hint=True, open_world_hint=False),
     ),
 ]
-TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}
 
 
 @dataclass
@@ -131,14 +124,10 @@ def _text(text: str, structured: dict[str, Any] | None = None) -> types.CallTool
     return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured)
 
 
-def _error(text: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
-
-
 def _lookup_order(billing: Billing, args: dict[str, Any]) -> types.CallToolResult:
     order = billing.orders.get(args["order_id"])
     if order is None:
-        return _error(f"Unknown order: {args['order_id']}")
+        return error(f"Unknown order: {args['order_id']}")
     data = order.as_dict()
     text = (
         f"{order.order_id}: {data['amount']:.2f} {order.currency} for {order.customer}"
@@ -150,18 +139,18 @@ def _lookup_order(billing: Billing, args: dict[str, Any]) -> types.CallToolResul
 def _refund(billing: Billing, args: dict[str, Any]) -> types.CallToolResult:
     order = billing.orders.get(args["order_id"])
     if order is None:
-        return _error(f"Unknown order: {args['order_id']}")
+        return error(f"Unknown order: {args['order_id']}")
     if args["currency"] != order.currency:
-        return _error(f"{order.order_id} was paid in {order.currency}, not {args['currency']}")
+        return error(f"{order.order_id} was paid in {order.currency}, not {args['currency']}")
     amount = float(args["amount"])
     if not math.isfinite(amount):
-        return _error("Refund amount must be a finite number")
+        return error("Refund amount must be a finite number")
     cents = round(amount * 100)
     if cents <= 0:
-        return _error("Refund amount must be at least 0.01")
+        return error("Refund amount must be at least 0.01")
     remaining = order.amount_cents - order.refunded_cents
     if cents > remaining:
-        return _error(
+        return error(
             f"Refund of {cents / 100:.2f} exceeds the refundable {remaining / 100:.2f} {order.currency}"
         )
     order.refunded_cents += cents
@@ -209,46 +198,11 @@ HANDLERS = {
 
 def build_server(api_key: str) -> Server[Any]:
     """A low-level MCP server over a freshly seeded billing state."""
-    billing = seed(api_key)
-
-    async def list_tools(
-        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=TOOLS)
-
-    async def call_tool(
-        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
-        record_call(SERVER_NAME, ctx, params)
-        tool = TOOLS_BY_NAME.get(params.name)
-        if tool is None:
-            raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
-        args = params.arguments or {}
-        try:
-            jsonschema.validate(args, tool.input_schema)
-        except jsonschema.ValidationError as exc:
-            return _error(f"Invalid arguments for {tool.name}: {exc.message}")
-        try:
-            return HANDLERS[tool.name](billing, args)
-        except Exception as exc:  # a tool bug must not send its traceback text to the client
-            print(f"billing example: {tool.name} failed: {exc!r}", file=sys.stderr)
-            return _error(f"Internal error in {tool.name}")
-
-    return Server(SERVER_NAME, version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
-async def serve(api_key: str) -> None:
-    server = build_server(api_key)
-    async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    return tool_server(SERVER_NAME, TOOLS, HANDLERS, seed(api_key))
 
 
 def main() -> None:
-    api_key = os.environ.get(API_KEY_ENV, "")
-    if not api_key:
-        print(f"billing example: environment variable {API_KEY_ENV} is required", file=sys.stderr)
-        sys.exit(1)
-    anyio.run(serve, api_key)
+    run_stdio(SERVER_NAME, API_KEY_ENV, build_server)
 
 
 if __name__ == "__main__":

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
-import jsonschema
 import mcp.types as types
-from mcp import MCPError
-from mcp.server import Server, ServerRequestContext
-from mcp.server.stdio import stdio_server
+from mcp.server import Server
 
-from mcp_guard.examples.journal import record_call
+from mcp_guard.examples.toolkit import error, run_stdio, tool_server
 
 SERVER_NAME = "tickets"
 CREDENTIAL_ENV = "TICKETS_API_TOKEN"
@@ -79,7 +73,6 @@ TOOLS = [
         ),
     ),
 ]
-TOOLS_BY_NAME = {tool.name: tool for tool in TOOLS}
 
 
 @dataclass
@@ -122,10 +115,6 @@ def _text(text: str, structured: dict[str, Any] | None = None) -> types.CallTool
     return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured)
 
 
-def _error(text: str) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
-
-
 def _search_tickets(tickets: dict[str, Ticket], args: dict[str, Any]) -> types.CallToolResult:
     query = args["query"].lower()
     status = args.get("status")
@@ -142,7 +131,7 @@ def _search_tickets(tickets: dict[str, Ticket], args: dict[str, Any]) -> types.C
 def _get_ticket(tickets: dict[str, Ticket], args: dict[str, Any]) -> types.CallToolResult:
     ticket = tickets.get(args["ticket_id"])
     if ticket is None:
-        return _error(f"Unknown ticket: {args['ticket_id']}")
+        return error(f"Unknown ticket: {args['ticket_id']}")
     text = f"{ticket.ticket_id} [{ticket.status}] {ticket.subject}\n{ticket.body}"
     return _text(text, ticket.as_dict())
 
@@ -150,9 +139,9 @@ def _get_ticket(tickets: dict[str, Ticket], args: dict[str, Any]) -> types.CallT
 def _add_comment(tickets: dict[str, Ticket], args: dict[str, Any]) -> types.CallToolResult:
     ticket = tickets.get(args["ticket_id"])
     if ticket is None:
-        return _error(f"Unknown ticket: {args['ticket_id']}")
+        return error(f"Unknown ticket: {args['ticket_id']}")
     if ticket.status == "closed":
-        return _error(f"{ticket.ticket_id} is closed; reopen it before commenting")
+        return error(f"{ticket.ticket_id} is closed; reopen it before commenting")
     ticket.comments.append(args["body"])
     data = {"ticket_id": ticket.ticket_id, "comment_count": len(ticket.comments)}
     return _text(f"Comment {len(ticket.comments)} added to {ticket.ticket_id}", data)
@@ -161,7 +150,7 @@ def _add_comment(tickets: dict[str, Ticket], args: dict[str, Any]) -> types.Call
 def _close_ticket(tickets: dict[str, Ticket], args: dict[str, Any]) -> types.CallToolResult:
     ticket = tickets.get(args["ticket_id"])
     if ticket is None:
-        return _error(f"Unknown ticket: {args['ticket_id']}")
+        return error(f"Unknown ticket: {args['ticket_id']}")
     ticket.status, ticket.resolution = "closed", args["resolution"]
     return _text(f"{ticket.ticket_id} closed as {ticket.resolution}", ticket.summary())
 
@@ -174,47 +163,13 @@ HANDLERS = {
 }
 
 
-def build_server() -> Server[Any]:
+def build_server(_credential: str = "") -> Server[Any]:
     """A low-level MCP server over a freshly seeded help-desk."""
-    tickets = seed()
-
-    async def list_tools(
-        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=TOOLS)
-
-    async def call_tool(
-        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
-        record_call(SERVER_NAME, ctx, params)
-        tool = TOOLS_BY_NAME.get(params.name)
-        if tool is None:
-            raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {params.name}")
-        args = params.arguments or {}
-        try:
-            jsonschema.validate(args, tool.input_schema)
-        except jsonschema.ValidationError as exc:
-            return _error(f"Invalid arguments for {tool.name}: {exc.message}")
-        try:
-            return HANDLERS[tool.name](tickets, args)
-        except Exception as exc:  # a tool bug must not send its traceback text to the client
-            print(f"tickets example: {tool.name} failed: {exc!r}", file=sys.stderr)
-            return _error(f"Internal error in {tool.name}")
-
-    return Server(SERVER_NAME, version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
-
-
-async def serve() -> None:
-    server = build_server()
-    async with stdio_server() as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
+    return tool_server(SERVER_NAME, TOOLS, HANDLERS, seed())
 
 
 def main() -> None:
-    if not os.environ.get(CREDENTIAL_ENV):
-        print(f"tickets example: environment variable {CREDENTIAL_ENV} is required", file=sys.stderr)
-        sys.exit(1)
-    anyio.run(serve)
+    run_stdio(SERVER_NAME, CREDENTIAL_ENV, build_server)
 
 
 if __name__ == "__main__":
