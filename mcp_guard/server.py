@@ -89,7 +89,7 @@ class Guard:
     agent: Agent | None = None  # fixed for stdio; HTTP derives it per request
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     scrubber: Scrubber = field(init=False)
-    _catalog: tuple[tuple[Any, ...], Catalog] | None = field(default=None, init=False)
+    _catalog: tuple[dict[str, tuple[types.Tool, ...]], Catalog] | None = field(default=None, init=False)
     _offers: dict[str, tuple[Catalog, dict[str, Offer]]] = field(default_factory=dict, init=False)
     _sessions: weakref.WeakSet[ServerSession] = field(default_factory=weakref.WeakSet, init=False)
 
@@ -101,10 +101,9 @@ class Guard:
 
     async def catalog(self) -> Catalog:
         live = await self.pool.catalog()
-        key = tuple((name, id(tools)) for name, tools in live.items())
-        if self._catalog is None or self._catalog[0] != key:
+        if self._catalog is None or not _same_lists(self._catalog[0], live):
             catalog = {name: tuple(tool_def(t) for t in tools) for name, tools in live.items()}
-            self._catalog = (key, catalog)
+            self._catalog = (live, catalog)
             for problem in self.policy.problems(catalog):
                 self.log(f"warning: {problem}")
         return self._catalog[1]
@@ -303,6 +302,11 @@ class Guard:
             await anyio.to_thread.run_sync(self.ledger.record_outcome, call_id, outcome, ms, text)
         except Exception as exc:
             self.log(f"could not record the outcome of call {call_id}: {exc}")
+
+
+def _same_lists(old: Mapping[str, tuple[types.Tool, ...]], new: Mapping[str, tuple[types.Tool, ...]]) -> bool:
+    """The same tool-list objects (an upstream replaces its tuple when its tools change)."""
+    return old.keys() == new.keys() and all(old[name] is new[name] for name in new)
 
 
 def _refusal(text: str) -> types.CallToolResult:
