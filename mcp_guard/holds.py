@@ -12,11 +12,11 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from mcp_guard.ledger import CallRecord, Window, format_ts
+from mcp_guard.ledger import CallRecord, SpendScope, Window, format_ts
 from mcp_guard.manifest import Approval
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.arguments import Violation
-from mcp_guard.policy.budgets import Charge, Spent
+from mcp_guard.policy.budgets import Charge
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +94,20 @@ def over_budget(window: Window, hold: Hold) -> Violation | None:
 
 def remaining(window: Window, hold: Hold) -> list[tuple[Charge, Decimal]]:
     """What is left of each budget for this call (for `tools` and `explain`)."""
-    return [(c, max(c.budget.max - _spent(window, hold, c), Decimal(0))) for c in hold.charges]
+    return [(c, max(c.budget.max - _spent(window, hold, c, exact=True), Decimal(0))) for c in hold.charges]
 
 
-def _spent(window: Window, hold: Hold, charge: Charge) -> Decimal:
-    rows = window.allowed(hold.server, hold.tool, charge.budget.per)
-    return budgets.spent(charge, (Spent(a, s, args) for a, s, args in rows if isinstance(args, Mapping)))
+def _spent(window: Window, hold: Hold, charge: Charge, *, exact: bool = False) -> Decimal:
+    """What the history spent in this charge's scope. SQLite counts and sums in doubles; the
+    exact decimal sum is only computed when the call is near the limit."""
+    budget = charge.budget
+    scope = SpendScope(hold.server, hold.tool, budget.per, charge.scope, budget.sum, budgets.arg_scope)
+    count, approx = window.totals(scope)
+    if budget.sum is None:
+        return Decimal(count)
+    if not exact and budgets.clearly_within(approx, charge.amount, budget.max):
+        return Decimal(0)  # no doubt the call fits; the figure itself is not shown
+    return budgets.exact_sum(window.amounts(scope))
 
 
 def _approval_events(window: Window, hold: Hold) -> list[Mapping[str, Any]]:

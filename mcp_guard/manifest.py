@@ -55,7 +55,7 @@ Limit = Annotated[ArgumentSchema, BeforeValidator(_check_schema)]
 
 
 class Budget(Frozen):
-    sum: str | None = None
+    sum: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] | None = None
     max: Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
     per: Duration
     by: tuple[Annotated[str, Field(pattern=_SCOPE.pattern)], ...] = ("agent",)

@@ -152,6 +152,10 @@ class Guard:
         arguments: Mapping[str, Any] = params.arguments or {}
         offers = await self.offers(agent)
         decision = self.policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
+        if decision.reason == "unknown_tool" and await self.pool.settle():
+            # A client may call before a slow upstream's first start has ended: decide again.
+            offers = await self.offers(agent)
+            decision = self.policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
         if decision.allowed:
             decision = await self._check_upstream(decision)
         record = self._record_of(uuid.uuid4().hex, agent, session, decision)

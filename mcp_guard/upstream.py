@@ -51,6 +51,11 @@ class Upstream:
     def alive(self) -> bool:
         return self._session is not None
 
+    @property
+    def starting(self) -> anyio.Event | None:
+        """Set when the start in flight ends; None when no start is in flight."""
+        return self._starting
+
     def start_soon(self, tg: anyio.abc.TaskGroup) -> anyio.Event:
         """Begin a start unless one is running, it is alive, or it failed too recently; returns
         an event that is set when the attempt (if any) ends."""
@@ -224,6 +229,14 @@ class Pool:
             if not up.alive:
                 up.start_soon(self.tg)
         return {name: up.tools for name, up in self.upstreams.items() if up.tools}
+
+    async def settle(self) -> bool:
+        """Wait for the first starts still in flight (upstreams that never listed tools yet);
+        True if there was one to wait for. Each start is bounded by START_TIMEOUT."""
+        pending = [up.starting for up in self.upstreams.values() if not up.tools and up.starting is not None]
+        for done in pending:
+            await done.wait()
+        return bool(pending)
 
     async def call(
         self, server: str, tool: str, arguments: dict[str, Any], progress: ProgressFn | None

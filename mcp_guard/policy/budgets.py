@@ -1,6 +1,6 @@
-"""Budgets: what a call would spend against each budget of its grant, how much the recorded
-history already spent, and whether the rolling window allows it. Pure: the caller passes the
-history in (rows read inside the same ledger transaction that records the call)."""
+"""Budgets: what a call would spend against each budget of its grant, how scopes and amounts
+compare, and whether the rolling window allows it. Pure: the ledger counts the history (inside
+the transaction that records the call) and passes the totals in."""
 
 from __future__ import annotations
 
@@ -30,15 +30,6 @@ class Charge:
     amount: Decimal
 
 
-@dataclass(frozen=True, slots=True)
-class Spent:
-    """One earlier allowed call of the same server and tool inside a window."""
-
-    agent: str
-    session: str | None
-    arguments: Mapping[str, Any]
-
-
 def scope_value(key: str, agent: str, session: str | None, arguments: Mapping[str, Any]) -> str:
     """The value a call has for one scope key. `arg:` values are compared case- and
     width-insensitively, so `ORD-1` and `ｏｒｄ-1` share one budget (over-counting is the safe side)."""
@@ -46,10 +37,38 @@ def scope_value(key: str, agent: str, session: str | None, arguments: Mapping[st
         return agent
     if key == "session":
         return session or f"agent:{agent}"
-    value = arguments.get(key[4:])
+    return arg_scope(arguments.get(key[4:]))
+
+
+def arg_scope(value: object) -> str:
+    """How an `arg:` scope compares values: strings after NFKC, case folding and trimming."""
     if isinstance(value, str):
         return "s:" + unicodedata.normalize("NFKC", value).casefold().strip()
     return "j:" + json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def clearly_within(approx_spent: float, amount: Decimal, maximum: Decimal) -> bool:
+    """True when a double-precision sum of the history leaves no doubt that the call fits:
+    the exact sum is then not needed. Near the limit (or for amounts a double cannot compare)
+    the caller sums exactly."""
+    margin = 1e-6
+    try:
+        return approx_spent * (1 + margin) + float(amount) * (1 + margin) < float(maximum) * (1 - margin)
+    except (OverflowError, ValueError):
+        return False
+
+
+def exact_sum(amounts: Iterable[str]) -> Decimal:
+    """The exact sum of recorded amounts (JSON text, read as the call's own amount was); values
+    that are not finite numbers >= 0 add nothing; an unsummable history counts in full."""
+    total = Decimal(0)
+    try:
+        with localcontext(EXACT):
+            for text in amounts:
+                total += amount_of(json.loads(text)) or Decimal(0)
+    except ArithmeticError:
+        return Decimal("Infinity")
+    return total
 
 
 def amount_of(value: Any) -> Decimal | None:
@@ -85,23 +104,6 @@ def rescoped(charge: Charge, agent: str, session: str | None, arguments: Mapping
     """The same charge with its scope read from other arguments (e.g. as recorded)."""
     scope = tuple((key, scope_value(key, agent, session, arguments)) for key, _ in charge.scope)
     return Charge(charge.budget, scope, charge.amount)
-
-
-def spent(charge: Charge, history: Iterable[Spent]) -> Decimal:
-    """What the history already spent in the charge's scope (history: this server and tool,
-    inside the charge's window, allowed decisions only)."""
-    total = Decimal(0)
-    try:
-        with localcontext(EXACT):
-            for row in history:
-                if all(scope_value(k, row.agent, row.session, row.arguments) == v for k, v in charge.scope):
-                    if charge.budget.sum is None:
-                        total += 1
-                    else:
-                        total += amount_of(row.arguments.get(charge.budget.sum)) or Decimal(0)
-    except ArithmeticError:  # a history too precise to sum exactly counts as spent in full
-        return Decimal("Infinity")
-    return total
 
 
 def check_budgets(tool: str, pending: Iterable[tuple[Charge, Decimal]]) -> Violation | None:

@@ -1,16 +1,24 @@
-"""Budgets, pure: what a call is charged, what the history already spent, and whether the rolling
-window allows it. Tables of values; no event loop, no files."""
+"""Budgets: what a call is charged, what the history already spent, and whether the rolling
+window allows it. Tables of values; the history is summed by the real ledger in a temporary file,
+as the guard sums it."""
 
 from __future__ import annotations
 
+import tempfile
+import uuid
+from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mcp_guard import holds
+from mcp_guard.ledger import CallRecord, Ledger, _decision_fields
 from mcp_guard.manifest import Budget, Grant
 from mcp_guard.policy.arguments import Violation
-from mcp_guard.policy.budgets import Charge, Spent, amount_of, charges, check_budgets, scope_value, spent
+from mcp_guard.policy.budgets import Charge, amount_of, charges, check_budgets, scope_value
 
 AGENT = "support-bot"
 SESSION = "sess-1"
@@ -156,8 +164,29 @@ def test_amounts_are_charged_exactly_as_sent(amount: Any, charged: Decimal) -> N
 # -- spent ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Spent:
+    """One earlier allowed call of billing.refund, as the ledger records it."""
+
+    agent: str
+    session: str | None
+    arguments: dict[str, Any]
+
+
 def row(agent: str = AGENT, session: str | None = SESSION, **arguments: Any) -> Spent:
     return Spent(agent, session, arguments)
+
+
+def spent(charge: Charge, history: list[Spent]) -> Decimal:
+    """What the real ledger says the history spent in the charge's scope (exactly)."""
+    with tempfile.TemporaryDirectory() as folder, Ledger.open(Path(folder) / "ledger.db") as ledger:
+        with ledger._transaction() as conn:  # one transaction: fast for 10,000 rows
+            for past in history:
+                record = CallRecord(uuid.uuid4().hex, past.agent, past.session, "billing", "refund",
+                                    past.arguments, "allow", None, None, "0" * 64)  # fmt: skip
+                ledger._append(conn, _decision_fields(record), None)
+        hold = holds.Hold("billing", "refund", AGENT, (charge,))
+        return ledger.peek(partial(holds._spent, hold=hold, charge=charge, exact=True))
 
 
 def test_a_sum_budget_adds_the_amounts_of_the_calls_in_its_scope_only() -> None:
