@@ -45,7 +45,7 @@ from paths import REPO, Target
 RESULTS = Path(__file__).resolve().parent / "results"
 LIST_TOOLS = 1000
 MEMORY_UPSTREAMS = 5
-PROFILED = ("bare", "guard-normal", "guard-full")
+PROFILED = ("bare", "guard-normal", "guard-full", "guard-http")
 
 
 def log(text: str) -> None:
