@@ -6,13 +6,14 @@ the policy core does not."""
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
-from mcp_guard.ledger import CallRecord, SpendScope, Window, format_ts
+from mcp_guard.ledger import CallRecord, Window, format_ts
 from mcp_guard.manifest import Approval
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.arguments import Violation
@@ -63,11 +64,11 @@ def approval_verdict(window: Window, hold: Hold) -> str:
     )
 
 
-def check(window: Window, record: CallRecord, hold: Hold) -> CallRecord:
+def check(window: Window, record: CallRecord, hold: Hold, tallies: Tallies) -> CallRecord:
     """The record to commit: the allowed record, or a denial that says what would pass.
     Budgets first, then approval (SPEC.md's order): a call the budget refuses never reaches
     an operator."""
-    violation = over_budget(window, hold)
+    violation = over_budget(window, hold, tallies)
     if violation is not None:
         return _deny(record, violation.reason, violation.detail)
     if hold.approval is None:
@@ -87,27 +88,67 @@ def check(window: Window, record: CallRecord, hold: Hold) -> CallRecord:
     return record
 
 
-def over_budget(window: Window, hold: Hold) -> Violation | None:
+def over_budget(window: Window, hold: Hold, tallies: Tallies) -> Violation | None:
     """The first budget this call would overspend, if any."""
-    return budgets.check_budgets(hold.tool, [(c, _spent(window, hold, c)) for c in hold.charges])
+    return budgets.check_budgets(hold.tool, [(c, tallies.spent(window, hold, c)) for c in hold.charges])
 
 
-def remaining(window: Window, hold: Hold) -> list[tuple[Charge, Decimal]]:
+def remaining(window: Window, hold: Hold, tallies: Tallies) -> list[tuple[Charge, Decimal]]:
     """What is left of each budget for this call (for `tools` and `explain`)."""
-    return [(c, max(c.budget.max - _spent(window, hold, c, exact=True), Decimal(0))) for c in hold.charges]
+    return [(c, max(c.budget.max - tallies.spent(window, hold, c), Decimal(0))) for c in hold.charges]
 
 
-def _spent(window: Window, hold: Hold, charge: Charge, *, exact: bool = False) -> Decimal:
-    """What the history spent in this charge's scope. SQLite counts and sums in doubles; the
-    exact decimal sum is only computed when the call is near the limit."""
-    budget = charge.budget
-    scope = SpendScope(hold.server, hold.tool, budget.per, charge.scope, budget.sum, budgets.arg_scope)
-    count, approx = window.totals(scope)
-    if budget.sum is None:
-        return Decimal(count)
-    if not exact and budgets.clearly_within(approx, charge.amount, budget.max):
-        return Decimal(0)  # no doubt the call fits; the figure itself is not shown
-    return budgets.exact_sum(window.amounts(scope))
+class Tallies:
+    """Running budget totals of one guard process, caught up from the ledger inside each
+    decision's transaction (the rows any process appended since the last look), so a check
+    costs O(new rows), not O(window). Totals are exact decimals; the window rolls by expiring
+    the oldest rows. Only used under the ledger's write lock, so never by two threads at once."""
+
+    def __init__(self) -> None:
+        # (server, tool, by, sum, per) -> the last entry id read, and one tally per scope value
+        self._lines: dict[tuple[Any, ...], tuple[int, dict[tuple[tuple[str, str], ...], _Tally]]] = {}
+
+    def spent(self, window: Window, hold: Hold, charge: Charge) -> Decimal:
+        budget = charge.budget
+        key = (hold.server, hold.tool, budget.by, budget.sum, budget.per)
+        if key in self._lines:
+            seen, tallies = self._lines[key]
+            rows = window.allowed(hold.server, hold.tool, after_id=seen)
+        else:
+            # First look at this budget: read its whole window once.
+            seen, tallies = window.last_id(), {}
+            rows = window.allowed(hold.server, hold.tool, seconds=budget.per)
+        for entry_id, ts, agent, session, arguments in rows:
+            args = arguments if isinstance(arguments, Mapping) else {}
+            scope = tuple((k, budgets.scope_value(k, agent, session, args)) for k in budget.by)
+            amount = Decimal(1) if budget.sum is None else budgets.amount_of(args.get(budget.sum))
+            tallies.setdefault(scope, _Tally()).add(ts, amount or Decimal(0))
+            seen = max(seen, entry_id)
+        self._lines[key] = (seen, tallies)
+        tally = tallies.get(charge.scope)
+        return tally.total_since(window.since(budget.per)) if tally else Decimal(0)
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.rows: deque[tuple[str, Decimal]] = deque()
+        self.total = Decimal(0)
+
+    def add(self, ts: str, amount: Decimal) -> None:
+        self.rows.append((ts, amount))
+        try:
+            with localcontext(budgets.EXACT):
+                self.total += amount
+        except ArithmeticError:  # a history too precise to sum exactly counts as spent in full
+            self.total = Decimal("Infinity")
+
+    def total_since(self, since: str) -> Decimal:
+        while self.rows and self.rows[0][0] <= since:
+            _, amount = self.rows.popleft()
+            if self.total.is_finite():
+                with localcontext(budgets.EXACT):
+                    self.total -= amount
+        return self.total
 
 
 def _approval_events(window: Window, hold: Hold) -> list[Mapping[str, Any]]:

@@ -146,47 +146,29 @@ class Window:
         self.queued: list[dict[str, object]] = []
         self._conn = conn
 
-    def totals(self, scope: SpendScope) -> tuple[int, float]:
-        """(count, approximate sum of `scope.sum_arg`) over every allow decision for the scope's
-        server and tool with its scope values, decided in `(now - seconds, now]`, whatever its
-        grant, agent, policy or outcome. The sum is a double: exact sums use `amounts`."""
-        where, params = self._spend_where(scope)
-        # Only numbers >= 0 count: a hand-made row can never refill a budget.
-        value = (
-            "total(CASE WHEN json_type(arguments, ?1) IN ('integer', 'real') AND arguments ->> ?1 >= 0 "
-            "THEN arguments ->> ?1 ELSE 0 END)"
-            if scope.sum_arg
-            else "0.0"
+    def allowed(
+        self, server: str, tool: str, *, after_id: int = 0, seconds: float | None = None
+    ) -> list[tuple[int, str, str, str | None, object]]:
+        """(id, ts, agent, session, arguments) of the allow decisions for server and tool with an
+        id above `after_id` (and, with `seconds`, decided in `(now - seconds, now]`), in id order:
+        whatever the grant, agent, policy or outcome."""
+        sql = (
+            "SELECT id, ts, agent, session, arguments FROM entries WHERE id > ? AND server = ? AND tool = ? "
+            "AND kind = 'decision' AND decision = 'allow'"
         )
-        first = [_json_path(scope.sum_arg)] if scope.sum_arg else []
-        sql = f"SELECT count(*), {value} FROM entries WHERE {where}"  # noqa: S608 - constants only
-        count, total = self._conn.execute(sql, [*first, *params]).fetchone()
-        return int(count), float(total)
+        params: list[object] = [after_id, server, tool]
+        if seconds is not None:
+            sql += " AND ts > ?"
+            params.append(self.since(seconds))
+        rows = self._conn.execute(sql + " ORDER BY id", params)
+        return [(i, ts, a, s, _loads(args)) for i, ts, a, s, args in rows]
 
-    def amounts(self, scope: SpendScope) -> list[str]:
-        """The `scope.sum_arg` values as recorded (JSON number text), for an exact sum."""
-        assert scope.sum_arg is not None
-        where, params = self._spend_where(scope)
-        sql = f"SELECT arguments -> ? FROM entries WHERE {where}"  # noqa: S608
-        return [
-            str(v) for (v,) in self._conn.execute(sql, [_json_path(scope.sum_arg), *params]) if v is not None
-        ]
+    def since(self, seconds: float) -> str:
+        """The timestamp `seconds` before now, in the ledger's format."""
+        return format_ts(self.now - timedelta(seconds=seconds))
 
-    def _spend_where(self, scope: SpendScope) -> tuple[str, list[object]]:
-        self._conn.create_function("mg_scope", 1, _json_arg(scope.normalize), deterministic=True)
-        since = format_ts(self.now - timedelta(seconds=scope.seconds))
-        sql = ["server = ? AND tool = ? AND ts > ? AND kind = 'decision' AND decision = 'allow'"]
-        params: list[object] = [scope.server, scope.tool, since]
-        for key, value in scope.values:
-            if key == "agent":
-                sql.append("agent = ?")
-            elif key == "session":
-                sql.append("coalesce(session, 'agent:' || agent) = ?")
-            else:
-                sql.append("mg_scope(arguments -> ?) = ?")
-                params.append(_json_path(key.removeprefix("arg:")))
-            params.append(value)
-        return " AND ".join(sql), params
+    def last_id(self) -> int:
+        return int(self._conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
 
     def events(self, kind: str, *, server: str, tool: str, agent: str) -> list[Event]:
         """Events of one kind for one agent, server and tool, oldest first."""
@@ -204,30 +186,6 @@ class Window:
     def queue_event(self, kind: str, payload: dict[str, Any], **columns: str | None) -> None:
         """Append an event right after the decision, in the same transaction."""
         self.queued.append(_event_fields(kind, payload, columns.pop("policy_hash", None), **columns))
-
-
-@dataclass(frozen=True, slots=True)
-class SpendScope:
-    """Which earlier allowed calls a budget counts: server, tool, window, scope values (agent,
-    session or arg:NAME, compared as `normalize` renders an argument's value)."""
-
-    server: str
-    tool: str
-    seconds: float
-    values: tuple[tuple[str, str], ...]
-    sum_arg: str | None
-    normalize: Callable[[object], str]
-
-
-def _json_path(name: str) -> str:
-    return '$."' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _json_arg(normalize: Callable[[object], str]) -> Callable[[str | None], str]:
-    def scope(text: str | None) -> str:
-        return normalize(None if text is None else json.loads(text))
-
-    return scope
 
 
 Check = Callable[[Window], CallRecord]

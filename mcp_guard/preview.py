@@ -79,7 +79,7 @@ def print_tools(preview: Preview, config: GuardConfig, as_json: bool) -> None:
             return None  # other scopes depend on the call's own values
         charge = budgets.Charge(budget, (("agent", preview.agent.name),), Decimal(0))
         hold = holds.Hold(offer.server, offer.tool.name, preview.agent.name, (charge,))
-        return holds.remaining(window, hold)[0][1]
+        return holds.remaining(window, hold, holds.Tallies())[0][1]
 
     def report(window: Window | None) -> list[str]:
         lines: list[str] = []
@@ -148,7 +148,9 @@ def explain(
         recorded_arguments=recorded,
     )
     if config.ledger.path.exists():
-        final: CallRecord = _with_ledger(config, partial(holds.check, record=record, hold=hold), None)
+        final: CallRecord = _with_ledger(
+            config, partial(holds.check, record=record, hold=hold, tallies=holds.Tallies()), None
+        )
     else:  # no history yet: every budget is whole, and no approval has been given
         violation = budgets.check_budgets(hold.tool, [(c, Decimal(0)) for c in hold.charges])
         reason = violation.reason if violation else "approval_pending" if hold.approval else None

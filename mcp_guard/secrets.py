@@ -49,6 +49,10 @@ class Scrubber:
         """Known secrets out of text that goes back to an agent."""
         return self._known.sub(REDACTED, value) if self._known is not None else value
 
+    def finds(self, value: str) -> bool:
+        """Whether text holds a known secret."""
+        return self._known is not None and self._known.search(value) is not None
+
     def record(self, value: str) -> str:
         """Known secrets and credential-looking values out of text that is recorded."""
         return _CREDENTIAL.sub(REDACTED, self.text(value))

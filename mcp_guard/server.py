@@ -89,6 +89,7 @@ class Guard:
     agent: Agent | None = None  # fixed for stdio; HTTP derives it per request
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     scrubber: Scrubber = field(init=False)
+    tallies: holds.Tallies = field(default_factory=holds.Tallies, init=False)
     _catalog: tuple[dict[str, tuple[types.Tool, ...]], Catalog] | None = field(default=None, init=False)
     _offers: dict[str, tuple[Catalog, dict[str, Offer]]] = field(default_factory=dict, init=False)
     _sessions: weakref.WeakSet[ServerSession] = field(default_factory=weakref.WeakSet, init=False)
@@ -163,7 +164,9 @@ class Guard:
         try:
             if hold is not None and hold.approval is not None:
                 await self._await_approval(ctx, hold, record.policy_hash)
-            check = None if hold is None else partial(holds.check, record=record, hold=hold)
+            check = (
+                None if hold is None else partial(holds.check, record=record, hold=hold, tallies=self.tallies)
+            )
             with anyio.CancelScope(shield=True):
                 record = await anyio.to_thread.run_sync(
                     partial(self.ledger.record_decision, record, check=check)
@@ -205,7 +208,9 @@ class Guard:
         """File (or find) the approval request for this exact call; if it is pending, wait up to
         `approval.wait` for an operator, with progress notifications if the client asked."""
         assert hold.approval is not None
-        if await anyio.to_thread.run_sync(self.ledger.peek, partial(holds.over_budget, hold=hold)):
+        if await anyio.to_thread.run_sync(
+            self.ledger.peek, partial(holds.over_budget, hold=hold, tallies=self.tallies)
+        ):
             return  # refused by its budget in the final check; no operator is asked
         _, verdict = await anyio.to_thread.run_sync(
             self.ledger.hold, partial(holds.file_request, hold=hold, policy_hash=policy_hash)
@@ -269,12 +274,15 @@ class Guard:
     def _relay(self, result: types.CallToolResult) -> types.CallToolResult:
         """The upstream's result with known secrets scrubbed and every _meta dropped."""
         blocks = [self._block(b) for b in result.content]
-        structured = (
-            self.scrubber.json(result.structured_content) if result.structured_content is not None else None
-        )
+        structured = result.structured_content
+        if structured is not None:
+            structured = self.scrubber.json(structured)
         return types.CallToolResult(content=blocks, structured_content=structured, is_error=result.is_error)
 
     def _block(self, block: Any) -> Any:
+        text = getattr(block, "text", None)
+        if isinstance(text, str) and getattr(block, "meta", None) is None and not self.scrubber.finds(text):
+            return block  # the common case: a plain text block with nothing to scrub
         data = self.scrubber.json(block.model_dump(by_alias=True, mode="json", exclude_none=True))
         data.pop("_meta", None)
         return type(block).model_validate(data)

@@ -36,6 +36,8 @@ def _float(text: str) -> float:
     if not math.isfinite(value):
         msg = f"number {text[:40]} overflows a double"
         raise StrictJSONError(msg)
+    if repr(value) == text:  # the common case: the text is the double's own shortest form
+        return value
     try:
         if Decimal(text) != Decimal(repr(value)):
             msg = f"number {text[:40]} has more precision than a double holds"

@@ -22,14 +22,15 @@ def digest(arguments: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def needs_approval(approval: Approval | None, arguments: Mapping[str, Any]) -> bool:
-    """`when` omitted: every call. Otherwise each listed argument is absent or valid against its schema."""
+def needs_approval(approval: Approval | None, arguments: Mapping[str, Any], validator: Any = None) -> bool:
+    """`when` omitted: every call. Otherwise each listed argument is absent or valid against its
+    schema (`validator`: `when` compiled as the properties of an object, if already at hand)."""
     if approval is None:
         return False
     if approval.when is None:
         return True
-    present = {name: schema for name, schema in approval.when.items() if name in arguments}
-    validator = compile_schema({"type": "object", "properties": present})
+    if validator is None:
+        validator = compile_schema({"type": "object", "properties": dict(approval.when)})
     return not check_schema(validator, arguments, "approval")
 
 

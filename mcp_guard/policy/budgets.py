@@ -1,6 +1,6 @@
 """Budgets: what a call would spend against each budget of its grant, how scopes and amounts
-compare, and whether the rolling window allows it. Pure: the ledger counts the history (inside
-the transaction that records the call) and passes the totals in."""
+compare, and whether the rolling window allows it. Pure: the spend so far is passed in (summed
+from the ledger inside the transaction that records the call)."""
 
 from __future__ import annotations
 
@@ -45,30 +45,6 @@ def arg_scope(value: object) -> str:
     if isinstance(value, str):
         return "s:" + unicodedata.normalize("NFKC", value).casefold().strip()
     return "j:" + json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def clearly_within(approx_spent: float, amount: Decimal, maximum: Decimal) -> bool:
-    """True when a double-precision sum of the history leaves no doubt that the call fits:
-    the exact sum is then not needed. Near the limit (or for amounts a double cannot compare)
-    the caller sums exactly."""
-    margin = 1e-6
-    try:
-        return approx_spent * (1 + margin) + float(amount) * (1 + margin) < float(maximum) * (1 - margin)
-    except (OverflowError, ValueError):
-        return False
-
-
-def exact_sum(amounts: Iterable[str]) -> Decimal:
-    """The exact sum of recorded amounts (JSON text, read as the call's own amount was); values
-    that are not finite numbers >= 0 add nothing; an unsummable history counts in full."""
-    total = Decimal(0)
-    try:
-        with localcontext(EXACT):
-            for text in amounts:
-                total += amount_of(json.loads(text)) or Decimal(0)
-    except ArithmeticError:
-        return Decimal("Infinity")
-    return total
 
 
 def amount_of(value: Any) -> Decimal | None:

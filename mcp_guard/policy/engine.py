@@ -50,6 +50,8 @@ class Offer:
     declared: frozenset[str]
     upstream_validator: Any = field(repr=False)
     limits_validator: Any = field(repr=False)
+    merged_validator: Any = field(repr=False)  # the advertised schema: passing it passes both
+    when_validator: Any = field(repr=False, default=None)  # the grant's approval.when, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,7 @@ class Policy:
         self.hash = hashlib.sha256(blob.encode()).hexdigest()
         self.secrets = frozenset(config.injected).union(*(m.injected for m in manifests))
         self._compiled: dict[tuple[str, str, int, str], Offer | None] = {}
+        self._schema_checked: dict[str, bool] = {}
 
     def grant_for(self, agent: Agent, server: str, tool: str) -> tuple[int, Grant] | None:
         """The first grant, in file order, whose allow matches: chosen by identity alone."""
@@ -133,6 +136,18 @@ class Policy:
         if key not in self._compiled:
             self._compiled[key] = _compile_offer(manifest, tool, grant)
         return self._compiled[key]
+
+    def _schema_ok(self, offer: Offer) -> bool:
+        """Whether the upstream's inputSchema is valid JSON Schema: checked on the tool's first
+        call, not when listing (the meta-schema check costs ~1.5 ms a tool); a bad one refuses."""
+        digest = offer.tool.digest
+        if digest not in self._schema_checked:
+            try:
+                offer.upstream_validator.check_schema(dict(offer.tool.input_schema))
+                self._schema_checked[digest] = True
+            except Exception:
+                self._schema_checked[digest] = False
+        return self._schema_checked[digest]
 
     def problems(self, catalog: Catalog) -> list[str]:
         """Manifest entries the live upstreams do not match (warnings while serving)."""
@@ -175,17 +190,25 @@ class Policy:
                 escape_name(name),
                 arguments,
             )
-        violations = (
-            check_strict(arguments, offer.declared, self.config.limits.max_argument_bytes)
-            or check_schema(offer.upstream_validator, arguments, "invalid_arguments")
-            or check_schema(offer.limits_validator, arguments, "limit_exceeded")
-        )
+        violations = check_strict(arguments, offer.declared, self.config.limits.max_argument_bytes)
+        if not violations and not self._schema_ok(offer):
+            violations = [Violation("invalid_arguments", "the upstream's schema for this tool is invalid")]
+        if not violations and check_schema(offer.merged_validator, arguments, "invalid_arguments"):
+            # Only a refusal needs to know which schema refused: the upstream's or the grant's.
+            violations = check_schema(
+                offer.upstream_validator, arguments, "invalid_arguments"
+            ) or check_schema(offer.limits_validator, arguments, "limit_exceeded")
+            violations = violations or [Violation("limit_exceeded", "arguments exceed this grant's limits")]
         if violations:
             return _deny(offer, violations[0], arguments)
         found = charges(offer.grant, agent, session, arguments)
         if isinstance(found, Violation):
             return _deny(offer, found, arguments)
-        approval = offer.grant.approval if needs_approval(offer.grant.approval, arguments) else None
+        approval = (
+            offer.grant.approval
+            if needs_approval(offer.grant.approval, arguments, offer.when_validator)
+            else None
+        )
         return Decision(
             True, None, "allowed", offer.server, offer.tool.name, arguments, tuple(found), approval
         )
@@ -204,10 +227,13 @@ def _compile_offer(manifest: Manifest, tool: ToolDef, grant: Grant) -> Offer | N
     declared = _declared(tool.input_schema)
     if any(arg not in declared for arg in grant.arguments):
         return None  # the grant limits an argument the upstream does not have: fail closed
+    merged = merge_limits(tool.input_schema, grant.arguments)
+    when = grant.approval.when if grant.approval else None
     try:
         upstream_validator = compile_schema(dict(tool.input_schema))
-        upstream_validator.check_schema(dict(tool.input_schema))
         limits_validator = compile_schema({"type": "object", "properties": dict(grant.arguments)})
+        merged_validator = compile_schema(merged)
+        when_validator = compile_schema({"type": "object", "properties": dict(when)}) if when else None
     except Exception:
         return None  # an upstream schema that will not compile is not offered
     return Offer(
@@ -215,9 +241,11 @@ def _compile_offer(manifest: Manifest, tool: ToolDef, grant: Grant) -> Offer | N
         server=manifest.server,
         tool=tool,
         grant=grant,
-        input_schema=merge_limits(tool.input_schema, grant.arguments),
+        input_schema=merged,
         description=clean_text(tool.description),
         declared=declared,
         upstream_validator=upstream_validator,
         limits_validator=limits_validator,
+        merged_validator=merged_validator,
+        when_validator=when_validator,
     )

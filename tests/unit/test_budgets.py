@@ -186,7 +186,7 @@ def spent(charge: Charge, history: list[Spent]) -> Decimal:
                                     past.arguments, "allow", None, None, "0" * 64)  # fmt: skip
                 ledger._append(conn, _decision_fields(record), None)
         hold = holds.Hold("billing", "refund", AGENT, (charge,))
-        return ledger.peek(partial(holds._spent, hold=hold, charge=charge, exact=True))
+        return ledger.peek(partial(holds.Tallies().spent, hold=hold, charge=charge))
 
 
 def test_a_sum_budget_adds_the_amounts_of_the_calls_in_its_scope_only() -> None:
