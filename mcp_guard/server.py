@@ -9,11 +9,11 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import mcp_types as types
@@ -35,6 +35,7 @@ from mcp_guard.upstream import Pool, Upstream, open_pool
 
 AFTER_FORWARD = "the call may have taken effect"
 APPROVAL_POLL = 0.25  # seconds between looks at the ledger while a call waits for an operator
+T = TypeVar("T")
 AGENT_SCOPE_KEY = "mcp_guard.agent"
 """Where the HTTP transport puts the authenticated agent's name in the ASGI scope."""
 
@@ -168,9 +169,7 @@ class Guard:
                 None if hold is None else partial(holds.check, record=record, hold=hold, tallies=self.tallies)
             )
             with anyio.CancelScope(shield=True):
-                record = await anyio.to_thread.run_sync(
-                    partial(self.ledger.record_decision, record, check=check)
-                )
+                record = await self._write(partial(self.ledger.record_decision, record, check=check))
         except (LedgerUnavailable, ValueError) as exc:  # no ledger, no call
             self.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc}")
             if decision.reason == "unknown_tool":
@@ -308,10 +307,18 @@ class Guard:
             policy_hash=self.policy.hash,
         )
 
+    async def _write(self, write: Callable[[], T]) -> T:
+        """A ledger write. With durability `normal` a commit is a few tens of microseconds
+        (no fsync), cheaper than a hop to a worker thread, so it runs on the event loop; with
+        `full` every commit waits for the disk, so it runs in a worker thread."""
+        if self.policy.config.ledger.durability == "normal":
+            return write()
+        return await anyio.to_thread.run_sync(write)
+
     async def _record_outcome(self, call_id: str, outcome: str, ms: float, detail: str | None) -> None:
         try:
             text = self.scrubber.record(detail) if detail else None
-            await anyio.to_thread.run_sync(self.ledger.record_outcome, call_id, outcome, ms, text)
+            await self._write(partial(self.ledger.record_outcome, call_id, outcome, ms, text))
         except Exception as exc:
             self.log(f"could not record the outcome of call {call_id}: {exc}")
 
