@@ -8,8 +8,11 @@ import base64
 import copy
 import json
 import os
+import queue
+import socket
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -461,3 +464,32 @@ async def raw_guard(deployment: Deployment, agent: str) -> AsyncIterator[RawGuar
                 if waited.cancelled_caught:
                     process.kill()
                     await process.wait()
+
+
+# -- HTTP guards started as subprocesses --------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, deadline: float) -> None:
+    """Block until something listens on the loopback port, or raise once `deadline` passes."""
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def drain_serving(stream: Any, lines: list[str], ready: queue.Queue[str]) -> None:
+    """Keep a server's stderr lines; say on `ready` when it starts serving (or its stream ends)."""
+    for line in stream:
+        lines.append(line)
+        if "serving Streamable HTTP at" in line:
+            ready.put(line)
+    ready.put("")

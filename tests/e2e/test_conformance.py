@@ -13,7 +13,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ import pytest
 import yaml
 
 from mcp_guard.identity import hash_key, new_key
+from tests.helpers import drain_serving, free_port, wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFORMANCE = REPO_ROOT / "tests" / "conformance"
@@ -74,31 +74,6 @@ class Deployment:
     stderr: list[str] = field(default_factory=list)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-
-
-def _drain(stream: Any, lines: list[str], ready: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.append(line)
-        if "serving Streamable HTTP at" in line:
-            ready.put(line)
-    ready.put("")
-
-
 def _stop(process: subprocess.Popen[Any]) -> int:
     process.send_signal(signal.SIGTERM)
     try:
@@ -116,7 +91,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "MCP_GUARD_CONFORMANCE_KEY_HASH": hash_key(key),
         "MCP_GUARD_CONFORMANCE_LEDGER": str(root / "ledger.db"),
     }
-    guard_port, proxy_port = _free_port(), _free_port()
+    guard_port, proxy_port = free_port(), free_port()
     script = Path(sys.executable).with_name("mcp-guard")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "mcp_guard"]
     guard = subprocess.Popen(
@@ -131,7 +106,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     assert guard.stderr is not None
     served = Deployment(f"http://127.0.0.1:{guard_port}/mcp", f"http://127.0.0.1:{proxy_port}/mcp", key)
     ready: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=_drain, args=(guard.stderr, served.stderr, ready), daemon=True)
+    reader = threading.Thread(target=drain_serving, args=(guard.stderr, served.stderr, ready), daemon=True)
     reader.start()
     proxy = subprocess.Popen(
         [
@@ -147,8 +122,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     )
     try:
         assert ready.get(timeout=START_TIMEOUT), f"the guard did not start: {''.join(served.stderr)}"
-        _wait_for_port(guard_port)
-        _wait_for_port(proxy_port)
+        wait_for_port(guard_port, time.monotonic() + START_TIMEOUT)
+        wait_for_port(proxy_port, time.monotonic() + START_TIMEOUT)
         yield served
     finally:
         _stop(proxy)

@@ -11,7 +11,6 @@ import json
 import queue
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcp_guard.examples.journal import JOURNAL_ENV, read_journal
 from mcp_guard.identity import hash_key, new_key
+from tests.helpers import drain_serving, free_port, wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30.0
@@ -82,12 +82,6 @@ class HttpGuard:
         return read_journal(self.root / "journal.jsonl")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _command() -> list[str]:
     script = Path(sys.executable).with_name("mcp-guard")
     return [str(script)] if script.exists() else [sys.executable, "-m", "mcp_guard"]
@@ -112,31 +106,13 @@ def _write_deployment(root: Path, keys: dict[str, str]) -> None:
     (root / "guard.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
 
-def _drain(stream: Any, lines: list[str], ready: queue.Queue[str]) -> None:
-    for line in stream:
-        lines.append(line)
-        if "serving Streamable HTTP at" in line:
-            ready.put(line)
-    ready.put("")
-
-
-def _wait_for_port(port: int, deadline: float) -> None:
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-
-
 @pytest.fixture(scope="module")
 def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGuard]:
     """One `mcp-guard serve --http 127.0.0.1:PORT` for the module: two agents with static keys."""
     root = tmp_path_factory.mktemp("http-guard")
     keys = {"support-bot": new_key(), "finance-bot": new_key()}
     _write_deployment(root, keys)
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [*_command(), "--config", str(root / "guard.yaml"), "serve", "--http", f"127.0.0.1:{port}"],
         cwd=root,
@@ -148,12 +124,12 @@ def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpGuard]:
     assert process.stderr is not None
     served = HttpGuard(f"http://127.0.0.1:{port}/mcp", root, keys)
     ready: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=_drain, args=(process.stderr, served.stderr, ready), daemon=True)
+    reader = threading.Thread(target=drain_serving, args=(process.stderr, served.stderr, ready), daemon=True)
     reader.start()
     try:
         line = ready.get(timeout=TIMEOUT)
         assert line, f"the guard exited before serving: {''.join(served.stderr)}"
-        _wait_for_port(port, time.monotonic() + TIMEOUT)
+        wait_for_port(port, time.monotonic() + TIMEOUT)
         yield served
     finally:
         process.send_signal(signal.SIGTERM)
