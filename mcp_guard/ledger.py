@@ -269,6 +269,7 @@ class Ledger:
         self._file = path.absolute()  # for connections opened later, whatever the cwd by then
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
+        self._shortened = False  # the connection's busy_timeout is below the full bound
 
     @classmethod
     def open(
@@ -422,8 +423,12 @@ class Ledger:
             raise error(msg)
         conn = self._conn
         try:
-            left = self._busy_timeout - (time.monotonic() - started)
-            conn.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+            waited = time.monotonic() - started
+            if waited > 0.001 or self._shortened:
+                # Only after a noticeable wait for the thread lock: the pragma costs ~20 us a call.
+                left = max(1, int((self._busy_timeout - waited) * 1000))
+                conn.execute(f"PRAGMA busy_timeout = {left}")
+                self._shortened = left < int(self._busy_timeout * 1000)
             conn.execute(begin)
             yield conn
             conn.execute("COMMIT")
