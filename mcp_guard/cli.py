@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import anyio
+from pydantic import ValidationError
 
 from mcp_guard import __version__
 from mcp_guard.approvals_view import add_approvals_parser, run_approvals
 from mcp_guard.config import GuardConfig, find_config, load_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError
 from mcp_guard.ledger_view import add_ledger_parser, run_ledger
-from mcp_guard.manifest import Manifest, load_manifests
+from mcp_guard.manifest import Manifest, Upstream, load_manifests
 from mcp_guard.policy.engine import Agent, Policy
 from mcp_guard.wire import StrictJSONError, parse_strict
 
@@ -50,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--agent", required=True)
     e.add_argument("tool", help="the advertised tool name, e.g. billing__refund")
     e.add_argument("arguments", help="the arguments as a JSON object")
+
+    mf = sub.add_parser("manifest", help="tool owners' manifest helpers")
+    mf_sub = mf.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
+    mf_sub.add_parser("schema", help="print the manifest format as JSON Schema (for editors)")
+    mi = mf_sub.add_parser(
+        "init",
+        help="print a starter manifest for a live upstream: every tool listed, granted to nobody",
+        usage="mcp-guard manifest init (--url URL [--header K:V ...] | -- COMMAND ...)",
+    )
+    mi.add_argument("--url", help="a Streamable HTTP upstream")
+    mi.add_argument("--header", action="append", default=[], metavar="K:V", help="an HTTP header for --url")
+    mi.add_argument("upstream_command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
 
     add_ledger_parser(sub)
     add_approvals_parser(sub)
@@ -167,9 +180,6 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config, manifests = load(args)
-    if args.live:
-        msg = "check --live is not available in this version yet"
-        raise UsageError(msg)
     known = set(config.agents)
     roles = {r for a in config.agents.values() for r in a.roles}
     for m in manifests:
@@ -183,6 +193,17 @@ def cmd_check(args: argparse.Namespace) -> int:
                             file=sys.stderr,
                         )
     tools = sum(len(m.tools) for m in manifests)
+    if args.live:
+        from mcp_guard.manifest_tools import check_live
+
+        problems = check_live(config, manifests)
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(f"mcp-guard: check --live: {len(problems)} problems", file=sys.stderr)
+            return 1
+        print(f"ok: {config.source}: {len(manifests)} manifests match their live upstreams ({tools} tools)")
+        return 0
     print(f"ok: {config.source}: {len(config.agents)} agents, {len(manifests)} manifests, {tools} tools")
     return 0
 
@@ -214,6 +235,41 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if allowed else 1
 
 
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from mcp_guard import manifest_tools
+
+    if args.manifest_command == "schema":
+        print(manifest_tools.render_schema(), end="")
+        return 0
+    command = list(args.upstream_command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if (args.url is None) == (not command):
+        msg = "manifest init: give either --url URL or -- COMMAND ..., not both or neither"
+        raise UsageError(msg)
+    if args.header and args.url is None:
+        msg = "manifest init: --header goes with --url"
+        raise UsageError(msg)
+    headers: dict[str, str] = {}
+    for header in args.header:
+        key, colon, value = header.partition(":")
+        if not colon or not key.strip():
+            msg = f"manifest init: --header {header!r} must be NAME:VALUE"
+            raise UsageError(msg)
+        headers[key.strip()] = value.strip()
+    try:
+        if args.url is not None:
+            upstream = Upstream(url=args.url, headers=headers)
+        else:
+            upstream = Upstream(command=command[0], args=tuple(command[1:]))
+    except ValidationError as exc:
+        reason = str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
+        msg = f"manifest init: {reason}"
+        raise UsageError(msg) from None
+    print(manifest_tools.init_manifest(upstream, dict(os.environ)), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mcp_guard.demo import run_demo
 
@@ -226,6 +282,7 @@ COMMANDS = {
     "tools": cmd_tools,
     "explain": cmd_explain,
     "demo": cmd_demo,
+    "manifest": cmd_manifest,
     "agent": cmd_agent,
     "token": cmd_token,
 }
