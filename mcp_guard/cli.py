@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     mi.add_argument("--url", help="a Streamable HTTP upstream")
     mi.add_argument("--header", action="append", default=[], metavar="K:V", help="an HTTP header for --url")
     mi.add_argument("upstream_command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    ml = mf_sub.add_parser("lock", help="write <server>.lock (pinned definitions) from the live upstreams")
+    ml.add_argument("server", nargs="?", metavar="SERVER", help="only this server (default: every one)")
 
     add_ledger_parser(sub)
     add_approvals_parser(sub)
@@ -235,9 +237,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if allowed else 1
 
 
+def _manifest_lock(args: argparse.Namespace) -> int:
+    from mcp_guard.pins import lock_upstreams
+
+    _, manifests = load(args)
+    if args.server is not None:
+        manifests = tuple(m for m in manifests if m.server == args.server)
+        if not manifests:
+            msg = f"manifest lock: no manifest defines server {args.server!r}"
+            raise UsageError(msg)
+
+    def log(text: str) -> None:
+        print(f"mcp-guard: {text}", file=sys.stderr, flush=True)
+
+    for path, count in anyio.run(lock_upstreams, manifests, log):
+        print(f"wrote {path}: {count} tools pinned")
+    return 0
+
+
 def cmd_manifest(args: argparse.Namespace) -> int:
     from mcp_guard import manifest_tools
 
+    if args.manifest_command == "lock":
+        return _manifest_lock(args)
     if args.manifest_command == "schema":
         print(manifest_tools.render_schema(), end="")
         return 0

@@ -20,9 +20,8 @@ import mcp_types as types
 from mcp import MCPError
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
-from mcp.server.session import ServerSession
 
-from mcp_guard import __version__, holds
+from mcp_guard import __version__, holds, pins
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.ledger import CallRecord, Ledger
@@ -41,7 +40,10 @@ AGENT_SCOPE_KEY = "mcp_guard.agent"
 
 
 def tool_def(tool: types.Tool) -> ToolDef:
-    """An upstream tool in the policy's terms; the digest covers everything that is relayed."""
+    """An upstream tool in the policy's terms; the digest covers everything that is relayed.
+    It is the one definition digest, pins included (SPEC: SHA-256 of the RFC 8785 canonical JSON).
+    `canonical` (sorted keys, no whitespace, UTF-8) equals RFC 8785 for the JSON the SDK produces:
+    strings, integers, booleans and nulls; only floats could serialise differently."""
     annotations = tool.annotations.model_dump(mode="json", exclude_none=True) if tool.annotations else None
     content = {
         "name": tool.name,
@@ -93,7 +95,10 @@ class Guard:
     tallies: holds.Tallies = field(default_factory=holds.Tallies, init=False)
     _catalog: tuple[dict[str, tuple[types.Tool, ...]], Catalog] | None = field(default=None, init=False)
     _offers: dict[str, tuple[Catalog, dict[str, Offer]]] = field(default_factory=dict, init=False)
-    _sessions: weakref.WeakSet[ServerSession] = field(default_factory=weakref.WeakSet, init=False)
+    _withheld: dict[str, pins.Withheld] = field(default_factory=dict, init=False)  # by advertised name
+    # The clients' connections, to tell of tool list changes. The SDK builds a ServerSession per
+    # request (a weak set of those empties at once); its connection lives as long as the client.
+    _sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, init=False)
 
     def __post_init__(self) -> None:
         self.scrubber = Scrubber(self.policy.secrets)
@@ -105,9 +110,19 @@ class Guard:
         live = await self.pool.catalog()
         if self._catalog is None or not _same_lists(self._catalog[0], live):
             catalog = {name: tuple(tool_def(t) for t in tools) for name, tools in live.items()}
-            self._catalog = (live, catalog)
             for problem in self.policy.problems(catalog):
                 self.log(f"warning: {problem}")
+            # Pins are checked here, when the catalog changes, never per call.
+            pinned = await anyio.to_thread.run_sync(
+                pins.resolve, self.ledger, self.policy.manifests, catalog, self.log
+            )
+            for withheld in pinned.withheld:
+                self.log(withheld.warning)
+            manifests = self.policy.manifests
+            self._withheld = {manifests[w.server].name_prefix + w.tool: w for w in pinned.withheld}
+            if not pinned.settled:  # the ledger failed: decide again on the next request
+                return pinned.catalog
+            self._catalog = (live, pinned.catalog)
         return self._catalog[1]
 
     async def offers(self, agent: Agent) -> dict[str, Offer]:
@@ -119,6 +134,10 @@ class Guard:
         return cached[1]
 
     async def tools_changed(self, _: Upstream) -> None:
+        try:
+            await self.catalog()  # the new definitions are pin-checked (and recorded) at once
+        except Exception as exc:
+            self.log(f"could not check a changed tool list: {exc}")
         for session in list(self._sessions):
             try:
                 await session.send_tool_list_changed()
@@ -133,7 +152,7 @@ class Guard:
             agent = self.policy.agents.get(ctx.request.scope.get(AGENT_SCOPE_KEY, ""))
         if agent is None:
             raise MCPError(types.INVALID_REQUEST, "no agent identity for this request")
-        self._sessions.add(ctx.session)
+        self._sessions.add(getattr(ctx.session, "_connection", ctx.session))
         return agent
 
     # -- the request path ------------------------------------------------------------------
@@ -158,6 +177,8 @@ class Guard:
             # A client may call before a slow upstream's first start has ended: decide again.
             offers = await self.offers(agent)
             decision = self.policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
+        if decision.reason == "unknown_tool":
+            decision = self._pin_denial(agent, params.name, arguments) or decision
         if decision.allowed:
             decision = await self._check_upstream(decision)
         record = self._record_of(uuid.uuid4().hex, agent, session, decision)
@@ -180,6 +201,14 @@ class Guard:
         if record.decision != "allow":
             return _refusal(f"denied ({record.reason}): {record.detail}")
         return await self._forward(ctx, record.call_id, decision, started)
+
+    def _pin_denial(self, agent: Agent, name: str, arguments: Mapping[str, Any]) -> Decision | None:
+        """A withheld tool the agent is granted is refused `pin_mismatch`; to anyone else it does
+        not exist (unknown_tool), so withholding reveals no hidden tool."""
+        withheld = self._withheld.get(name)
+        if withheld is None or self.policy.grant_for(agent, withheld.server, withheld.tool) is None:
+            return None
+        return Decision(False, "pin_mismatch", withheld.detail, withheld.server, withheld.tool, arguments)
 
     def _hold_of(self, agent: Agent, decision: Decision, record: CallRecord) -> holds.Hold | None:
         """What the ledger must settle for an allowed call: budgets and approval (None if nothing)."""
