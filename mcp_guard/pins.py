@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mcp_guard.errors import ConfigError, GuardError, LedgerError
 from mcp_guard.ledger import Event, Ledger, Window
+from mcp_guard.loading import check_file_permissions
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Catalog, ToolDef
 
@@ -34,6 +35,7 @@ def load_lock(path: Path) -> dict[str, str] | None:
         return None
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot be read: {exc.strerror or exc}") from None
+    check_file_permissions(path)  # a world-writable lock could pin anything: refused
     try:
         data = json.loads(text)
     except ValueError as exc:

@@ -214,3 +214,17 @@ async def test_manifest_lock_of_an_unknown_server_exits_2(deployment: Deployment
     assert done.returncode == 2
     assert b"'nope'" in done.stderr
     assert not (deployment.manifests_dir / "hostile.lock").exists()
+
+
+def test_a_world_writable_lock_is_refused_so_its_server_pins_nothing(tmp_path: Path) -> None:
+    import os
+
+    from mcp_guard.errors import ConfigError
+    from mcp_guard.pins import load_lock, write_lock
+
+    path = tmp_path / "billing.lock"
+    write_lock(path, {"refund": "0" * 64})
+    assert load_lock(path) == {"refund": "0" * 64}
+    os.chmod(path, 0o666)
+    with pytest.raises(ConfigError, match="world-writable"):
+        load_lock(path)
