@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,8 +17,10 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel
 
+from mcp_guard import pins
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import UpstreamUnavailable
+from mcp_guard.ledger import Ledger
 from mcp_guard.loading import format_duration, parse_duration
 from mcp_guard.manifest import Approval, Budget, Grant, Manifest, Upstream
 from mcp_guard.policy.engine import Policy
@@ -329,7 +331,32 @@ async def _check_live(config: GuardConfig, manifests: tuple[Manifest, ...]) -> l
             reason = said[-1] if said else f"upstream {m.server!r} did not answer in time"
             out.append(f"{m.source}:upstream: {reason}")
     out += live_problems(policy, manifests, tools)
+    out += pin_problems(config, manifests, tools, logs.append)
     return [scrubber.record(line) for line in out]
+
+
+def pin_problems(
+    config: GuardConfig,
+    manifests: Sequence[Manifest],
+    tools: Mapping[str, Sequence[types.Tool]],
+    log: Callable[[str], None],
+) -> list[str]:
+    """Pins that no longer match: against the lock files, or (without a lock) the first-use pins
+    in the ledger. Reads only: nothing is pinned here."""
+    catalog = {server: tuple(tool_def(t) for t in live) for server, live in tools.items()}
+    by_server = {m.server: m for m in manifests}
+    locks = pins.load_locks(by_server, log)
+    events: list[Any] = []
+    if config.ledger.path.exists():
+        with Ledger.open_readonly(config.ledger.path) as ledger:
+            events = [e for server in catalog for e in ledger.events("pin", server=server)]
+    pinned, _ = pins.check_pins(catalog, locks, pins.read_pins(events))
+    out = []
+    for w in pinned.withheld:
+        manifest = by_server[w.server]
+        where = pins.lock_path(manifest) if locks.get(w.server) is not None else manifest.source
+        out.append(f"{where}:{w.tool}: {w.warning.removeprefix('warning: ')}")
+    return out
 
 
 def check_live(config: GuardConfig, manifests: tuple[Manifest, ...]) -> list[str]:

@@ -97,14 +97,15 @@ class Pinned:
 
 
 @dataclass(frozen=True, slots=True)
-class _Seen:
+class Seen:
     """What the ledger's pin entries say: the first-use pins and the withholdings recorded."""
 
     first_use: dict[tuple[str, str], str]
     withheld: frozenset[tuple[str, str, str, str | None]]
 
 
-def _seen(events: Iterable[Event]) -> _Seen:
+def read_pins(events: Iterable[Event]) -> Seen:
+    """The pins recorded in the ledger: first-use pins (the first writer wins) and withholdings."""
     first_use: dict[tuple[str, str], str] = {}
     withheld: set[tuple[str, str, str, str | None]] = set()
     for event in events:
@@ -117,11 +118,11 @@ def _seen(events: Iterable[Event]) -> _Seen:
         elif payload.get("action") == WITHHELD:
             pinned = payload.get("pinned")
             withheld.add((server, tool, digest, pinned if isinstance(pinned, str) else None))
-    return _Seen(first_use, frozenset(withheld))
+    return Seen(first_use, frozenset(withheld))
 
 
 def check_pins(
-    catalog: Catalog, locks: Mapping[str, Mapping[str, str] | None], seen: _Seen
+    catalog: Catalog, locks: Mapping[str, Mapping[str, str] | None], seen: Seen
 ) -> tuple[Pinned, list[tuple[str, ToolDef]]]:
     """Split the live catalog into what may be offered and what is withheld. A server with a
     lock is checked against it; one without against the ledger's first-use pins. Also returns
@@ -168,20 +169,20 @@ def resolve(
     concurrent guards agree on one first-use pin."""
     locks = load_locks(manifests, log)
     try:
-        seen = _seen(e for server in catalog for e in ledger.events("pin", server=server))
+        seen = read_pins(e for server in catalog for e in ledger.events("pin", server=server))
         pinned, first = check_pins(catalog, locks, seen)
         if first or any(w.key not in seen.withheld for w in pinned.withheld):
             pinned = ledger.hold(lambda window: _record(window, catalog, locks))
     except LedgerError as exc:
         log(f"pins cannot be read from the ledger ({exc}); tools without a lock are withheld")
-        pinned, _ = check_pins(catalog, locks, _Seen({}, frozenset()))
+        pinned, _ = check_pins(catalog, locks, Seen({}, frozenset()))
         unlocked = {s: t if locks.get(s) is not None else () for s, t in pinned.catalog.items()}
         return Pinned(unlocked, pinned.withheld, settled=False)
     return pinned
 
 
 def _record(window: Window, catalog: Catalog, locks: Mapping[str, Mapping[str, str] | None]) -> Pinned:
-    seen = _seen(window.all_events("pin"))
+    seen = read_pins(window.all_events("pin"))
     pinned, first = check_pins(catalog, locks, seen)
     for server, tool in first:
         first_use = {"tool": tool.name, "digest": tool.digest, "source": FIRST_USE}

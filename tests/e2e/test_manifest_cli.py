@@ -134,3 +134,23 @@ async def test_check_live_names_an_upstream_that_cannot_be_started(deployment: D
     assert len(lines) == 1, lines
     assert "broken.yaml:upstream:" in lines[0], lines
     assert "'broken'" in lines[0], lines
+
+
+async def test_check_live_names_a_pin_that_no_longer_matches_and_accepts_a_fresh_lock(
+    deployment: Deployment,
+) -> None:
+    deployment.with_billing().write()
+    lock = deployment.manifests_dir / "billing.lock"
+    write_private(lock, json.dumps({"lookup_order": "0" * 64}))  # a stale pin; other tools unlisted
+    run = await mcp_guard("--config", str(deployment.config_path), "check", "--live", cwd=deployment.root)
+    assert run.returncode == 1, run
+    lines = run.stdout.strip().splitlines()
+    assert any(
+        line.startswith(f"{lock.resolve()}:lookup_order:") and "differs from its pin" in line
+        for line in lines
+    ), lines
+    assert any(":refund:" in line and "not listed in its lock" in line for line in lines), lines
+    relock = await mcp_guard("--config", str(deployment.config_path), "manifest", "lock", cwd=deployment.root)
+    assert relock.returncode == 0, relock
+    again = await mcp_guard("--config", str(deployment.config_path), "check", "--live", cwd=deployment.root)
+    assert again.returncode == 0, again
