@@ -20,7 +20,6 @@ from pydantic import BaseModel
 from mcp_guard import pins
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import UpstreamUnavailable
-from mcp_guard.ledger import Ledger
 from mcp_guard.loading import format_duration, parse_duration
 from mcp_guard.manifest import Approval, Budget, Grant, Manifest, Upstream
 from mcp_guard.policy.engine import Policy
@@ -345,12 +344,7 @@ def pin_problems(
     in the ledger. Reads only: nothing is pinned here."""
     catalog = {server: tuple(tool_def(t) for t in live) for server, live in tools.items()}
     by_server = {m.server: m for m in manifests}
-    locks = pins.load_locks(by_server, log)
-    events: list[Any] = []
-    if config.ledger.path.exists():
-        with Ledger.open_readonly(config.ledger.path) as ledger:
-            events = [e for server in catalog for e in ledger.events("pin", server=server)]
-    pinned, _ = pins.check_pins(catalog, locks, pins.read_pins(events))
+    pinned, locks = pins.peek(config.ledger.path, by_server, catalog, log)
     out = []
     for w in pinned.withheld:
         manifest = by_server[w.server]

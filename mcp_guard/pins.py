@@ -218,3 +218,17 @@ async def lock_upstreams(
         write_lock(path, digests[manifest.server])
         written.append((path, len(digests[manifest.server])))
     return written
+
+
+def peek(
+    ledger_path: Path, manifests: Mapping[str, Manifest], catalog: Catalog, log: Callable[[str], None]
+) -> tuple[Pinned, dict[str, dict[str, str] | None]]:
+    """What a serving guard would withhold now, reading only (no first-use pin is written): for
+    `check --live`, `tools` and `explain`. Also returns the locks it read."""
+    locks = load_locks(manifests, log)
+    events: list[Event] = []
+    if ledger_path.exists():
+        with Ledger.open_readonly(ledger_path) as ledger:
+            events = [e for server in catalog for e in ledger.events("pin", server=server)]
+    pinned, _ = check_pins(catalog, locks, read_pins(events))
+    return pinned, locks

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from mcp_guard import holds
+from mcp_guard import holds, pins
 from mcp_guard.config import GuardConfig
 from mcp_guard.ledger import CallRecord, Ledger, Window
 from mcp_guard.loading import format_duration
@@ -50,7 +50,8 @@ async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Age
     catalog = {server: tuple(tool_def(t) for t in tools) for server, tools in live.items()}
     for problem in policy.problems(catalog):
         log(f"warning: {problem}")
-    return Preview(policy, agent, policy.offers(agent, catalog), scrubber)
+    pinned, _ = pins.peek(config.ledger.path, policy.manifests, catalog, log)
+    return Preview(policy, agent, policy.offers(agent, pinned.catalog), scrubber)
 
 
 def load_preview(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Agent) -> Preview:

@@ -136,7 +136,7 @@ async def test_check_live_names_an_upstream_that_cannot_be_started(deployment: D
     assert "'broken'" in lines[0], lines
 
 
-async def test_check_live_names_a_pin_that_no_longer_matches_and_accepts_a_fresh_lock(
+async def test_check_live_and_tools_see_a_pin_that_no_longer_matches_and_accept_a_fresh_lock(
     deployment: Deployment,
 ) -> None:
     deployment.with_billing().write()
@@ -150,6 +150,17 @@ async def test_check_live_names_a_pin_that_no_longer_matches_and_accepts_a_fresh
         for line in lines
     ), lines
     assert any(":refund:" in line and "not listed in its lock" in line for line in lines), lines
+    shown = await mcp_guard(
+        "--config",
+        str(deployment.config_path),
+        "tools",
+        "--agent",
+        "support-bot",
+        "--json",
+        cwd=deployment.root,
+    )
+    assert shown.returncode == 0, shown
+    assert "billing__lookup_order" not in {json.loads(line)["name"] for line in shown.stdout.splitlines()}
     relock = await mcp_guard("--config", str(deployment.config_path), "manifest", "lock", cwd=deployment.root)
     assert relock.returncode == 0, relock
     again = await mcp_guard("--config", str(deployment.config_path), "check", "--live", cwd=deployment.root)
