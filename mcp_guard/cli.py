@@ -100,6 +100,7 @@ def agent_of(config: GuardConfig, policy: Policy, name: str | None) -> Agent:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from mcp_guard.reload import watch
     from mcp_guard.server import open_guard
     from mcp_guard.transport import serve_stdio
 
@@ -112,8 +113,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     agent = agent_of(config, Policy(config, manifests), args.agent)
 
     async def run() -> None:
-        async with open_guard(config, manifests, agent) as guard:
+        async with open_guard(config, manifests, agent) as guard, anyio.create_task_group() as tg:
+            tg.start_soon(watch, guard)  # live reload, for as long as the guard serves
             await serve_stdio(guard)
+            tg.cancel_scope.cancel()
 
     anyio.run(run)
     return 0
@@ -122,6 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: str) -> int:
     """Every agent over one HTTP listener; identity comes from each request's credential."""
     from mcp_guard.http import bind, parse_listen, serve_http
+    from mcp_guard.reload import watch
     from mcp_guard.server import open_guard
 
     try:
@@ -132,8 +136,10 @@ def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: st
     sock = bind(host, port)
 
     async def run() -> None:
-        async with open_guard(config, manifests, None) as guard:
+        async with open_guard(config, manifests, None) as guard, anyio.create_task_group() as tg:
+            tg.start_soon(watch, guard)  # live reload, for as long as the guard serves
             await serve_http(guard, sock)
+            tg.cancel_scope.cancel()
 
     anyio.run(run)
     return 0

@@ -35,6 +35,7 @@ from mcp_guard.upstream import Pool, Upstream, open_pool
 AFTER_FORWARD = "the call may have taken effect"
 APPROVAL_POLL = 0.25  # seconds between looks at the ledger while a call waits for an operator
 T = TypeVar("T")
+Lists = dict[str, tuple[types.Tool, ...]]  # each upstream's tool list, by server
 AGENT_SCOPE_KEY = "mcp_guard.agent"
 """Where the HTTP transport puts the authenticated agent's name in the ASGI scope."""
 
@@ -93,7 +94,8 @@ class Guard:
     session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     scrubber: Scrubber = field(init=False)
     tallies: holds.Tallies = field(default_factory=holds.Tallies, init=False)
-    _catalog: tuple[dict[str, tuple[types.Tool, ...]], Catalog] | None = field(default=None, init=False)
+    # Caches for the policy in force: (policy, the upstreams' lists, the pin-checked catalog).
+    _catalog: tuple[Policy, Lists, Catalog] | None = field(default=None, init=False)
     _offers: dict[str, tuple[Catalog, dict[str, Offer]]] = field(default_factory=dict, init=False)
     _withheld: dict[str, pins.Withheld] = field(default_factory=dict, init=False)  # by advertised name
     # The clients' connections, to tell of tool list changes. The SDK builds a ServerSession per
@@ -106,34 +108,68 @@ class Guard:
     def log(self, text: str) -> None:
         print(f"mcp-guard: {self.scrubber.record(text)}", file=sys.stderr, flush=True)
 
-    async def catalog(self) -> Catalog:
+    async def catalog(self, policy: Policy | None = None) -> Catalog:
+        """The pin-checked catalog under `policy` (default: the one in force); only the policy in
+        force is cached, so a call decided under a replaced policy cannot stale the caches."""
+        policy = policy or self.policy
         live = await self.pool.catalog()
-        if self._catalog is None or not _same_lists(self._catalog[0], live):
-            catalog = {name: tuple(tool_def(t) for t in tools) for name, tools in live.items()}
-            for problem in self.policy.problems(catalog):
-                self.log(f"warning: {problem}")
-            # Pins are checked here, when the catalog changes, never per call.
-            pinned = await anyio.to_thread.run_sync(
-                pins.resolve, self.ledger, self.policy.manifests, catalog, self.log
-            )
-            for withheld in pinned.withheld:
-                self.log(withheld.warning)
-            manifests = self.policy.manifests
-            self._withheld = {manifests[w.server].name_prefix + w.tool: w for w in pinned.withheld}
-            if not pinned.settled:  # the ledger failed: decide again on the next request
-                return pinned.catalog
-            self._catalog = (live, pinned.catalog)
-        return self._catalog[1]
+        cached = self._catalog
+        if cached is not None and cached[0] is policy and _same_lists(cached[1], live):
+            return cached[2]
+        catalog = {name: tuple(tool_def(t) for t in tools) for name, tools in live.items()}
+        for problem in policy.problems(catalog):
+            self.log(f"warning: {problem}")
+        # Pins are checked here, when the catalog or the policy changes, never per call.
+        pinned = await anyio.to_thread.run_sync(
+            pins.resolve, self.ledger, policy.manifests, catalog, self.log
+        )
+        for withheld in pinned.withheld:
+            self.log(withheld.warning)
+        if policy is not self.policy:
+            return pinned.catalog
+        manifests = policy.manifests
+        self._withheld = {manifests[w.server].name_prefix + w.tool: w for w in pinned.withheld}
+        if pinned.settled:  # else the ledger failed: decide again on the next request
+            self._catalog = (policy, live, pinned.catalog)
+        return pinned.catalog
 
-    async def offers(self, agent: Agent) -> dict[str, Offer]:
-        catalog = await self.catalog()
+    async def offers(self, agent: Agent, policy: Policy | None = None) -> dict[str, Offer]:
+        policy = policy or self.policy
+        catalog = await self.catalog(policy)
+        if policy is not self.policy:
+            return policy.offers(agent, catalog)
         cached = self._offers.get(agent.name)
         if cached is None or cached[0] is not catalog:
-            cached = (catalog, self.policy.offers(agent, catalog))
+            cached = (catalog, policy.offers(agent, catalog))
             self._offers[agent.name] = cached
         return cached[1]
 
-    async def tools_changed(self, _: Upstream) -> None:
+    async def reload(self, config: GuardConfig, manifests: tuple[Manifest, ...]) -> Policy:
+        """Put a new policy in force: upstreams whose `upstream` block changed get a new session
+        (the old one drains), then the policy, its scrubber and the caches are swapped in one step
+        (no await between), the swap is stamped in the ledger and every client is told."""
+        policy = Policy(config, manifests)
+        scrubber = Scrubber(policy.secrets)
+        await self.pool.update(manifests)
+        agent = self.agent
+        if agent is not None:  # stdio: the same agent under its new roles; a removed one sees nothing
+            agent = policy.agents.get(agent.name, agent)
+        self.policy, self.scrubber, self.agent = policy, scrubber, agent
+        self._catalog, self._offers, self._withheld = None, {}, {}
+        await self.record_policy({"action": "loaded", "hash": policy.hash})
+        await self.tools_changed(None)
+        return policy
+
+    async def record_policy(self, payload: dict[str, Any]) -> None:
+        """A `policy` entry in the ledger, stamped with the hash in force."""
+        try:
+            await anyio.to_thread.run_sync(
+                partial(self.ledger.record_event, "policy", payload, self.policy.hash)
+            )
+        except Exception as exc:
+            self.log(f"could not record a policy entry in the ledger: {exc}")
+
+    async def tools_changed(self, _: Upstream | None) -> None:
         try:
             await self.catalog()  # the new definitions are pin-checked (and recorded) at once
         except Exception as exc:
@@ -160,28 +196,31 @@ class Guard:
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        policy, scrubber = self.policy, self.scrubber
         agent = self.identify(ctx)
-        offers = await self.offers(agent)
-        return types.ListToolsResult(tools=[advertise(o, self.scrubber) for o in offers.values()])
+        offers = await self.offers(agent, policy)
+        return types.ListToolsResult(tools=[advertise(o, scrubber) for o in offers.values()])
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         started = time.perf_counter()
+        # One policy decides the whole call, even if another is swapped in meanwhile.
+        policy, scrubber = self.policy, self.scrubber
         agent = self.identify(ctx)
         session = self._session_of(ctx)
         arguments: Mapping[str, Any] = params.arguments or {}
-        offers = await self.offers(agent)
-        decision = self.policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
+        offers = await self.offers(agent, policy)
+        decision = policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
         if decision.reason == "unknown_tool" and await self.pool.settle():
             # A client may call before a slow upstream's first start has ended: decide again.
-            offers = await self.offers(agent)
-            decision = self.policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
+            offers = await self.offers(agent, policy)
+            decision = policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
         if decision.reason == "unknown_tool":
-            decision = self._pin_denial(agent, params.name, arguments) or decision
+            decision = self._pin_denial(policy, agent, params.name, arguments) or decision
         if decision.allowed:
             decision = await self._check_upstream(decision)
-        record = self._record_of(uuid.uuid4().hex, agent, session, decision)
+        record = self._record_of(uuid.uuid4().hex, agent, session, decision, policy, scrubber)
         hold = self._hold_of(agent, decision, record)
         try:
             if hold is not None and hold.approval is not None:
@@ -200,13 +239,15 @@ class Guard:
             raise MCPError(types.INVALID_PARAMS, decision.detail)
         if record.decision != "allow":
             return _refusal(f"denied ({record.reason}): {record.detail}")
-        return await self._forward(ctx, record.call_id, decision, started)
+        return await self._forward(ctx, record.call_id, decision, started, scrubber)
 
-    def _pin_denial(self, agent: Agent, name: str, arguments: Mapping[str, Any]) -> Decision | None:
+    def _pin_denial(
+        self, policy: Policy, agent: Agent, name: str, arguments: Mapping[str, Any]
+    ) -> Decision | None:
         """A withheld tool the agent is granted is refused `pin_mismatch`; to anyone else it does
         not exist (unknown_tool), so withholding reveals no hidden tool."""
         withheld = self._withheld.get(name)
-        if withheld is None or self.policy.grant_for(agent, withheld.server, withheld.tool) is None:
+        if withheld is None or policy.grant_for(agent, withheld.server, withheld.tool) is None:
             return None
         return Decision(False, "pin_mismatch", withheld.detail, withheld.server, withheld.tool, arguments)
 
@@ -262,7 +303,7 @@ class Guard:
         assert decision.server is not None
         assert self.pool.tg is not None
         try:
-            await self.pool.upstreams[decision.server].ensure(self.pool.tg)
+            await self.pool.upstream(decision.server).ensure(self.pool.tg)
         except UpstreamError as exc:
             self.log(str(exc))
             reason = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_unavailable"
@@ -271,7 +312,12 @@ class Guard:
         return decision
 
     async def _forward(
-        self, ctx: ServerRequestContext[Any, Any], call_id: str, decision: Decision, started: float
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        call_id: str,
+        decision: Decision,
+        started: float,
+        scrubber: Scrubber,
     ) -> types.CallToolResult:
         assert decision.server is not None
         outcome, detail, result = "upstream_error", None, None
@@ -292,26 +338,26 @@ class Guard:
         finally:
             elapsed = (time.perf_counter() - started) * 1000
             with anyio.CancelScope(shield=True):
-                await self._record_outcome(call_id, outcome, elapsed, detail)
+                await self._record_outcome(call_id, outcome, elapsed, detail, scrubber)
         if result is None:
             if detail:
                 self.log(detail)
             return _refusal(f"error ({outcome}): {AFTER_FORWARD}")
-        return self._relay(result)
+        return self._relay(result, scrubber)
 
-    def _relay(self, result: types.CallToolResult) -> types.CallToolResult:
+    def _relay(self, result: types.CallToolResult, scrubber: Scrubber) -> types.CallToolResult:
         """The upstream's result with known secrets scrubbed and every _meta dropped."""
-        blocks = [self._block(b) for b in result.content]
+        blocks = [self._block(b, scrubber) for b in result.content]
         structured = result.structured_content
         if structured is not None:
-            structured = self.scrubber.json(structured)
+            structured = scrubber.json(structured)
         return types.CallToolResult(content=blocks, structured_content=structured, is_error=result.is_error)
 
-    def _block(self, block: Any) -> Any:
+    def _block(self, block: Any, scrubber: Scrubber) -> Any:
         text = getattr(block, "text", None)
-        if isinstance(text, str) and getattr(block, "meta", None) is None and not self.scrubber.finds(text):
+        if isinstance(text, str) and getattr(block, "meta", None) is None and not scrubber.finds(text):
             return block  # the common case: a plain text block with nothing to scrub
-        data = self.scrubber.json(block.model_dump(by_alias=True, mode="json", exclude_none=True))
+        data = scrubber.json(block.model_dump(by_alias=True, mode="json", exclude_none=True))
         data.pop("_meta", None)
         return type(block).model_validate(data)
 
@@ -322,18 +368,26 @@ class Guard:
             return str(sid)[:128] if sid else None
         return self.session_id
 
-    def _record_of(self, call_id: str, agent: Agent, session: str | None, decision: Decision) -> CallRecord:
+    def _record_of(
+        self,
+        call_id: str,
+        agent: Agent,
+        session: str | None,
+        decision: Decision,
+        policy: Policy,
+        scrubber: Scrubber,
+    ) -> CallRecord:
         return CallRecord(
             call_id=call_id,
             agent=agent.name,
             session=session,
             server=decision.server,
             tool=decision.tool,
-            arguments=self.scrubber.json(_jsonable(decision.arguments), record=True),
+            arguments=scrubber.json(_jsonable(decision.arguments), record=True),
             decision="allow" if decision.allowed else "deny",
             reason=decision.reason,
-            detail=None if decision.allowed else self.scrubber.record(decision.detail),
-            policy_hash=self.policy.hash,
+            detail=None if decision.allowed else scrubber.record(decision.detail),
+            policy_hash=policy.hash,
         )
 
     async def _write(self, write: Callable[[], T]) -> T:
@@ -344,9 +398,11 @@ class Guard:
             return write()
         return await anyio.to_thread.run_sync(write)
 
-    async def _record_outcome(self, call_id: str, outcome: str, ms: float, detail: str | None) -> None:
+    async def _record_outcome(
+        self, call_id: str, outcome: str, ms: float, detail: str | None, scrubber: Scrubber
+    ) -> None:
         try:
-            text = self.scrubber.record(detail) if detail else None
+            text = scrubber.record(detail) if detail else None
             await self._write(partial(self.ledger.record_outcome, call_id, outcome, ms, text))
         except Exception as exc:
             self.log(f"could not record the outcome of call {call_id}: {exc}")
@@ -437,6 +493,7 @@ async def open_guard(
     try:
         async with open_pool(manifests, changed, log) as pool:
             guards.append(Guard(policy=policy, pool=pool, ledger=ledger, agent=agent))
+            await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
             yield guards[0]
     finally:
         ledger.close()

@@ -42,6 +42,8 @@ class Upstream:
         self._failures = 0
         self._retry_at = 0.0
         self._last_failure = "it has not been started"
+        self._in_flight = 0
+        self._retired = False  # replaced on reload: stops once its calls in flight have ended
 
     @property
     def name(self) -> str:
@@ -62,7 +64,7 @@ class Upstream:
         if self._starting is not None:
             return self._starting
         done = anyio.Event()
-        if self._session is None and time.monotonic() >= self._retry_at:
+        if self._session is None and not self._retired and time.monotonic() >= self._retry_at:
             self._starting = done
             self._stop = anyio.Event()
             tg.start_soon(self._run, self._stop, done)
@@ -152,6 +154,23 @@ class Upstream:
     async def call(
         self, tg: anyio.abc.TaskGroup, tool: str, arguments: dict[str, Any], progress: ProgressFn | None
     ) -> types.CallToolResult:
+        self._in_flight += 1
+        try:
+            return await self._call(tg, tool, arguments, progress)
+        finally:
+            self._in_flight -= 1
+            if self._retired and self._in_flight == 0:
+                self.mark_dead()
+
+    def retire(self) -> None:
+        """Replaced by a new session: stop now if idle, else when the last call in flight ends."""
+        self._retired = True
+        if self._in_flight == 0:
+            self.mark_dead()
+
+    async def _call(
+        self, tg: anyio.abc.TaskGroup, tool: str, arguments: dict[str, Any], progress: ProgressFn | None
+    ) -> types.CallToolResult:
         session = await self.ensure(tg)
         timeout = self.manifest.upstream.timeout
         try:
@@ -210,6 +229,38 @@ class Pool:
         self.upstreams = {m.server: Upstream(m, on_change, log) for m in manifests}
         self.log = log
         self.tg: anyio.abc.TaskGroup | None = None
+        self._on_change = on_change
+
+    def upstream(self, server: str) -> Upstream:
+        """The upstream in force for a server; one removed by a reload is unavailable."""
+        up = self.upstreams.get(server)
+        if up is None:
+            msg = f"upstream {server!r} is no longer configured"
+            raise UpstreamUnavailable(msg)
+        return up
+
+    async def update(self, manifests: tuple[Manifest, ...], wait: float = START_WAIT) -> None:
+        """Follow a reloaded policy: an upstream whose `upstream` block is unchanged is kept (with
+        its new manifest), a new or changed one starts (waiting up to `wait` seconds for it), and a
+        removed or replaced one stops once its calls in flight have ended."""
+        assert self.tg is not None
+        kept: dict[str, Upstream] = {}
+        for m in manifests:
+            old = self.upstreams.get(m.server)
+            if old is not None and old.manifest.upstream == m.upstream:
+                old.manifest = m
+                kept[m.server] = old
+            else:
+                kept[m.server] = Upstream(m, self._on_change, self.log)
+        retired = [up for name, up in self.upstreams.items() if kept.get(name) is not up]
+        fresh = [up for name, up in kept.items() if self.upstreams.get(name) is not up]
+        self.upstreams = kept
+        for up in retired:
+            up.retire()
+        attempts = [up.start_soon(self.tg) for up in fresh]
+        with anyio.move_on_after(wait):
+            for done in attempts:
+                await done.wait()
 
     async def start(self, tg: anyio.abc.TaskGroup, wait: float = START_WAIT) -> None:
         """Start every upstream at once and wait up to `wait` seconds for them; one that is not
@@ -242,7 +293,7 @@ class Pool:
         self, server: str, tool: str, arguments: dict[str, Any], progress: ProgressFn | None
     ) -> types.CallToolResult:
         assert self.tg is not None
-        return await self.upstreams[server].call(self.tg, tool, arguments, progress)
+        return await self.upstream(server).call(self.tg, tool, arguments, progress)
 
     async def aclose(self) -> None:
         for up in self.upstreams.values():

@@ -1,0 +1,172 @@
+"""Live reload: a valid change to guard.yaml or a manifest is put in force and clients are told;
+a broken one keeps the last good policy and says why in the ledger; a call in flight completes
+under the policy that decided it; an upstream whose manifest did not change keeps its process.
+Real upstream processes; the ledger is read with plain sqlite3."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import MCPError
+
+from mcp_guard.reload import reload_once, watch
+from mcp_guard.server import open_guard
+from tests.helpers import TIMEOUT, Deployment, _connect, agent_of, text_of
+
+WATCH_INTERVAL = 0.05  # the watcher's poll, fast for tests; the guard polls every second
+EFFECT = 10.0  # how long a file edit may take to be in force
+
+
+def policy_events(path: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT payload, policy_hash FROM entries WHERE kind = 'policy' ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [{**json.loads(payload), "policy_hash": policy_hash} for payload, policy_hash in rows]
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds, for at most EFFECT seconds."""
+    with anyio.fail_after(EFFECT):
+        for _ in iter(int, 1):
+            if condition():
+                return
+            await anyio.sleep(WATCH_INTERVAL)
+
+
+async def listed(session: Any) -> set[str]:
+    with anyio.fail_after(TIMEOUT):
+        return {tool.name for tool in (await session.list_tools()).tools}
+
+
+async def call(session: Any, name: str, arguments: dict[str, Any]) -> Any:
+    with anyio.fail_after(TIMEOUT):
+        return await session.call_tool(name, arguments)
+
+
+async def test_a_granted_tool_reaches_a_connected_client_with_list_changed(deployment: Deployment) -> None:
+    deployment.with_examples()
+    config, manifests = deployment.load()
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with (
+        open_guard(config, manifests, agent_of(deployment, "support-bot")) as guard,
+        _connect(guard, {"message_handler": on_message}) as session,
+        anyio.create_task_group() as tg,
+    ):
+        first_hash = guard.policy.hash
+        billing, tickets = guard.pool.upstreams["billing"], guard.pool.upstreams["tickets"]
+        assert "billing__diagnostics" not in await listed(session)
+        await tg.start(partial(watch, guard, interval=WATCH_INTERVAL, signals=False))
+        deployment.manifests["billing"]["tools"]["diagnostics"] = {"allow": ["role:support"]}
+        deployment.write()
+        with anyio.fail_after(EFFECT):
+            await changed.wait()
+        assert "billing__diagnostics" in await listed(session)
+        assert text_of(await call(session, "billing__diagnostics", {}))
+        # Neither upstream block changed: the same sessions (and processes) serve on.
+        assert guard.pool.upstreams["billing"] is billing
+        assert guard.pool.upstreams["tickets"] is tickets
+        assert billing.alive
+        assert tickets.alive
+        tg.cancel_scope.cancel()
+    events = policy_events(deployment.ledger_path)
+    assert [(e["action"], e["hash"]) for e in events] == [
+        ("loaded", first_hash),
+        ("loaded", guard.policy.hash),
+    ]
+    assert events[-1]["policy_hash"] == guard.policy.hash != first_hash
+    assert [c["policy_hash"] for c in deployment.ledger()] == [guard.policy.hash]
+
+
+async def test_a_broken_edit_keeps_the_last_policy_and_is_recorded_as_rejected(
+    deployment: Deployment,
+) -> None:
+    deployment.with_examples()
+    config, manifests = deployment.load()
+    async with (
+        open_guard(config, manifests, agent_of(deployment, "support-bot")) as guard,
+        _connect(guard, {}) as session,
+        anyio.create_task_group() as tg,
+    ):
+        good = guard.policy
+        await tg.start(partial(watch, guard, interval=WATCH_INTERVAL, signals=False))
+        deployment.manifests["billing"]["bogus"] = 1
+        deployment.write()
+        await eventually(
+            lambda: any(e["action"] == "rejected" for e in policy_events(deployment.ledger_path))
+        )
+        assert guard.policy is good
+        result = await call(session, "billing__lookup_order", {"order_id": "ORD-1001"})
+        assert result.is_error is not True, text_of(result)
+        tg.cancel_scope.cancel()
+    [rejected] = [e for e in policy_events(deployment.ledger_path) if e["action"] == "rejected"]
+    assert "bogus" in rejected["reason"]
+    assert rejected["policy_hash"] == good.hash
+    [decided] = deployment.ledger()
+    assert (decided["decision"], decided["policy_hash"]) == ("allow", good.hash)
+
+
+async def test_a_call_in_flight_during_a_reload_completes_under_the_policy_that_decided_it(
+    deployment: Deployment,
+) -> None:
+    deployment.with_hostile()
+    config, manifests = deployment.load()
+    async with (
+        open_guard(config, manifests, agent_of(deployment, "qa-bot")) as guard,
+        _connect(guard, {}) as session,
+        anyio.create_task_group() as tg,
+    ):
+        old_hash, old = guard.policy.hash, guard.pool.upstreams["hostile"]
+        results: list[Any] = []
+
+        async def slow() -> None:
+            results.append(await call(session, "hostile__slow", {"seconds": 3}))
+
+        tg.start_soon(slow)
+        await eventually(lambda: bool(deployment.journal("hostile")))  # the call reached the upstream
+        # A changed upstream block: a new session, while the old one drains.
+        deployment.manifests["hostile"]["upstream"]["env"]["RELOADED"] = "1"
+        assert await reload_once(guard, deployment.write())
+        new = guard.pool.upstreams["hostile"]
+        assert new is not old
+        assert guard.policy.hash != old_hash
+        await eventually(lambda: bool(results))
+        assert text_of(results[0]) == "done"
+        await eventually(lambda: not old.alive)  # the old session stops once its last call has ended
+        assert text_of(await call(session, "hostile__echo", {"text": "hi"}))
+        assert new.alive
+    slow_call, echo_call = deployment.ledger()
+    assert (slow_call["tool"], slow_call["outcome"], slow_call["policy_hash"]) == ("slow", "ok", old_hash)
+    assert echo_call["policy_hash"] == guard.policy.hash
+
+
+async def test_an_agent_removed_from_guard_yaml_sees_no_tools(deployment: Deployment) -> None:
+    deployment.with_examples()
+    config, manifests = deployment.load()
+    async with (
+        open_guard(config, manifests, agent_of(deployment, "support-bot")) as guard,
+        _connect(guard, {}) as session,
+    ):
+        assert await listed(session)
+        del deployment.agents["support-bot"]
+        assert await reload_once(guard, deployment.write())
+        assert await listed(session) == set()
+        with pytest.raises(MCPError):
+            await call(session, "billing__lookup_order", {"order_id": "ORD-1001"})
+    assert [c["decision"] for c in deployment.ledger()] == ["deny"]
