@@ -59,8 +59,14 @@ _Validator: Any = validators.extend(  # type: ignore[no-untyped-call]
 
 
 def compile_schema(schema: Mapping[str, Any] | bool) -> Any:
-    """A validator for a schema, compiled once per policy and tool, never per call."""
-    return _Validator(schema, registry=_REGISTRY)
+    """A validator for a schema, compiled once per policy and tool, never per call; identical
+    schemas (the same limits on many tools) share one validator, which holds no state."""
+    return _compiled(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+
+
+@lru_cache(maxsize=4096)
+def _compiled(schema_json: str) -> Any:
+    return _Validator(json.loads(schema_json), registry=_REGISTRY)
 
 
 def check_strict(arguments: Mapping[str, Any], declared: frozenset[str], max_bytes: int) -> list[Violation]:

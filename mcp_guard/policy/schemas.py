@@ -12,6 +12,7 @@ from typing import Any
 _UPPER = {"maximum": min, "exclusiveMaximum": min, "maxLength": min, "maxItems": min, "maxProperties": min}
 _LOWER = {"minimum": max, "exclusiveMinimum": max, "minLength": max, "minItems": max, "minProperties": max}
 _BOUNDS = {**_UPPER, **_LOWER}
+_PLAIN = re.compile(r"[\x20-\x7e\t\n]*")
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
 
 
@@ -72,6 +73,8 @@ def clean_text(text: str | None, limit: int = 4096) -> str | None:
     and bidi overrides) from text shown to a model or a terminal."""
     if text is None:
         return None
+    if _PLAIN.fullmatch(text):  # the common case: printable ASCII, tabs and newlines only
+        return text[:limit]
     text = _ANSI.sub("", text)
     kept = [
         ch for ch in text if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Co", "Cs", "Cn")
