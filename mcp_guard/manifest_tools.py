@@ -186,10 +186,7 @@ async def _list_tools(upstream: Upstream, name: str) -> tuple[types.Tool, ...]:
     manifest = Manifest(server=name, upstream=upstream, tools={}, source=Path.cwd() / f"{name}.yaml")
     failures: list[str] = []
 
-    async def changed(_: Any) -> None:
-        return None
-
-    async with open_pool((manifest,), changed, failures.append, wait=START_TIMEOUT) as pool:
+    async with open_pool((manifest,), failures.append, wait=START_TIMEOUT) as pool:
         up = pool.upstreams[name]
         alive, tools = up.alive, up.tools
     if not alive:
@@ -317,10 +314,7 @@ async def _check_live(config: GuardConfig, manifests: tuple[Manifest, ...]) -> l
     scrubber = Scrubber(policy.secrets)
     logs: list[str] = []
 
-    async def changed(_: Any) -> None:
-        return None
-
-    async with open_pool(manifests, changed, logs.append, wait=START_TIMEOUT) as pool:
+    async with open_pool(manifests, logs.append, wait=START_TIMEOUT) as pool:
         down = {name for name, up in pool.upstreams.items() if not up.alive}
         tools = {name: up.tools for name, up in pool.upstreams.items() if up.alive}
     out: list[str] = []

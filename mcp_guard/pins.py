@@ -202,10 +202,7 @@ async def lock_upstreams(
     from mcp_guard.server import tool_def  # the one digest; server imports this module
     from mcp_guard.upstream import START_TIMEOUT, open_pool
 
-    async def changed(_: object) -> None:
-        return None
-
-    async with open_pool(manifests, changed, log, wait=START_TIMEOUT) as pool:
+    async with open_pool(manifests, log, wait=START_TIMEOUT) as pool:
         ups = list(pool.upstreams.values())
         down = [up.name for up in ups if not up.alive]
         if down:

@@ -5,7 +5,6 @@ call and writes nothing (the ledger is opened read-only, if it exists)."""
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -39,13 +38,8 @@ async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Age
     policy = Policy(config, manifests)
     scrubber = Scrubber(policy.secrets)
 
-    async def changed(_: Any) -> None:
-        return None
-
-    def log(text: str) -> None:
-        print(f"mcp-guard: {scrubber.record(text)}", file=sys.stderr)
-
-    async with open_pool(manifests, changed, log, wait=START_TIMEOUT) as pool:
+    log = scrubber.log
+    async with open_pool(manifests, log, wait=START_TIMEOUT) as pool:
         live = await pool.catalog()
     catalog = {server: tuple(tool_def(t) for t in tools) for server, tools in live.items()}
     for problem in policy.problems(catalog):

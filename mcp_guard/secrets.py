@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -48,6 +49,10 @@ class Scrubber:
     def text(self, value: str) -> str:
         """Known secrets out of text that goes back to an agent."""
         return self._known.sub(REDACTED, value) if self._known is not None else value
+
+    def log(self, text: str) -> None:
+        """One line to the operator (stderr), with secrets and credentials redacted."""
+        print(f"mcp-guard: {self.record(text)}", file=sys.stderr, flush=True)
 
     def finds(self, value: str) -> bool:
         """Whether text holds a known secret."""

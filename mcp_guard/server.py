@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 import time
 import uuid
 import weakref
@@ -106,7 +105,7 @@ class Guard:
         self.scrubber = Scrubber(self.policy.secrets)
 
     def log(self, text: str) -> None:
-        print(f"mcp-guard: {self.scrubber.record(text)}", file=sys.stderr, flush=True)
+        self.scrubber.log(text)
 
     async def catalog(self, policy: Policy | None = None) -> Catalog:
         """The pin-checked catalog under `policy` (default: the one in force); only the policy in
@@ -488,10 +487,11 @@ async def open_guard(
             await guard.tools_changed(up)
 
     def log(text: str) -> None:
-        print(f"mcp-guard: {scrubber.record(text)}", file=sys.stderr, flush=True)
+        # Through the guard once it exists, so a reload's new secrets are scrubbed too.
+        (guards[0].log if guards else scrubber.log)(text)
 
     try:
-        async with open_pool(manifests, changed, log) as pool:
+        async with open_pool(manifests, log, on_change=changed) as pool:
             guards.append(Guard(policy=policy, pool=pool, ledger=ledger, agent=agent))
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
             yield guards[0]

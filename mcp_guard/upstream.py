@@ -209,6 +209,10 @@ def _owned_http(url: str, client: httpx2.AsyncClient) -> Any:
     return cm()
 
 
+async def _ignore(_: Upstream) -> None:
+    return None
+
+
 def _dump(tools: tuple[types.Tool, ...]) -> list[dict[str, Any]]:
     return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]
 
@@ -302,9 +306,15 @@ class Pool:
 
 @asynccontextmanager
 async def open_pool(
-    manifests: tuple[Manifest, ...], on_change: OnChange, log: Callable[[str], None], wait: float = START_WAIT
+    manifests: tuple[Manifest, ...],
+    log: Callable[[str], None],
+    *,
+    on_change: OnChange | None = None,
+    wait: float = START_WAIT,
 ) -> AsyncIterator[Pool]:
-    """Start every upstream (waiting up to `wait` seconds for them); stop them all on exit."""
+    """Start every upstream (waiting up to `wait` seconds for them); stop them all on exit.
+    `on_change` hears of an upstream whose tool list changed (a serving guard tells its clients)."""
+    on_change = on_change or _ignore
     pool = Pool(manifests, on_change, log)
     async with anyio.create_task_group() as tg:
         await pool.start(tg, wait)
