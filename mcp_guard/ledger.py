@@ -152,8 +152,12 @@ class Window:
         """(id, ts, agent, session, arguments) of the allow decisions for server and tool with an
         id above `after_id` (and, with `seconds`, decided in `(now - seconds, now]`), in id order:
         whatever the grant, agent, policy or outcome."""
+        # Without `seconds` the rows are the few appended since `after_id`: the unary `+` keeps
+        # SQLite on the id range instead of the (server, tool, ts) index, which would read every
+        # row the tool ever had and make each call slower as the ledger grows.
+        on = "server = ? AND tool = ?" if seconds is not None else "+server = ? AND +tool = ?"
         sql = (
-            "SELECT id, ts, agent, session, arguments FROM entries WHERE id > ? AND server = ? AND tool = ? "
+            f"SELECT id, ts, agent, session, arguments FROM entries WHERE id > ? AND {on} "  # noqa: S608
             "AND kind = 'decision' AND decision = 'allow'"
         )
         params: list[object] = [after_id, server, tool]

@@ -425,6 +425,35 @@ def test_a_reader_works_while_a_writer_holds_the_write_lock(ledger: Ledger, path
         assert reader.verify().ok
 
 
+def test_a_budget_catch_up_reads_only_the_new_rows_however_long_the_history(ledger: Ledger):
+    """The per-call budget query must cost O(new rows): counted in SQLite VM steps, not time."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    def catch_up_cost() -> int:
+        nonlocal steps
+        last = ledger.last_id()
+        ledger.record_decision(record())
+        steps = 0
+        ledger._conn.set_progress_handler(count, 10)
+        try:
+            rows = ledger.peek(lambda w: w.allowed("billing", "refund", after_id=last))
+        finally:
+            ledger._conn.set_progress_handler(None, 0)
+        assert len(rows) == 1
+        return steps
+
+    fill(ledger, 50)
+    short = catch_up_cost()
+    fill(ledger, 3000)
+    long = catch_up_cost()
+    assert long <= short + 5, (short, long)
+
+
 def test_malformed_records_are_caller_bugs(ledger: Ledger):
     with pytest.raises(ValueError, match="decision"):
         ledger.record_decision(record("maybe"))
