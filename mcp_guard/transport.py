@@ -3,7 +3,11 @@ the SDK sees it, and a bad line gets -32700 instead of a guess."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, BinaryIO
 
 import anyio
@@ -15,6 +19,9 @@ from mcp_guard.server import Guard, build_server
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 CHUNK = 65536
+DRAIN_SECONDS = 30.0
+"""At end of input, how long the requests already read may take to be answered before the guard
+exits (an approval wait or a slow upstream); a client that wants no answers closes both pipes."""
 
 
 def _claim_stdio() -> tuple[BinaryIO, BinaryIO]:
@@ -29,12 +36,60 @@ def _claim_stdio() -> tuple[BinaryIO, BinaryIO]:
     return wire_in, wire_out
 
 
-async def _read_lines(source: BinaryIO, max_bytes: int, emit: Any, refuse: Any) -> None:
+Read = Callable[[], Awaitable[bytes]]
+Write = Callable[[bytes], Awaitable[None]]
+
+
+@asynccontextmanager
+async def _wire(wire_in: BinaryIO, wire_out: BinaryIO) -> AsyncIterator[tuple[Read, Write]]:
+    """Read and write the protocol's descriptors on the event loop itself where the OS allows it
+    (pipes, sockets, terminals: what MCP clients give a server), saving two thread hops per
+    message; a regular file, or a loop that is not asyncio, goes through a worker thread."""
+    read: Read = partial(anyio.to_thread.run_sync, wire_in.read, CHUNK)
+
+    async def write(data: bytes) -> None:
+        await anyio.to_thread.run_sync(wire_out.write, data)
+
+    transports: list[asyncio.BaseTransport] = []
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    try:
+        if loop is not None:
+            stream = asyncio.StreamReader(limit=CHUNK, loop=loop)
+            try:
+                reading, _ = await loop.connect_read_pipe(
+                    lambda: asyncio.StreamReaderProtocol(stream), wire_in
+                )
+                transports.append(reading)
+                read = partial(stream.read, CHUNK)
+            except ValueError:
+                pass
+            try:
+                writing, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, wire_out)
+                transports.append(writing)
+                writer = asyncio.StreamWriter(writing, protocol, None, loop)
+
+                async def write_on_loop(data: bytes) -> None:
+                    writer.write(data)
+                    await writer.drain()
+
+                write = write_on_loop
+            except ValueError:
+                pass
+        yield read, write
+    finally:
+        for transport in transports:
+            transport.close()
+
+
+async def _read_lines(read: Read, max_bytes: int, emit: Any, refuse: Any) -> None:
     """Split the input into lines without ever holding more than max_bytes of one line."""
     buffer = bytearray()
     skipping = False
     while True:
-        chunk = await anyio.to_thread.run_sync(source.read, CHUNK)
+        chunk = await read()
         if not chunk:
             break
         start = 0
@@ -56,6 +111,28 @@ async def _read_lines(source: BinaryIO, max_bytes: int, emit: Any, refuse: Any) 
         await emit(bytes(buffer))
 
 
+class _Open:
+    """Ids of the requests read but not answered yet, so that end of input can wait for them."""
+
+    def __init__(self) -> None:
+        self._ids: set[str | int] = set()
+        self._none = anyio.Event()
+        self._none.set()
+
+    def read(self, msg_id: str | int) -> None:
+        if not self._ids:
+            self._none = anyio.Event()
+        self._ids.add(msg_id)
+
+    def answered(self, msg_id: str | int) -> None:
+        self._ids.discard(msg_id)
+        if not self._ids:
+            self._none.set()
+
+    async def drained(self) -> None:
+        await self._none.wait()
+
+
 async def serve_stdio(guard: Guard) -> None:
     server = build_server(guard)
     max_bytes = guard.policy.config.limits.max_message_bytes
@@ -67,10 +144,15 @@ async def serve_stdio(guard: Guard) -> None:
     from_server: MemoryObjectReceiveStream[SessionMessage]
     server_out, from_server = anyio.create_memory_object_stream(16)
     write_lock = anyio.Lock()
+    open_requests = _Open()
 
     async def write(data: bytes) -> None:
         async with write_lock:
-            await anyio.to_thread.run_sync(wire_out.write, data)
+            try:
+                await write_wire(data)
+            except OSError as exc:  # the client closed its end: nobody is left to answer
+                guard.log(f"stopping: the client no longer reads the guard's output ({exc})")
+                tg.cancel_scope.cancel()
 
     async def answer(code: int, message: str, msg_id: Any = None) -> None:
         error = types.JSONRPCError(
@@ -100,19 +182,28 @@ async def serve_stdio(guard: Guard) -> None:
         except Exception:
             await answer(types.INVALID_REQUEST, "Invalid request", valid_id)
             return
+        if isinstance(message, types.JSONRPCRequest):
+            open_requests.read(message.id)
         await to_server.send(SessionMessage(message))
 
     async def reader() -> None:
         async with to_server:
-            await _read_lines(wire_in, max_bytes, emit, refuse)
+            await _read_lines(read_wire, max_bytes, emit, refuse)
+            # End of input: answer what was already asked (a script piped in ends right after its
+            # last request), then let the server stop.
+            with anyio.move_on_after(DRAIN_SECONDS):
+                await open_requests.drained()
 
     async def writer() -> None:
         async with from_server:
             async for item in from_server:
-                data = item.message.model_dump_json(by_alias=True, exclude_unset=True)
+                message = item.message
+                data = message.model_dump_json(by_alias=True, exclude_unset=True)
                 await write(data.encode() + b"\n")
+                if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
+                    open_requests.answered(message.id)
 
-    async with anyio.create_task_group() as tg:
+    async with _wire(wire_in, wire_out) as (read_wire, write_wire), anyio.create_task_group() as tg:
         tg.start_soon(reader)
         tg.start_soon(writer)
         await server.run(server_in, server_out, server.create_initialization_options())

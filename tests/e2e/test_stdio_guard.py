@@ -5,6 +5,7 @@ The raw-wire tests write JSON-RPC lines themselves, as a hostile client would.""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from typing import Any
 
@@ -18,6 +19,7 @@ from tests.helpers import (
     Deployment,
     RawGuard,
     assert_denied,
+    guard_command,
     guard_env,
     raw_guard,
     stdio_guard,
@@ -319,3 +321,133 @@ async def test_adversarial_arguments_and_names_are_denied_recorded_and_never_for
     expected_names = [json.dumps(name, ensure_ascii=True)[1:-1][:256] for name in LOOK_ALIKE_NAMES]
     assert [r["tool"] for r in name_rows] == expected_names
     assert (last["decision"], last["outcome"], last["agent"]) == ("allow", "ok", "support-bot")
+
+
+def script(*requests: tuple[str, dict[str, Any]]) -> bytes:
+    """initialize, initialized, then the requests numbered from 2: what a script pipes in."""
+    lines: list[dict[str, Any]] = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "script", "version": "0"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ]
+    lines += [
+        {"jsonrpc": "2.0", "id": n, "method": method, "params": params}
+        for n, (method, params) in enumerate(requests, start=2)
+    ]
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+SCRIPT = script(
+    ("tools/list", {}),
+    ("tools/call", {"name": "billing__lookup_order", "arguments": {"order_id": "ORD-1001"}}),
+    ("tools/call", {"name": "billing__refund", "arguments": {**REFUND, "amount": 400}}),
+    ("ping", {}),
+)
+
+
+@pytest.mark.parametrize("io", ["pipes", "files"])
+async def test_every_request_read_before_end_of_input_is_answered_before_the_guard_exits(
+    deployment: Deployment, io: str
+) -> None:
+    # A script ends its input right after its last request: the guard answers them all, over
+    # pipes (read on the event loop) and over regular files (read in a worker thread) alike.
+    deployment.with_billing()
+    deployment.write()
+    command = guard_command(deployment, "support-bot")
+    script_file, out_file = deployment.root / "script.jsonl", deployment.root / "out.jsonl"
+    script_file.write_bytes(SCRIPT)
+
+    def run() -> bytes:
+        with deployment.stderr_path.open("ab") as errlog:
+            if io == "pipes":
+                done = subprocess.run(
+                    command,
+                    input=SCRIPT,
+                    capture_output=False,
+                    stdout=subprocess.PIPE,
+                    stderr=errlog,
+                    env=guard_env(),
+                    cwd=deployment.root,
+                    timeout=TIMEOUT,
+                    check=True,
+                )
+                return done.stdout
+            with script_file.open("rb") as stdin, out_file.open("wb") as stdout:
+                subprocess.run(
+                    command,
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=errlog,
+                    env=guard_env(),
+                    cwd=deployment.root,
+                    timeout=TIMEOUT,
+                    check=True,
+                )
+            return out_file.read_bytes()
+
+    output = await anyio.to_thread.run_sync(run)
+    answers = {m["id"]: m for m in map(json.loads, output.splitlines())}
+    assert sorted(answers) == [1, 2, 3, 4, 5], answers
+    assert len(answers[2]["result"]["tools"]) == 2
+    assert answers[3]["result"]["isError"] is False
+    assert answers[4]["result"]["content"][0]["text"].startswith("denied (limit_exceeded): ")
+    assert answers[5]["result"] == {}
+    assert deployment.journals() == [
+        {"server": "billing", "tool": "lookup_order", "arguments": {"order_id": "ORD-1001"}, "meta": None}
+    ]
+    # Requests run concurrently: their entries may land in either order.
+    assert sorted((r["tool"], r["decision"], r["outcome"]) for r in deployment.ledger()) == [
+        ("lookup_order", "allow", "ok"),
+        ("refund", "deny", None),
+    ]
+
+
+async def test_a_client_that_stops_reading_ends_the_guard_and_nothing_reaches_an_upstream_unrecorded(
+    deployment: Deployment,
+) -> None:
+    deployment.with_billing()
+    deployment.write()
+    lines = SCRIPT.splitlines(keepends=True)
+
+    def run() -> tuple[int, bytes]:
+        with deployment.stderr_path.open("ab") as errlog:
+            guard = subprocess.Popen(
+                guard_command(deployment, "support-bot"),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errlog,
+                env=guard_env(),
+                cwd=deployment.root,
+            )
+            assert guard.stdin is not None
+            assert guard.stdout is not None
+            guard.stdin.write(lines[0])
+            guard.stdin.flush()
+            first = guard.stdout.readline()
+            guard.stdout.close()  # the client stops reading, but keeps its input open
+            guard.stdin.writelines(lines[1:])
+            guard.stdin.flush()
+            try:
+                return guard.wait(timeout=TIMEOUT), first
+            finally:
+                guard.kill()
+                guard.stdin.close()
+
+    code, first = await anyio.to_thread.run_sync(run)
+    assert json.loads(first)["id"] == 1
+    assert code == 0
+    assert "the client no longer reads the guard's output" in deployment.stderr()
+    rows = deployment.ledger()
+    assert all(r["outcome"] in ("ok", "cancelled") for r in rows if r["decision"] == "allow"), rows
+    forwarded = [(j["tool"], j["arguments"]) for j in deployment.journals()]
+    allowed = [(r["tool"], r["arguments"]) for r in rows if r["decision"] == "allow"]
+    assert forwarded == allowed[: len(forwarded)]
+    assert len(forwarded) <= 1
