@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from typing import Any
 
 from mcp_guard.ledger import CallRecord, Window, format_ts
@@ -137,8 +137,7 @@ class _Tally:
     def add(self, ts: str, amount: Decimal) -> None:
         self.rows.append((ts, amount))
         try:
-            with localcontext(budgets.EXACT):
-                self.total += amount
+            self.total = budgets.EXACT.add(self.total, amount)
         except ArithmeticError:  # a history too precise to sum exactly counts as spent in full
             self.total = Decimal("Infinity")
 
@@ -146,8 +145,7 @@ class _Tally:
         while self.rows and self.rows[0][0] <= since:
             _, amount = self.rows.popleft()
             if self.total.is_finite():
-                with localcontext(budgets.EXACT):
-                    self.total -= amount
+                self.total = budgets.EXACT.subtract(self.total, amount)
         return self.total
 
 

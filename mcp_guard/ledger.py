@@ -11,11 +11,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, NoReturn, Self, TypeVar
 from urllib.parse import quote
 
 from sqlite_utils import Database, Migrations
@@ -47,6 +47,9 @@ _SELECT_INVOCATIONS = (
     "outcome, duration_ms, outcome_detail, policy_hash FROM invocations WHERE "
 )
 _JSON_FIELDS = "id call_id ts agent session server tool arguments decision reason detail outcome duration_ms"
+CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints
+BACKSTOP_PAGES = 16384  # SQLite's own checkpoint, when the background one falls this far behind (64 MiB)
+_PREV, _TS = HASHED_COLUMNS.index("prev_hash"), HASHED_COLUMNS.index("ts")
 _MIGRATIONS = Migrations("mcp_guard_ledger")
 _MIGRATION_NAMES = ("0001_entries",)  # in order, one per function registered below
 
@@ -201,7 +204,9 @@ def format_ts(ts: datetime) -> str:
     if ts.tzinfo is None:
         msg = f"timestamp {ts!r} has no time zone"
         raise ValueError(msg)
-    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    return ts.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" becomes "Z"
 
 
 def canonical_json(value: object) -> str:
@@ -264,6 +269,86 @@ def _loads(text: str | None) -> object:
         return text  # written by hand; verify says so
 
 
+class _Checkpointer:
+    """Copies the write-ahead log back into the ledger file from a thread of its own, so that a
+    commit never pays for it: SQLite's automatic checkpoint runs inside the commit that crosses
+    its threshold and fsyncs twice, even with synchronous = NORMAL. PASSIVE never blocks a writer
+    or a reader; one that cannot finish (a reader holds an old snapshot) is simply tried again."""
+
+    def __init__(self, file: Path, every: float) -> None:
+        self._conn = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            # Busy with another process's checkpoint, or the file went away: next time.
+            with suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+
+class _Transaction:
+    """BEGIN .. COMMIT on the ledger's connection under its thread lock; ROLLBACK on any error,
+    and a sqlite3.Error becomes `error` with a message for the person who must fix it. A class
+    rather than a generator: it runs twice on every call."""
+
+    __slots__ = ("_begin", "_error", "_ledger")
+
+    def __init__(self, ledger: Ledger, begin: str, error: type[LedgerError]) -> None:
+        self._ledger, self._begin, self._error = ledger, begin, error
+
+    def __enter__(self) -> sqlite3.Connection:
+        ledger = self._ledger
+        # Waiting for another thread of this process counts against the same busy_timeout.
+        if not ledger._lock.acquire(blocking=False):
+            started = time.monotonic()
+            if not ledger._lock.acquire(timeout=ledger._busy_timeout):
+                msg = f"{ledger._path}: {_locked(ledger._busy_timeout)}"
+                raise self._error(msg)
+            waited = time.monotonic() - started
+        else:
+            waited = 0.0
+        conn = ledger._conn
+        try:
+            if waited > 0.001 or ledger._shortened:
+                # Only after a noticeable wait for the thread lock: the pragma costs ~20 us a call.
+                left = max(1, int((ledger._busy_timeout - waited) * 1000))
+                conn.execute(f"PRAGMA busy_timeout = {left}")
+                ledger._shortened = left < int(ledger._busy_timeout * 1000)
+            conn.execute(self._begin)
+        except BaseException as exc:
+            self._fail(exc)
+        return conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self._ledger._conn.execute("COMMIT")
+            except BaseException as failed:
+                self._fail(failed)
+            self._ledger._lock.release()
+        else:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> NoReturn:
+        ledger = self._ledger
+        try:
+            _rollback(ledger._conn)
+        finally:
+            ledger._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            msg = f"{ledger._path}: {describe(exc, ledger._busy_timeout)}"
+            raise self._error(msg) from exc
+        raise exc
+
+
 class Ledger:
     """One connection to the ledger file, shared by threads (calls are serialised)."""
 
@@ -274,6 +359,7 @@ class Ledger:
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._shortened = False  # the connection's busy_timeout is below the full bound
+        self._checkpointer: _Checkpointer | None = None
 
     @classmethod
     def open(
@@ -312,7 +398,19 @@ class Ledger:
     def path(self) -> Path:
         return self._path
 
+    def checkpoint_in_background(self, every: float = CHECKPOINT_EVERY) -> None:
+        """For a long-lived writer (the guard): checkpoint from a thread every `every` seconds.
+        SQLite's own checkpoint stays as a backstop, at a threshold it only reaches if the
+        thread falls far behind."""
+        if self._checkpointer is None:
+            with self._lock:
+                self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
+            self._checkpointer = _Checkpointer(self._file, every)
+
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         with self._lock:
             self._conn.close()
 
@@ -414,37 +512,14 @@ class Ledger:
     def _append(self, conn: sqlite3.Connection, fields: Mapping[str, object], ts: str | None) -> int:
         """Insert one entry chained to the current head; only inside `_transaction`."""
         head = conn.execute("SELECT entry_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
-        row = dict(fields, prev_hash=head[0] if head else ZERO_HASH, ts=ts or format_ts(datetime.now(UTC)))
-        values = [row.get(name) for name in HASHED_COLUMNS]
-        return int(conn.execute(_INSERT, (*values, entry_hash(values))).lastrowid or 0)
+        values = [fields.get(name) for name in HASHED_COLUMNS]
+        values[_PREV] = head[0] if head else ZERO_HASH
+        values[_TS] = ts or format_ts(datetime.now(UTC))
+        values.append(entry_hash(values))
+        return int(conn.execute(_INSERT, values).lastrowid or 0)
 
-    @contextmanager
-    def _txn(self, begin: str, error: type[LedgerError]) -> Iterator[sqlite3.Connection]:
-        # Waiting for another thread of this process counts against the same busy_timeout.
-        started = time.monotonic()
-        if not self._lock.acquire(timeout=self._busy_timeout):
-            msg = f"{self._path}: {_locked(self._busy_timeout)}"
-            raise error(msg)
-        conn = self._conn
-        try:
-            waited = time.monotonic() - started
-            if waited > 0.001 or self._shortened:
-                # Only after a noticeable wait for the thread lock: the pragma costs ~20 us a call.
-                left = max(1, int((self._busy_timeout - waited) * 1000))
-                conn.execute(f"PRAGMA busy_timeout = {left}")
-                self._shortened = left < int(self._busy_timeout * 1000)
-            conn.execute(begin)
-            yield conn
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            msg = f"{self._path}: {describe(exc, self._busy_timeout)}"
-            raise error(msg) from exc
-        except BaseException:
-            _rollback(conn)
-            raise
-        finally:
-            self._lock.release()
+    def _txn(self, begin: str, error: type[LedgerError]) -> _Transaction:
+        return _Transaction(self, begin, error)
 
     # -- reading: each call reads one consistent snapshot, and raises LedgerError ------------------
 

@@ -480,6 +480,7 @@ async def open_guard(
     policy = Policy(config, manifests)
     scrubber = Scrubber(policy.secrets)
     ledger = Ledger.open(config.ledger.path, config.ledger.durability)
+    ledger.checkpoint_in_background()
     guards: list[Guard] = []
 
     async def changed(up: Upstream) -> None:

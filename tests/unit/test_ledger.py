@@ -454,6 +454,23 @@ def test_a_budget_catch_up_reads_only_the_new_rows_however_long_the_history(ledg
     assert long <= short + 5, (short, long)
 
 
+def test_a_background_checkpoint_copies_the_log_into_the_file_and_stops_at_close(path: Path):
+    # Commits never pay for a checkpoint: a thread copies the write-ahead log into the ledger file.
+    import threading
+
+    with Ledger.open(path) as ledger:
+        ledger.checkpoint_in_background(every=0.05)
+        fill(ledger, 200)
+        size = path.stat().st_size
+        deadline = time.monotonic() + 10
+        while path.stat().st_size == size and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.stat().st_size > size
+        assert ledger._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == ledger_module.BACKSTOP_PAGES
+        assert ledger.verify().ok
+    assert not [t for t in threading.enumerate() if t.name == "ledger-checkpoint"]
+
+
 def test_malformed_records_are_caller_bugs(ledger: Ledger):
     with pytest.raises(ValueError, match="decision"):
         ledger.record_decision(record("maybe"))
