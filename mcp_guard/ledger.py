@@ -299,10 +299,12 @@ class _Transaction:
     and a sqlite3.Error becomes `error` with a message for the person who must fix it. A class
     rather than a generator: it runs twice on every call."""
 
-    __slots__ = ("_begin", "_error", "_ledger")
+    __slots__ = ("_error", "_flushing", "_ledger", "_write")
 
-    def __init__(self, ledger: Ledger, begin: str, error: type[LedgerError]) -> None:
-        self._ledger, self._begin, self._error = ledger, begin, error
+    def __init__(self, ledger: Ledger, *, write: bool) -> None:
+        self._ledger, self._write = ledger, write
+        self._error = LedgerUnavailable if write else LedgerError
+        self._flushing = 0  # deferred outcomes appended in this transaction
 
     def __enter__(self) -> sqlite3.Connection:
         ledger = self._ledger
@@ -322,18 +324,26 @@ class _Transaction:
                 left = max(1, int((ledger._busy_timeout - waited) * 1000))
                 conn.execute(f"PRAGMA busy_timeout = {left}")
                 ledger._shortened = left < int(ledger._busy_timeout * 1000)
-            conn.execute(self._begin)
+            if self._write:
+                conn.execute("BEGIN IMMEDIATE")
+                ledger._head = None
+                self._flushing = ledger._append_deferred(conn)
+            else:
+                conn.execute("BEGIN")
         except BaseException as exc:
             self._fail(exc)
         return conn
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is None:
+            ledger = self._ledger
             try:
-                self._ledger._conn.execute("COMMIT")
+                ledger._conn.execute("COMMIT")
             except BaseException as failed:
                 self._fail(failed)
-            self._ledger._lock.release()
+            if self._flushing:
+                del ledger._deferred[: self._flushing]
+            ledger._lock.release()
         else:
             self._fail(exc)
 
@@ -360,6 +370,11 @@ class Ledger:
         self._lock = threading.Lock()
         self._shortened = False  # the connection's busy_timeout is below the full bound
         self._checkpointer: _Checkpointer | None = None
+        # Outcomes recorded with defer=True, committed by the next write transaction (or flush).
+        # Appended from any thread (list.append is atomic); removed only under the lock, once
+        # committed.
+        self._deferred: list[tuple[dict[str, object], str]] = []
+        self._head: str | None = None  # the chain head within the write transaction in progress
 
     @classmethod
     def open(
@@ -408,11 +423,16 @@ class Ledger:
             self._checkpointer = _Checkpointer(self._file, every)
 
     def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None
-        with self._lock:
-            self._conn.close()
+        """Commit the deferred outcomes and close; LedgerUnavailable (after closing) if they
+        could not be committed."""
+        try:
+            self.flush()
+        finally:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
+            with self._lock:
+                self._conn.close()
 
     def __enter__(self) -> Self:
         return self
@@ -465,19 +485,38 @@ class Ledger:
         detail: str | None = None,
         *,
         ts: datetime | None = None,
+        defer: bool = False,
     ) -> None:
-        """Commit what became of an allowed call: ok, error, upstream_error, timeout or cancelled."""
+        """Commit what became of an allowed call: ok, error, upstream_error, timeout or cancelled.
+
+        With `defer`, the outcome (stamped now) is committed by the next write transaction, in
+        front of what that transaction appends, or by `flush`: one transaction per call instead of
+        two. Until then a crash loses it, and the call reads as one the guard died in."""
         if not math.isfinite(duration := float(duration_ms)):
             msg = f"duration_ms must be finite, not {duration_ms!r}"
             raise ValueError(msg)
-        fields = {
+        fields: dict[str, object] = {
             "kind": "outcome",
             "call_id": _text(call_id),
             "outcome": _one_of(outcome, OUTCOMES, "outcome"),
             "duration_ms": duration,
             "detail": _opt_text(detail),
         }
-        self._record(fields, ts)
+        if defer:
+            self._deferred.append((fields, format_ts(ts or datetime.now(UTC))))
+        else:
+            self._record(fields, ts)
+
+    @property
+    def deferred(self) -> int:
+        """Outcomes recorded with defer=True and not committed yet."""
+        return len(self._deferred)
+
+    def flush(self) -> None:
+        """Commit the deferred outcomes now; LedgerUnavailable if that fails (they stay deferred)."""
+        if self._deferred:
+            with self._transaction():
+                pass  # the transaction appends them
 
     def record_event(
         self,
@@ -504,27 +543,35 @@ class Ledger:
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """BEGIN IMMEDIATE .. COMMIT: the write lock is held, so the chain head cannot move meanwhile.
+        Deferred outcomes are appended first.
 
         A check that must be atomic with its append (budgets, pins) reads inside it, then `_append`s.
         """
-        return self._txn("BEGIN IMMEDIATE", LedgerUnavailable)
+        return _Transaction(self, write=True)
+
+    def _append_deferred(self, conn: sqlite3.Connection) -> int:
+        batch = self._deferred[:]
+        for fields, stamp in batch:
+            self._append(conn, fields, stamp)
+        return len(batch)
 
     def _append(self, conn: sqlite3.Connection, fields: Mapping[str, object], ts: str | None) -> int:
         """Insert one entry chained to the current head; only inside `_transaction`."""
-        head = conn.execute("SELECT entry_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        head = self._head
+        if head is None:
+            row = conn.execute("SELECT entry_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+            head = row[0] if row else ZERO_HASH
         values = [fields.get(name) for name in HASHED_COLUMNS]
-        values[_PREV] = head[0] if head else ZERO_HASH
+        values[_PREV] = head
         values[_TS] = ts or format_ts(datetime.now(UTC))
-        values.append(entry_hash(values))
+        self._head = entry_hash(values)
+        values.append(self._head)
         return int(conn.execute(_INSERT, values).lastrowid or 0)
-
-    def _txn(self, begin: str, error: type[LedgerError]) -> _Transaction:
-        return _Transaction(self, begin, error)
 
     # -- reading: each call reads one consistent snapshot, and raises LedgerError ------------------
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
-        return self._txn("BEGIN", LedgerError)
+        return _Transaction(self, write=False)
 
     def last_id(self) -> int:
         with self._read() as conn:

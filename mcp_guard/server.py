@@ -22,7 +22,13 @@ from mcp.server.models import InitializationOptions
 
 from mcp_guard import __version__, holds, pins
 from mcp_guard.config import GuardConfig
-from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from mcp_guard.errors import (
+    LedgerError,
+    LedgerUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from mcp_guard.ledger import CallRecord, Ledger
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy import approvals, budgets
@@ -33,6 +39,9 @@ from mcp_guard.upstream import Pool, Upstream, open_pool
 
 AFTER_FORWARD = "the call may have taken effect"
 APPROVAL_POLL = 0.25  # seconds between looks at the ledger while a call waits for an operator
+OUTCOME_DELAY = 0.02
+"""With durability `normal`, how long an outcome may wait for the next decision's transaction
+to carry it (one transaction per call) before it is committed on its own."""
 T = TypeVar("T")
 Lists = dict[str, tuple[types.Tool, ...]]  # each upstream's tool list, by server
 AGENT_SCOPE_KEY = "mcp_guard.agent"
@@ -97,6 +106,7 @@ class Guard:
     _catalog: tuple[Policy, Lists, Catalog] | None = field(default=None, init=False)
     _offers: dict[str, tuple[Catalog, dict[str, Offer]]] = field(default_factory=dict, init=False)
     _withheld: dict[str, pins.Withheld] = field(default_factory=dict, init=False)  # by advertised name
+    _outcomes_waiting: anyio.Event = field(default_factory=anyio.Event, init=False)
     # The clients' connections, to tell of tool list changes. The SDK builds a ServerSession per
     # request (a weak set of those empties at once); its connection lives as long as the client.
     _sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, init=False)
@@ -400,11 +410,35 @@ class Guard:
     async def _record_outcome(
         self, call_id: str, outcome: str, ms: float, detail: str | None, scrubber: Scrubber
     ) -> None:
+        """With durability `normal` the outcome rides on the next decision's transaction (or is
+        committed within OUTCOME_DELAY by `commit_outcomes`); with `full` it is committed before
+        the result is relayed."""
         try:
             text = scrubber.record(detail) if detail else None
-            await self._write(partial(self.ledger.record_outcome, call_id, outcome, ms, text))
+            if self.policy.config.ledger.durability == "normal":
+                self.ledger.record_outcome(call_id, outcome, ms, text, defer=True)
+                self._outcomes_waiting.set()
+            else:
+                await self._write(partial(self.ledger.record_outcome, call_id, outcome, ms, text))
         except Exception as exc:
             self.log(f"could not record the outcome of call {call_id}: {exc}")
+
+    async def commit_outcomes(self) -> None:
+        """For as long as the guard serves: commit deferred outcomes no decision carried within
+        OUTCOME_DELAY. A failure is logged once and retried until the ledger takes them."""
+        failing = False
+        while True:
+            await self._outcomes_waiting.wait()
+            self._outcomes_waiting = anyio.Event()
+            await anyio.sleep(OUTCOME_DELAY)
+            try:
+                self.ledger.flush()
+                failing = False
+            except LedgerError as exc:
+                if not failing:
+                    self.log(f"could not record call outcomes yet; retrying: {exc}")
+                failing = True
+                self._outcomes_waiting.set()
 
 
 def _same_lists(old: Mapping[str, tuple[types.Tool, ...]], new: Mapping[str, tuple[types.Tool, ...]]) -> bool:
@@ -495,6 +529,11 @@ async def open_guard(
         async with open_pool(manifests, log, on_change=changed) as pool:
             guards.append(Guard(policy=policy, pool=pool, ledger=ledger, agent=agent))
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
+            assert pool.tg is not None
+            pool.tg.start_soon(guards[0].commit_outcomes)
             yield guards[0]
     finally:
-        ledger.close()
+        try:
+            ledger.close()  # commits the outcomes still deferred
+        except LedgerError as exc:
+            log(f"could not record the outcomes of the last calls: {exc}")

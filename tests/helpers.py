@@ -304,7 +304,12 @@ async def inprocess_guards(
         sessions: dict[str, ClientSession] = {}
         for name in agents:
             agent = agent_of(deployment, name)
-            guard = first if name == agents[0] else Guard(first.policy, first.pool, first.ledger, agent)
+            if name == agents[0]:
+                guard = first
+            else:
+                guard = Guard(first.policy, first.pool, first.ledger, agent)
+                assert first.pool.tg is not None
+                first.pool.tg.start_soon(guard.commit_outcomes)
             sessions[name] = await stack.enter_async_context(_connect(guard, session_args))
         yield sessions
 

@@ -253,6 +253,23 @@ async def test_an_allowed_call_forwards_only_its_arguments_and_none_of_the_clien
     assert (row["decision"], row["outcome"], row["arguments"]) == ("allow", "ok", arguments)
 
 
+async def test_an_outcome_reaches_the_ledger_file_soon_after_the_call_without_another_call(
+    deployment: Deployment,
+) -> None:
+    # With durability normal the outcome may ride on the next decision's transaction; with no
+    # next call it is committed on its own, within moments, while the client stays connected.
+    deployment.with_billing()
+    async with inprocess_guard(deployment, "support-bot") as session:
+        result = await call(session, "billing__lookup_order", {"order_id": "ORD-1001"})
+        assert result.is_error is False
+        outcomes: list[Any] = []
+        with anyio.fail_after(TIMEOUT):
+            while not any(outcomes):
+                await anyio.sleep(0.01)
+                outcomes = [r["outcome"] for r in deployment.ledger()]
+        assert outcomes == ["ok"]
+
+
 async def test_upstream_progress_reaches_the_client_as_numbers_only(hostile: SharedHostile) -> None:
     seen: list[tuple[float, float | None, str | None]] = []
 

@@ -401,6 +401,74 @@ def test_a_query_only_database_makes_every_write_unavailable(ledger: Ledger):
         ledger.record_event("pin", {"tool": "refund"})
 
 
+def kinds(raw_conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    return raw_conn.execute("SELECT kind, call_id FROM entries ORDER BY id").fetchall()
+
+
+def test_a_deferred_outcome_rides_on_the_next_write_in_front_of_it(ledger: Ledger, path: Path, raw: Raw):
+    first, second = record(), record()
+    ledger.record_decision(first)
+    ledger.record_outcome(first.call_id, "ok", 12.5, defer=True)
+    assert ledger.deferred == 1
+    assert kinds(raw(path)) == [("decision", first.call_id)]  # not in the file yet
+    ledger.record_decision(second)
+    assert ledger.deferred == 0
+    assert kinds(raw(path)) == [
+        ("decision", first.call_id),
+        ("outcome", first.call_id),
+        ("decision", second.call_id),
+    ]
+    (call,) = ledger.invocations(limit=1, until_id=1)
+    assert (call.outcome, call.duration_ms) == ("ok", 12.5)
+    assert ledger.verify().ok
+
+
+def test_deferred_outcomes_are_committed_by_flush_and_by_close(path: Path, raw: Raw):
+    ledger = Ledger.open(path)
+    calls = [record() for _ in range(3)]
+    for rec in calls:
+        ledger.record_decision(rec)
+    ledger.record_outcome(calls[0].call_id, "ok", 1, defer=True)
+    ledger.flush()
+    assert ledger.deferred == 0
+    ledger.flush()  # nothing left: no transaction, no error
+    ledger.record_outcome(calls[1].call_id, "error", 2, defer=True)
+    ledger.record_outcome(calls[2].call_id, "timeout", 3, "took too long", defer=True)
+    ledger.close()
+    with Ledger.open_readonly(path) as reader:
+        assert [(c.outcome, c.outcome_detail) for c in reader.invocations()] == [
+            ("ok", None),
+            ("error", None),
+            ("timeout", "took too long"),
+        ]
+        assert reader.verify().ok
+
+
+def test_deferred_outcomes_survive_a_failed_transaction_and_land_once(ledger: Ledger, path: Path, raw: Raw):
+    rec = record()
+    ledger.record_decision(rec)
+    ledger.record_outcome(rec.call_id, "ok", 1, defer=True)
+    ledger._conn.execute("PRAGMA query_only = ON")
+    with pytest.raises(LedgerUnavailable):
+        ledger.record_decision(record())
+    with pytest.raises(LedgerUnavailable):
+        ledger.flush()
+    assert ledger.deferred == 1
+    ledger._conn.execute("PRAGMA query_only = OFF")
+    ledger.flush()
+    ledger.flush()
+    assert kinds(raw(path)) == [("decision", rec.call_id), ("outcome", rec.call_id)]
+    assert ledger.verify().ok
+
+
+def test_a_deferred_outcome_is_checked_when_recorded(ledger: Ledger):
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        ledger.record_outcome(uuid.uuid4().hex, "fine", 1, defer=True)
+    with pytest.raises(ValueError, match="finite"):
+        ledger.record_outcome(uuid.uuid4().hex, "ok", float("nan"), defer=True)
+    assert ledger.deferred == 0
+
+
 def test_a_full_disk_makes_record_decision_unavailable(ledger: Ledger, path: Path):
     fill(ledger, 2)
     pages = ledger._conn.execute("PRAGMA page_count").fetchone()[0]
