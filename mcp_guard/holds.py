@@ -98,6 +98,9 @@ def remaining(window: Window, hold: Hold, tallies: Tallies) -> list[tuple[Charge
     return [(c, max(c.budget.max - tallies.spent(window, hold, c), Decimal(0))) for c in hold.charges]
 
 
+_ZERO, _ONE = Decimal(0), Decimal(1)
+
+
 class Tallies:
     """Running budget totals of one guard process, caught up from the ledger inside each
     decision's transaction (the rows any process appended since the last look), so a check
@@ -110,23 +113,29 @@ class Tallies:
 
     def spent(self, window: Window, hold: Hold, charge: Charge) -> Decimal:
         budget = charge.budget
-        key = (hold.server, hold.tool, budget.by, budget.sum, budget.per)
-        if key in self._lines:
-            seen, tallies = self._lines[key]
+        by, sum_of = budget.by, budget.sum
+        key = (hold.server, hold.tool, by, sum_of, budget.per)
+        line = self._lines.get(key)
+        if line is not None:
+            seen, tallies = line
             rows = window.allowed(hold.server, hold.tool, after_id=seen)
         else:
             # First look at this budget: read its whole window once.
             seen, tallies = window.last_id(), {}
             rows = window.allowed(hold.server, hold.tool, seconds=budget.per)
-        for entry_id, ts, agent, session, arguments in rows:
-            args = arguments if isinstance(arguments, Mapping) else {}
-            scope = tuple((k, budgets.scope_value(k, agent, session, args)) for k in budget.by)
-            amount = Decimal(1) if budget.sum is None else budgets.amount_of(args.get(budget.sum))
-            tallies.setdefault(scope, _Tally()).add(ts, amount or Decimal(0))
-            seen = max(seen, entry_id)
+        for _, ts, agent, session, arguments in rows:
+            args = arguments if type(arguments) is dict else {}
+            scope = tuple([(k, budgets.scope_value(k, agent, session, args)) for k in by])
+            amount = _ONE if sum_of is None else budgets.amount_of(args.get(sum_of))
+            tally = tallies.get(scope)
+            if tally is None:
+                tally = tallies[scope] = _Tally()
+            tally.add(ts, amount or _ZERO)
+        if rows:
+            seen = max(seen, rows[-1][0])  # in id order
         self._lines[key] = (seen, tallies)
         tally = tallies.get(charge.scope)
-        return tally.total_since(window.since(budget.per)) if tally else Decimal(0)
+        return tally.total_since(window.since(budget.per)) if tally else _ZERO
 
 
 class _Tally:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcp_guard.manifest import Approval
-from mcp_guard.policy.arguments import check_schema, compile_schema
+from mcp_guard.policy.arguments import Compiled, check_schema, compile_schema
 
 # Actions recorded as approval events, in their payload's "action".
 REQUEST, APPROVE, DENY, USE, EXPIRED = "request", "approve", "deny", "use", "expired"
@@ -22,7 +22,9 @@ def digest(arguments: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def needs_approval(approval: Approval | None, arguments: Mapping[str, Any], validator: Any = None) -> bool:
+def needs_approval(
+    approval: Approval | None, arguments: Mapping[str, Any], validator: Compiled | None = None
+) -> bool:
     """`when` omitted: every call. Otherwise each listed argument is absent or valid against its
     schema (`validator`: `when` compiled as the properties of an object, if already at hand)."""
     if approval is None:

@@ -7,6 +7,7 @@ import json
 import math
 import re
 from collections.abc import Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -15,6 +16,8 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry
 from referencing.exceptions import NoSuchResource
+
+from mcp_guard.policy.simple import Predicate, predicate
 
 MAX_DEPTH = 64
 MAX_SAFE_INTEGER = 2**53
@@ -41,15 +44,17 @@ def _compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
+def pattern_ok(pattern: str, text: str) -> bool:
+    """JSON Schema's `pattern`, except that a trailing `$` means the end of the string: Python's
+    `$` also matches before a final newline, so `^[a-z]+$` would accept "abc\\n"."""
+    match = _compile_pattern(pattern).search(text)
+    if match is None:
+        return False
+    return not (pattern.endswith("$") and not pattern.endswith("\\$") and match.end() != len(text))
+
+
 def _strict_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
-    """Like JSON Schema's `pattern`, but a trailing `$` means the end of the string: Python's `$`
-    also matches before a final newline, so `^[a-z]+$` would accept "abc\\n"."""
-    if not isinstance(instance, str):
-        return
-    match = _compile_pattern(pattern).search(instance)
-    if match is None or (
-        pattern.endswith("$") and not pattern.endswith("\\$") and match.end() != len(instance)
-    ):
+    if isinstance(instance, str) and not pattern_ok(pattern, instance):
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
@@ -58,15 +63,24 @@ _Validator: Any = validators.extend(  # type: ignore[no-untyped-call]
 )
 
 
-def compile_schema(schema: Mapping[str, Any] | bool) -> Any:
-    """A validator for a schema, compiled once per policy and tool, never per call; identical
-    schemas (the same limits on many tools) share one validator, which holds no state."""
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A schema ready to check arguments against."""
+
+    validator: Any  # jsonschema's: the authority, and the words of every refusal
+    fast: Predicate | None  # for a simple schema: valid exactly when the validator says so
+
+
+def compile_schema(schema: Mapping[str, Any] | bool) -> Compiled:
+    """A schema compiled once per policy and tool, never per call; identical schemas (the same
+    limits on many tools) share one, which holds no state."""
     return _compiled(json.dumps(schema, sort_keys=True, separators=(",", ":")))
 
 
 @lru_cache(maxsize=4096)
-def _compiled(schema_json: str) -> Any:
-    return _Validator(json.loads(schema_json), registry=_REGISTRY)
+def _compiled(schema_json: str) -> Compiled:
+    schema = json.loads(schema_json)
+    return Compiled(_Validator(schema, registry=_REGISTRY), predicate(schema, pattern_ok))
 
 
 def check_strict(arguments: Mapping[str, Any], declared: frozenset[str], max_bytes: int) -> list[Violation]:
@@ -113,10 +127,16 @@ def _walk(value: Any, path: str, depth: int) -> Iterator[tuple[str, str]]:
         yield path, "must be a JSON value"
 
 
-def check_schema(validator: Any, arguments: Mapping[str, Any], reason: str) -> list[Violation]:
-    """Validate against a compiled schema; the first error (best match) becomes one violation."""
+def check_schema(schema: Compiled, arguments: Mapping[str, Any], reason: str) -> list[Violation]:
+    """Validate against a compiled schema; the first error (best match) becomes one violation.
+    A simple schema's fast check may pass the arguments; only the validator refuses."""
+    # An exception (a pattern that does not compile) leaves it to the validator too.
+    if schema.fast is not None:
+        with suppress(Exception):
+            if schema.fast(arguments):
+                return []
     try:
-        error = _best(validator.iter_errors(arguments))
+        error = _best(schema.validator.iter_errors(arguments))
     except Exception:  # a pathological schema or value must never fail open
         return [Violation(reason, "arguments could not be validated")]
     return [] if error is None else [Violation(reason, describe(error))]

@@ -10,7 +10,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Context as _Context
-from decimal import Decimal, Inexact, InvalidOperation, Overflow, localcontext
+from decimal import Decimal, Inexact, InvalidOperation, Overflow
 from typing import Any
 
 from mcp_guard.loading import format_duration
@@ -87,8 +87,7 @@ def check_budgets(tool: str, pending: Iterable[tuple[Charge, Decimal]]) -> Viola
     for charge, already in pending:
         budget = charge.budget
         try:
-            with localcontext(EXACT):
-                over = already + charge.amount > budget.max
+            over = EXACT.add(already, charge.amount) > budget.max
         except ArithmeticError:  # a sum too precise to hold exactly: refuse rather than round
             over = True
         if over:

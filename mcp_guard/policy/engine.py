@@ -13,7 +13,7 @@ from typing import Any
 from mcp_guard.config import GuardConfig
 from mcp_guard.manifest import Approval, Grant, Manifest
 from mcp_guard.policy.approvals import needs_approval
-from mcp_guard.policy.arguments import Violation, check_schema, check_strict, compile_schema
+from mcp_guard.policy.arguments import Compiled, Violation, check_schema, check_strict, compile_schema
 from mcp_guard.policy.budgets import Charge, charges
 from mcp_guard.policy.schemas import clean_text, merge_limits
 
@@ -48,10 +48,10 @@ class Offer:
     input_schema: Mapping[str, Any]
     description: str | None
     declared: frozenset[str]
-    upstream_validator: Any = field(repr=False)
-    limits_validator: Any = field(repr=False)
-    merged_validator: Any = field(repr=False)  # the advertised schema: passing it passes both
-    when_validator: Any = field(repr=False, default=None)  # the grant's approval.when, if any
+    upstream_validator: Compiled = field(repr=False)
+    limits_validator: Compiled = field(repr=False)
+    merged_validator: Compiled = field(repr=False)  # the advertised schema: passing it passes both
+    when_validator: Compiled | None = field(repr=False, default=None)  # the grant's approval.when
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,7 @@ class Policy:
         digest = offer.tool.digest
         if digest not in self._schema_checked:
             try:
-                offer.upstream_validator.check_schema(dict(offer.tool.input_schema))
+                offer.upstream_validator.validator.check_schema(dict(offer.tool.input_schema))
                 self._schema_checked[digest] = True
             except Exception:
                 self._schema_checked[digest] = False
