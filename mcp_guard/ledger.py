@@ -492,9 +492,10 @@ class Ledger:
         With `defer`, the outcome (stamped now) is committed by the next write transaction, in
         front of what that transaction appends, or by `flush`: one transaction per call instead of
         two. Until then a crash loses it, and the call reads as one the guard died in."""
-        if not math.isfinite(duration := float(duration_ms)):
-            msg = f"duration_ms must be finite, not {duration_ms!r}"
+        if not math.isfinite(duration := float(duration_ms)) or duration < 0:
+            msg = f"duration_ms must be a finite number >= 0, not {duration_ms!r}"
             raise ValueError(msg)
+        duration += 0.0  # -0.0 would come back from SQLite as 0.0 and no longer match its hash
         fields: dict[str, object] = {
             "kind": "outcome",
             "call_id": _text(call_id),

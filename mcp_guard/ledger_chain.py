@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,7 +60,16 @@ def entry_hash(values: Sequence[object]) -> str:
     ensure_ascii=False) for the str, float and None the columns hold, built without the dict.
     """
     text = _TEMPLATE % tuple(
-        [encode_basestring(v) if v.__class__ is str else "null" if v is None else _JSON(v) for v in values]
+        [
+            encode_basestring(v)
+            if v.__class__ is str
+            else "null"
+            if v is None
+            else float.__repr__(v)  # what json writes for a finite float
+            if v.__class__ is float and math.isfinite(v)
+            else _JSON(v)
+            for v in values
+        ]
     )
     return hashlib.sha256(HASH_DOMAIN + text.encode("utf-8")).hexdigest()
 

@@ -211,6 +211,8 @@ def test_entry_hash_is_sha256_of_the_domain_and_canonical_json_of_the_row(
     }
     ledger.record_decision(record(arguments=hostile, detail="tab\there"))
     ledger.record_outcome(uuid.uuid4().hex, "timeout", 0.1 + 0.2, "\x7f\x85")
+    for ms in (0.0, -0.0, 1e16, 1e-7, 5e-324, 1.7976931348623157e308, 123456789.123, 12):
+        ledger.record_outcome(uuid.uuid4().hex, "ok", ms)
     conn = raw(path)
     conn.row_factory = sqlite3.Row
     for row in conn.execute("SELECT * FROM entries"):
@@ -466,6 +468,8 @@ def test_a_deferred_outcome_is_checked_when_recorded(ledger: Ledger):
         ledger.record_outcome(uuid.uuid4().hex, "fine", 1, defer=True)
     with pytest.raises(ValueError, match="finite"):
         ledger.record_outcome(uuid.uuid4().hex, "ok", float("nan"), defer=True)
+    with pytest.raises(ValueError, match=">= 0"):
+        ledger.record_outcome(uuid.uuid4().hex, "ok", -1.5, defer=True)
     assert ledger.deferred == 0
 
 
