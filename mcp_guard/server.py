@@ -237,8 +237,7 @@ class Guard:
             check = (
                 None if hold is None else partial(holds.check, record=record, hold=hold, tallies=self.tallies)
             )
-            with anyio.CancelScope(shield=True):
-                record = await self._write(partial(self.ledger.record_decision, record, check=check))
+            record = await self._write(partial(self.ledger.record_decision, record, check=check))
         except (LedgerUnavailable, ValueError) as exc:  # no ledger, no call
             self.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc}")
             if decision.reason == "unknown_tool":
@@ -346,8 +345,7 @@ class Guard:
             outcome, detail = "upstream_error", f"{type(exc).__name__}: {exc}"
         finally:
             elapsed = (time.perf_counter() - started) * 1000
-            with anyio.CancelScope(shield=True):
-                await self._record_outcome(call_id, outcome, elapsed, detail, scrubber)
+            await self._record_outcome(call_id, outcome, elapsed, detail, scrubber)
         if result is None:
             if detail:
                 self.log(detail)
@@ -400,12 +398,15 @@ class Guard:
         )
 
     async def _write(self, write: Callable[[], T]) -> T:
-        """A ledger write. With durability `normal` a commit is a few tens of microseconds
-        (no fsync), cheaper than a hop to a worker thread, so it runs on the event loop; with
-        `full` every commit waits for the disk, so it runs in a worker thread."""
+        """A ledger write, never cut short by a cancelled call. With durability `normal` a commit
+        is a few tens of microseconds (no fsync), cheaper than a hop to a worker thread, so it
+        runs on the event loop, where nothing can interrupt it; with `full` every commit waits for
+        the disk, so it runs in a worker thread, shielded from cancellation."""
         if self.policy.config.ledger.durability == "normal":
             return write()
-        return await anyio.to_thread.run_sync(write)
+        with anyio.CancelScope(shield=True):
+            done = await anyio.to_thread.run_sync(write)
+        return done
 
     async def _record_outcome(
         self, call_id: str, outcome: str, ms: float, detail: str | None, scrubber: Scrubber
