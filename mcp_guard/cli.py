@@ -102,7 +102,7 @@ def agent_of(config: GuardConfig, policy: Policy, name: str | None) -> Agent:
 def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_guard.reload import watch
     from mcp_guard.server import open_guard
-    from mcp_guard.transport import serve_stdio
+    from mcp_guard.transport import serve_stdio, stop_on_signal
 
     config, manifests = load(args)
     if args.http is not None:
@@ -115,6 +115,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         async with open_guard(config, manifests, agent) as guard, anyio.create_task_group() as tg:
             tg.start_soon(watch, guard)  # live reload, for as long as the guard serves
+            tg.start_soon(stop_on_signal, guard, tg.cancel_scope)
             await serve_stdio(guard)
             tg.cancel_scope.cancel()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -109,6 +110,16 @@ async def _read_lines(read: Read, max_bytes: int, emit: Any, refuse: Any) -> Non
                 await refuse(f"message is larger than {max_bytes} bytes")
     if buffer.strip() and not skipping:
         await emit(bytes(buffer))
+
+
+async def stop_on_signal(guard: Guard, scope: anyio.CancelScope) -> None:
+    """SIGTERM or SIGINT stops serving as end of input would not: calls in flight are cancelled
+    (and recorded so), and the guard closes its upstreams and ledger instead of dying mid-write."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        async for signum in received:
+            guard.log(f"stopping on {signal.Signals(signum).name}")
+            scope.cancel()
+            return
 
 
 class _Open:

@@ -5,8 +5,10 @@ The raw-wire tests write JSON-RPC lines themselves, as a hostile client would.""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import anyio
@@ -451,3 +453,68 @@ async def test_a_client_that_stops_reading_ends_the_guard_and_nothing_reaches_an
     allowed = [(r["tool"], r["arguments"]) for r in rows if r["decision"] == "allow"]
     assert forwarded == allowed[: len(forwarded)]
     assert len(forwarded) <= 1
+
+
+async def test_sigterm_stops_the_guard_cleanly_with_every_call_and_outcome_in_the_ledger(
+    deployment: Deployment,
+) -> None:
+    # A client stopping its server sends SIGTERM: the call still in flight is cancelled and
+    # recorded so, and the outcome of the call just answered (not committed yet: it waits to
+    # ride on the next transaction) is committed before the guard exits.
+    deployment.with_hostile()
+    deployment.write()
+    hang = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "hostile__hang", "arguments": {}},
+    }
+    echo = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {"name": "hostile__echo", "arguments": {"text": "hi"}},
+    }
+
+    def run() -> tuple[int, dict[str, Any]]:
+        with deployment.stderr_path.open("ab") as errlog:
+            guard = subprocess.Popen(
+                guard_command(deployment, "qa-bot"),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errlog,
+                env=guard_env(),
+                cwd=deployment.root,
+            )
+            assert guard.stdin is not None
+            assert guard.stdout is not None
+            try:
+                init, initialized = SCRIPT.splitlines(keepends=True)[:2]
+                guard.stdin.write(init)
+                guard.stdin.flush()
+                assert json.loads(guard.stdout.readline())["id"] == 1
+                guard.stdin.write(initialized + json.dumps(hang).encode() + b"\n")
+                guard.stdin.flush()
+                deadline = time.monotonic() + TIMEOUT
+                while not deployment.journal("hostile") and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                guard.stdin.write(json.dumps(echo).encode() + b"\n")
+                guard.stdin.flush()
+                answer = json.loads(guard.stdout.readline())
+                guard.send_signal(signal.SIGTERM)
+                return guard.wait(timeout=TIMEOUT), answer
+            finally:
+                guard.kill()
+                guard.stdin.close()
+                guard.stdout.close()
+
+    code, answer = await anyio.to_thread.run_sync(run)
+    assert answer["id"] == 3
+    assert answer["result"]["isError"] is False
+    assert code == 0
+    assert "stopping on SIGTERM" in deployment.stderr()
+    assert [(j["tool"]) for j in deployment.journal("hostile")] == ["hang", "echo"]
+    assert [(r["tool"], r["decision"], r["outcome"]) for r in deployment.ledger()] == [
+        ("hang", "allow", "cancelled"),
+        ("echo", "allow", "ok"),
+    ]
