@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -518,3 +519,38 @@ async def test_sigterm_stops_the_guard_cleanly_with_every_call_and_outcome_in_th
         ("hang", "allow", "cancelled"),
         ("echo", "allow", "ok"),
     ]
+
+
+def policy_entries(deployment: Deployment) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{deployment.ledger_path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT payload FROM entries WHERE kind = 'policy' ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    return [json.loads(payload) for (payload,) in rows]
+
+
+async def test_the_serving_guard_puts_an_edited_manifest_in_force_and_reloads_on_sighup(
+    deployment: Deployment,
+) -> None:
+    deployment.with_billing()
+    async with raw_guard(deployment, "support-bot") as guard:
+        before = {t["name"] for t in (await guard.request("tools/list"))["result"]["tools"]}
+        deployment.manifests["billing"]["tools"]["diagnostics"] = {"allow": ["role:support"]}
+        deployment.write()
+        with anyio.fail_after(TIMEOUT):  # the guard polls its files every second
+            while not any(m.get("method") == "notifications/tools/list_changed" for m in guard.other):
+                guard.other.append(await guard.receive())
+        after = {t["name"] for t in (await guard.request("tools/list"))["result"]["tools"]}
+        loaded = len(policy_entries(deployment))
+        guard.process.send_signal(signal.SIGHUP)  # nothing changed: a forced reload all the same
+        with anyio.fail_after(TIMEOUT):
+            for _ in iter(int, 1):
+                if len(policy_entries(deployment)) > loaded:
+                    break
+                await anyio.sleep(0.05)
+        still = await guard.request("tools/list")
+    assert before == {"billing__lookup_order", "billing__refund"}
+    assert after == before | {"billing__diagnostics"}
+    assert {t["name"] for t in still["result"]["tools"]} == after
+    assert [e["action"] for e in policy_entries(deployment)] == ["loaded", "loaded", "loaded"]
