@@ -1,30 +1,28 @@
-"""The SQLite ledger store: schema and migrations, appends, and the queries behind `mcp-guard ledger`.
+"""The SQLite ledger store: opening, appends in transactions, and the queries behind `mcp-guard ledger`.
 Synchronous (stdlib sqlite3, sqlite-utils for the schema): callers on an event loop run it in a worker
-thread. Imports nothing from mcp_guard but errors and ledger_chain (the hash chain and verify)."""
+thread. Imports nothing from mcp_guard but errors, ledger_db (the file), ledger_chain (the hash chain
+and verify) and ledger_queries (the read side), none of which imports this."""
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, NoReturn, Self, TypeVar
-from urllib.parse import quote
 
-from sqlite_utils import Database, Migrations
+from sqlite_utils import Database
 
+from mcp_guard import ledger_db, ledger_queries
 from mcp_guard.errors import LedgerError, LedgerUnavailable
 from mcp_guard.ledger_chain import (
     _JSON,
     HASHED_COLUMNS,
-    TRIGGERS,
     ZERO_HASH,
     VerifyResult,
     _verify,
@@ -36,50 +34,21 @@ from mcp_guard.ledger_chain import HASH_DOMAIN as HASH_DOMAIN
 from mcp_guard.ledger_chain import _json_object as _json_object
 from mcp_guard.ledger_chain import _walk_chain as _walk_chain
 
+# Re-exported likewise, from before the file and the read side moved out.
+from mcp_guard.ledger_db import BACKSTOP_PAGES as BACKSTOP_PAGES
+from mcp_guard.ledger_db import CHECKPOINT_EVERY as CHECKPOINT_EVERY
+from mcp_guard.ledger_db import describe as describe
+from mcp_guard.ledger_queries import Event as Event
+from mcp_guard.ledger_queries import Invocation as Invocation
+from mcp_guard.ledger_queries import loads as _loads
+
 EVENT_KINDS = frozenset({"policy", "pin", "approval"})
 DECISIONS = frozenset({"allow", "deny"})
 OUTCOMES = frozenset({"ok", "error", "upstream_error", "timeout", "cancelled"})
 
 # SQL is only ever built from these constants; every value is a bound parameter.
 _INSERT = f"INSERT INTO entries ({', '.join(HASHED_COLUMNS)}, entry_hash) VALUES ({', '.join('?' * 17)})"  # noqa: S608
-_SELECT_INVOCATIONS = (
-    "SELECT id, call_id, ts, agent, session, server, tool, arguments, decision, reason, detail, "
-    "outcome, duration_ms, outcome_detail, policy_hash FROM invocations WHERE "
-)
-_JSON_FIELDS = "id call_id ts agent session server tool arguments decision reason detail outcome duration_ms"
-CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints
-BACKSTOP_PAGES = 16384  # SQLite's own checkpoint, when the background one falls this far behind (64 MiB)
 _PREV, _TS = HASHED_COLUMNS.index("prev_hash"), HASHED_COLUMNS.index("ts")
-_MIGRATIONS = Migrations("mcp_guard_ledger")
-_MIGRATION_NAMES = ("0001_entries",)  # in order, one per function registered below
-
-
-@_MIGRATIONS(name=_MIGRATION_NAMES[0])
-def _create_entries(db: Database) -> None:
-    # AUTOINCREMENT keeps the highest id ever used in sqlite_sequence, so verify can tell a cut-off tail.
-    db.execute(
-        "CREATE TABLE entries (id INTEGER PRIMARY KEY AUTOINCREMENT, ts TEXT NOT NULL, kind TEXT NOT NULL, "
-        "call_id TEXT, agent TEXT, session TEXT, server TEXT, tool TEXT, arguments TEXT, decision TEXT, "
-        "reason TEXT, detail TEXT, outcome TEXT, duration_ms REAL, policy_hash TEXT, payload TEXT, "
-        "prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL)"
-    )
-    entries = db.table("entries")
-    entries.create_index(["call_id", "kind"], index_name="entries_call_id")
-    entries.create_index(["agent"], index_name="entries_agent")
-    entries.create_index(["server", "tool", "ts"], index_name="entries_server_tool_ts")
-    # One decision per call: a reused call_id is a caller bug and must not make outcomes ambiguous.
-    db.execute("CREATE UNIQUE INDEX entries_decision ON entries (call_id) WHERE kind = 'decision'")
-    for sql in TRIGGERS.values():
-        db.execute(sql)
-    db.create_view(
-        "invocations",
-        "SELECT d.id AS id, d.call_id AS call_id, d.ts AS ts, d.agent AS agent, d.session AS session, "
-        "d.server AS server, d.tool AS tool, d.arguments AS arguments, d.decision AS decision, "
-        "d.reason AS reason, d.detail AS detail, d.policy_hash AS policy_hash, o.id AS outcome_id, "
-        "o.ts AS outcome_ts, o.outcome AS outcome, o.duration_ms AS duration_ms, o.detail AS outcome_detail "
-        "FROM entries AS d LEFT JOIN entries AS o ON o.id = (SELECT min(x.id) FROM entries AS x "
-        "WHERE x.call_id = d.call_id AND x.kind = 'outcome') WHERE d.kind = 'decision'",
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,49 +65,6 @@ class CallRecord:
     reason: str | None  # denial code, e.g. "limit_exceeded"
     detail: str | None
     policy_hash: str  # sha256 hex of the policy in force
-
-
-@dataclass(frozen=True, slots=True)
-class Invocation:
-    """A decision joined with its first outcome; outcome is None when denied or never finished."""
-
-    id: int
-    call_id: str
-    ts: str
-    agent: str
-    session: str | None
-    server: str | None
-    tool: str
-    arguments: object
-    decision: str
-    reason: str | None
-    detail: str | None  # the decision's
-    outcome: str | None
-    duration_ms: float | None
-    outcome_detail: str | None
-    policy_hash: str | None
-
-    def to_json(self) -> dict[str, object]:
-        """SPEC's `ledger tail --json` fields, plus id and policy_hash."""
-        fields = {name: getattr(self, name) for name in _JSON_FIELDS.split()}
-        if self.detail is None:
-            fields["detail"] = self.outcome_detail
-        return fields | {"policy_hash": self.policy_hash}
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A policy, pin or approval entry."""
-
-    id: int
-    ts: str
-    kind: str
-    call_id: str | None
-    agent: str | None
-    server: str | None
-    tool: str | None
-    payload: object
-    policy_hash: str | None
 
 
 class Window:
@@ -175,20 +101,16 @@ class Window:
         return format_ts(self.now - timedelta(seconds=seconds))
 
     def last_id(self) -> int:
-        return int(self._conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
+        return ledger_queries.last_id(self._conn)
 
     def events(self, kind: str, *, server: str, tool: str, agent: str) -> list[Event]:
         """Events of one kind for one agent, server and tool, oldest first."""
-        return self._events("kind = ? AND server = ? AND tool = ? AND agent = ?", (kind, server, tool, agent))
+        where = "kind = ? AND server = ? AND tool = ? AND agent = ?"
+        return ledger_queries.events_where(self._conn, where, (kind, server, tool, agent))
 
     def all_events(self, kind: str) -> list[Event]:
         """Every event of one kind, oldest first."""
-        return self._events("kind = ?", (kind,))
-
-    def _events(self, where: str, params: tuple[str, ...]) -> list[Event]:
-        sql = "SELECT id, ts, kind, call_id, agent, server, tool, payload, policy_hash FROM entries WHERE "
-        rows = self._conn.execute(sql + where + " ORDER BY id", params)
-        return [Event(i, ts, k, c, a, s, t, _loads(p), h) for i, ts, k, c, a, s, t, p, h in rows]
+        return ledger_queries.events_where(self._conn, "kind = ?", (kind,))
 
     def queue_event(self, kind: str, payload: dict[str, Any], **columns: str | None) -> None:
         """Append an event right after the decision, in the same transaction."""
@@ -238,62 +160,6 @@ def _one_of(value: str, allowed: frozenset[str], what: str) -> str:
     return value
 
 
-_PROBLEMS = {
-    "SQLITE_FULL": "disk is full",
-    "SQLITE_READONLY": "ledger is read-only",
-    "SQLITE_CANTOPEN": "cannot open the file",
-    "SQLITE_NOTADB": "not a SQLite database",
-    "SQLITE_CORRUPT": "database is corrupt",
-}
-
-
-def describe(exc: sqlite3.Error, busy_timeout: float) -> str:
-    """What went wrong, for the person who must fix it."""
-    name = getattr(exc, "sqlite_errorname", "").split("_")
-    if name[:2] == ["SQLITE", "BUSY"] or "locked" in str(exc):
-        return _locked(busy_timeout)
-    problem = _PROBLEMS.get("_".join(name[:2]))
-    return f"{problem} ({exc})" if problem else str(exc)
-
-
-def _locked(busy_timeout: float) -> str:
-    return f"ledger is locked by another writer (waited {busy_timeout:g} s)"
-
-
-def _loads(text: str | None) -> object:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text  # written by hand; verify says so
-
-
-class _Checkpointer:
-    """Copies the write-ahead log back into the ledger file from a thread of its own, so that a
-    commit never pays for it: SQLite's automatic checkpoint runs inside the commit that crosses
-    its threshold and fsyncs twice, even with synchronous = NORMAL. PASSIVE never blocks a writer
-    or a reader; one that cannot finish (a reader holds an old snapshot) is simply tried again."""
-
-    def __init__(self, file: Path, every: float) -> None:
-        self._conn = sqlite3.connect(file, isolation_level=None, check_same_thread=False)
-        self._every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._every):
-            # Busy with another process's checkpoint, or the file went away: next time.
-            with suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._conn.close()
-
-
 class _Transaction:
     """BEGIN .. COMMIT on the ledger's connection under its thread lock; ROLLBACK on any error,
     and a sqlite3.Error becomes `error` with a message for the person who must fix it. A class
@@ -312,7 +178,7 @@ class _Transaction:
         if not ledger._lock.acquire(blocking=False):
             started = time.monotonic()
             if not ledger._lock.acquire(timeout=ledger._busy_timeout):
-                msg = f"{ledger._path}: {_locked(ledger._busy_timeout)}"
+                msg = f"{ledger._path}: {ledger_db.locked(ledger._busy_timeout)}"
                 raise self._error(msg)
             waited = time.monotonic() - started
         else:
@@ -350,11 +216,11 @@ class _Transaction:
     def _fail(self, exc: BaseException) -> NoReturn:
         ledger = self._ledger
         try:
-            _rollback(ledger._conn)
+            ledger_db.rollback(ledger._conn)
         finally:
             ledger._lock.release()
         if isinstance(exc, sqlite3.Error):
-            msg = f"{ledger._path}: {describe(exc, ledger._busy_timeout)}"
+            msg = f"{ledger._path}: {ledger_db.describe(exc, ledger._busy_timeout)}"
             raise self._error(msg) from exc
         raise exc
 
@@ -369,7 +235,7 @@ class Ledger:
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._shortened = False  # the connection's busy_timeout is below the full bound
-        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer: ledger_db.Checkpointer | None = None
         # Outcomes recorded with defer=True, committed by the next write transaction (or flush).
         # Appended from any thread (list.append is atomic); removed only under the lock, once
         # committed.
@@ -386,10 +252,10 @@ class Ledger:
             msg = f"durability must be 'normal' or 'full', not {durability!r}"
             raise ValueError(msg)
         path = Path(path)
-        conn = _connect(path, str(path), busy_timeout, uri=False)
-        with _closing_on_error(conn, path, busy_timeout):
-            _configure(conn, path, synchronous, busy_timeout)
-            _migrate(conn, path)
+        conn = ledger_db.connect(path, str(path), busy_timeout, uri=False)
+        with ledger_db.closing_on_error(conn, path, busy_timeout):
+            ledger_db.configure(conn, path, synchronous, busy_timeout)
+            ledger_db.migrate(conn, path)
         return cls(conn, path, busy_timeout)
 
     @classmethod
@@ -399,12 +265,12 @@ class Ledger:
         if not path.is_file():
             msg = f"{path}: no ledger file"
             raise LedgerError(msg)
-        conn = _connect(path, _readonly_uri(path), busy_timeout, uri=True)
-        with _closing_on_error(conn, path, busy_timeout):
+        conn = ledger_db.connect(path, ledger_db.readonly_uri(path), busy_timeout, uri=True)
+        with ledger_db.closing_on_error(conn, path, busy_timeout):
             conn.execute("PRAGMA trusted_schema = OFF")
             db = Database(conn, recursive_triggers=False, execute_plugins=False)
-            _refuse_newer(db, path)
-            if _MIGRATIONS.pending(db):
+            ledger_db.refuse_newer(db, path)
+            if ledger_db.MIGRATIONS.pending(db):
                 msg = f"{path}: not an mcp-guard ledger, or one no guard has opened yet"
                 raise LedgerError(msg)
         return cls(conn, path, busy_timeout)
@@ -420,7 +286,7 @@ class Ledger:
         if self._checkpointer is None:
             with self._lock:
                 self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
-            self._checkpointer = _Checkpointer(self._file, every)
+            self._checkpointer = ledger_db.Checkpointer(self._file, every)
 
     def close(self) -> None:
         """Commit the deferred outcomes and close; LedgerUnavailable (after closing) if they
@@ -576,7 +442,7 @@ class Ledger:
 
     def last_id(self) -> int:
         with self._read() as conn:
-            return int(conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
+            return ledger_queries.last_id(conn)
 
     def invocations(
         self,
@@ -592,67 +458,41 @@ class Ledger:
 
         `tool` matches the upstream tool name or `server.tool`; the ids bound the decision's id.
         """
-        where, params = _where(*_filters(agent, tool, decision), ("id > ?", after_id), ("id <= ?", until_id))
-        sql = _SELECT_INVOCATIONS + where
-        if limit is not None:
-            sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?)"  # noqa: S608
-            params.append(limit)
         with self._read() as conn:
-            return [_invocation(row) for row in conn.execute(sql + " ORDER BY id", params)]
+            return ledger_queries.invocations(
+                conn,
+                limit=limit,
+                agent=agent,
+                tool=tool,
+                decision=decision,
+                after_id=after_id,
+                until_id=until_id,
+            )
 
     def updates(
         self, after_id: int, *, agent: str | None = None, tool: str | None = None, decision: str | None = None
     ) -> tuple[int, list[Invocation]]:
         """The new last entry id, and the invocations whose decision or outcome came after `after_id`."""
         with self._read() as conn:
-            high = int(conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
-            if high <= after_id:
-                return after_id, []
-            touched = (
-                "call_id IN (SELECT call_id FROM entries WHERE id > ? AND id <= ? "
-                "AND kind IN ('decision', 'outcome'))"
-            )
-            where, params = _where(*_filters(agent, tool, decision), (touched, (after_id, high)))
-            rows = conn.execute(_SELECT_INVOCATIONS + where + " ORDER BY id", params)
-            return high, [_invocation(row) for row in rows]
+            return ledger_queries.updates(conn, after_id, agent=agent, tool=tool, decision=decision)
 
     def events(
         self, kind: str, *, server: str | None = None, tool: str | None = None, after_id: int | None = None
     ) -> list[Event]:
         """Policy, pin or approval entries of one kind, oldest first."""
-        where, params = _where(
-            ("kind = ?", kind), ("server = ?", server), ("tool = ?", tool), ("id > ?", after_id)
-        )
-        sql = "SELECT id, ts, kind, call_id, agent, server, tool, payload, policy_hash FROM entries WHERE "
         with self._read() as conn:
-            rows = conn.execute(sql + where + " ORDER BY id", params).fetchall()
-        return [Event(i, ts, k, c, a, s, t, _loads(p), h) for i, ts, k, c, a, s, t, p, h in rows]
+            return ledger_queries.events(conn, kind, server=server, tool=tool, after_id=after_id)
 
     def stats(self, since: datetime | None = None) -> dict[str, Any]:
         """Counts of invocations by agent, tool, decision and reason, and of allowed ones by outcome."""
         stamp = None if since is None else format_ts(since)
-        when, params = _where(("ts >= ?", stamp))
-        base = f"FROM entries WHERE kind = 'decision' AND {when}"
-        groups = {
-            "by_agent": "agent",
-            "by_tool": "CASE WHEN server IS NULL THEN tool ELSE server || '.' || tool END",
-            "by_decision": "decision",
-            "by_reason": "reason",
-        }
-        result: dict[str, Any] = {"since": stamp}
         with self._read() as conn:
-            result["invocations"] = conn.execute(f"SELECT count(*) {base}", params).fetchone()[0]
-            for key, expr in groups.items():
-                sql = f"SELECT {expr} AS k, count(*) {base} AND {expr} IS NOT NULL GROUP BY k"
-                result[key] = _ranked(conn.execute(sql, params))
-            sql = "SELECT coalesce(outcome, 'none') AS k, count(*) FROM invocations WHERE decision = 'allow'"
-            result["by_outcome"] = _ranked(conn.execute(f"{sql} AND {when} GROUP BY k", params))
-        return result
+            return ledger_queries.stats(conn, stamp)
 
     def verify(self) -> VerifyResult:
         """Recompute the chain in id order, on a read-only connection of its own."""
-        conn = _connect(self._file, _readonly_uri(self._file), self._busy_timeout, uri=True)
-        with _closing_on_error(conn, self._path, self._busy_timeout):
+        conn = ledger_db.connect(self._file, ledger_db.readonly_uri(self._file), self._busy_timeout, uri=True)
+        with ledger_db.closing_on_error(conn, self._path, self._busy_timeout):
             conn.execute("BEGIN")
             result = _verify(conn)
             conn.execute("COMMIT")
@@ -690,112 +530,3 @@ def _event_fields(
     for name in ("call_id", "agent", "server", "tool"):
         fields[name] = _opt_text(columns.get(name))
     return fields
-
-
-def _filters(agent: str | None, tool: str | None, decision: str | None) -> list[tuple[str, object]]:
-    by_tool = None if tool is None else (tool, tool)
-    return [
-        ("agent = ?", agent),
-        ("(tool = ? OR server || '.' || tool = ?)", by_tool),
-        ("decision = ?", decision),
-    ]
-
-
-def _where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
-    """The conditions ANDed and their parameters (a tuple for several); those whose value is None left out."""
-    sql: list[str] = []
-    params: list[object] = []
-    for condition, value in conditions:
-        if value is not None:
-            sql.append(condition)
-            params += value if isinstance(value, tuple) else [value]
-    return " AND ".join(sql) or "1", params
-
-
-def _invocation(row: Sequence[Any]) -> Invocation:
-    values = list(row)
-    values[7] = _loads(values[7])
-    return Invocation(*values)
-
-
-def _ranked(rows: sqlite3.Cursor) -> dict[str, int]:
-    return {str(k): int(n) for k, n in sorted(rows, key=lambda kn: (-kn[1], str(kn[0])))}
-
-
-def _connect(path: Path, target: str, busy_timeout: float, *, uri: bool) -> sqlite3.Connection:
-    if not path.parent.is_dir():
-        msg = f"{path}: directory {str(path.parent)!r} does not exist"
-        raise LedgerError(msg)
-    if path.is_dir():
-        msg = f"{path}: is a directory"
-        raise LedgerError(msg)
-    try:
-        return sqlite3.connect(
-            target, timeout=busy_timeout, isolation_level=None, check_same_thread=False, uri=uri
-        )
-    except sqlite3.Error as exc:
-        msg = f"{path}: {describe(exc, busy_timeout)}"
-        raise LedgerError(msg) from exc
-
-
-@contextmanager
-def _closing_on_error(conn: sqlite3.Connection, path: Path, busy_timeout: float) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.Error as exc:
-        conn.close()
-        msg = f"{path}: {describe(exc, busy_timeout)}"
-        raise LedgerError(msg) from exc
-    except BaseException:
-        conn.close()
-        raise
-
-
-def _readonly_uri(path: Path) -> str:
-    return f"file:{quote(str(path.absolute()))}?mode=ro"
-
-
-def _configure(conn: sqlite3.Connection, path: Path, synchronous: int, busy_timeout: float) -> None:
-    """Set the pragmas and read them back: libraries and file systems can silently ignore them."""
-    conn.execute("PRAGMA trusted_schema = OFF")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    if synchronous == 2 and sys.platform == "darwin":
-        conn.execute("PRAGMA fullfsync = ON")  # without it, macOS fsync stops at the drive's cache
-    got = tuple(
-        conn.execute(f"PRAGMA {name}").fetchone()[0]
-        for name in ("journal_mode", "synchronous", "busy_timeout")
-    )
-    want = ("wal", synchronous, int(busy_timeout * 1000))
-    if got != want:
-        msg = f"{path}: pragmas not applied: journal_mode, synchronous, busy_timeout are {got}, need {want}"
-        raise LedgerError(msg)
-
-
-def _migrate(conn: sqlite3.Connection, path: Path) -> None:
-    # BEGIN IMMEDIATE even with nothing pending: it proves the file writable at open, and two guards
-    # creating one file at once cannot both run a migration.
-    db = Database(conn, recursive_triggers=False, execute_plugins=False)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        _refuse_newer(db, path)
-        _MIGRATIONS.apply(db)
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-
-
-def _refuse_newer(db: Database, path: Path) -> None:
-    unknown = [m.name for m in _MIGRATIONS.applied(db) if m.name not in _MIGRATION_NAMES]
-    if unknown:
-        msg = f"{path}: written by a newer mcp-guard (unknown migrations {unknown})"
-        raise LedgerError(msg)
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    try:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass  # the connection is gone or the transaction already ended; the first error is the one to report

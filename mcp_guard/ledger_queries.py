@@ -1,0 +1,187 @@
+"""The ledger's read side: invocations, updates, events and stats, as functions on a connection whose
+snapshot (and lock) the caller holds. Stdlib only: must not import mcp_guard.ledger (which imports this)
+or anything else from mcp_guard."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# SQL is only ever built from these constants; every value is a bound parameter.
+_SELECT_INVOCATIONS = (
+    "SELECT id, call_id, ts, agent, session, server, tool, arguments, decision, reason, detail, "
+    "outcome, duration_ms, outcome_detail, policy_hash FROM invocations WHERE "
+)
+_SELECT_EVENTS = "SELECT id, ts, kind, call_id, agent, server, tool, payload, policy_hash FROM entries WHERE "
+_JSON_FIELDS = "id call_id ts agent session server tool arguments decision reason detail outcome duration_ms"
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """A decision joined with its first outcome; outcome is None when denied or never finished."""
+
+    id: int
+    call_id: str
+    ts: str
+    agent: str
+    session: str | None
+    server: str | None
+    tool: str
+    arguments: object
+    decision: str
+    reason: str | None
+    detail: str | None  # the decision's
+    outcome: str | None
+    duration_ms: float | None
+    outcome_detail: str | None
+    policy_hash: str | None
+
+    def to_json(self) -> dict[str, object]:
+        """SPEC's `ledger tail --json` fields, plus id and policy_hash."""
+        fields = {name: getattr(self, name) for name in _JSON_FIELDS.split()}
+        if self.detail is None:
+            fields["detail"] = self.outcome_detail
+        return fields | {"policy_hash": self.policy_hash}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A policy, pin or approval entry."""
+
+    id: int
+    ts: str
+    kind: str
+    call_id: str | None
+    agent: str | None
+    server: str | None
+    tool: str | None
+    payload: object
+    policy_hash: str | None
+
+
+def loads(text: str | None) -> object:
+    """A stored JSON column as a value; text that is not JSON as it is."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # written by hand; verify says so
+
+
+def last_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
+
+
+def invocations(
+    conn: sqlite3.Connection,
+    *,
+    limit: int | None = None,
+    agent: str | None = None,
+    tool: str | None = None,
+    decision: str | None = None,
+    after_id: int | None = None,
+    until_id: int | None = None,
+) -> list[Invocation]:
+    """What `Ledger.invocations` returns, read from `conn`."""
+    where, params = _where(*_filters(agent, tool, decision), ("id > ?", after_id), ("id <= ?", until_id))
+    sql = _SELECT_INVOCATIONS + where
+    if limit is not None:
+        sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?)"  # noqa: S608
+        params.append(limit)
+    return [_invocation(row) for row in conn.execute(sql + " ORDER BY id", params)]
+
+
+def updates(
+    conn: sqlite3.Connection,
+    after_id: int,
+    *,
+    agent: str | None = None,
+    tool: str | None = None,
+    decision: str | None = None,
+) -> tuple[int, list[Invocation]]:
+    """What `Ledger.updates` returns, read from `conn`."""
+    high = last_id(conn)
+    if high <= after_id:
+        return after_id, []
+    touched = (
+        "call_id IN (SELECT call_id FROM entries WHERE id > ? AND id <= ? "
+        "AND kind IN ('decision', 'outcome'))"
+    )
+    where, params = _where(*_filters(agent, tool, decision), (touched, (after_id, high)))
+    rows = conn.execute(_SELECT_INVOCATIONS + where + " ORDER BY id", params)
+    return high, [_invocation(row) for row in rows]
+
+
+def events(
+    conn: sqlite3.Connection,
+    kind: str,
+    *,
+    server: str | None = None,
+    tool: str | None = None,
+    after_id: int | None = None,
+) -> list[Event]:
+    """What `Ledger.events` returns, read from `conn`."""
+    where, params = _where(
+        ("kind = ?", kind), ("server = ?", server), ("tool = ?", tool), ("id > ?", after_id)
+    )
+    return events_where(conn, where, params)
+
+
+def events_where(conn: sqlite3.Connection, where: str, params: Sequence[object]) -> list[Event]:
+    """The entries matching `where` (SQL built from constants, values bound), oldest first."""
+    rows = conn.execute(_SELECT_EVENTS + where + " ORDER BY id", params)
+    return [Event(i, ts, k, c, a, s, t, loads(p), h) for i, ts, k, c, a, s, t, p, h in rows]
+
+
+def stats(conn: sqlite3.Connection, since: str | None) -> dict[str, Any]:
+    """What `Ledger.stats` returns, read from `conn`; `since` is a timestamp in the ledger's format."""
+    when, params = _where(("ts >= ?", since))
+    base = f"FROM entries WHERE kind = 'decision' AND {when}"
+    groups = {
+        "by_agent": "agent",
+        "by_tool": "CASE WHEN server IS NULL THEN tool ELSE server || '.' || tool END",
+        "by_decision": "decision",
+        "by_reason": "reason",
+    }
+    result: dict[str, Any] = {"since": since}
+    result["invocations"] = conn.execute(f"SELECT count(*) {base}", params).fetchone()[0]
+    for key, expr in groups.items():
+        sql = f"SELECT {expr} AS k, count(*) {base} AND {expr} IS NOT NULL GROUP BY k"
+        result[key] = _ranked(conn.execute(sql, params))
+    sql = "SELECT coalesce(outcome, 'none') AS k, count(*) FROM invocations WHERE decision = 'allow'"
+    result["by_outcome"] = _ranked(conn.execute(f"{sql} AND {when} GROUP BY k", params))
+    return result
+
+
+def _filters(agent: str | None, tool: str | None, decision: str | None) -> list[tuple[str, object]]:
+    by_tool = None if tool is None else (tool, tool)
+    return [
+        ("agent = ?", agent),
+        ("(tool = ? OR server || '.' || tool = ?)", by_tool),
+        ("decision = ?", decision),
+    ]
+
+
+def _where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
+    """The conditions ANDed and their parameters (a tuple for several); those whose value is None left out."""
+    sql: list[str] = []
+    params: list[object] = []
+    for condition, value in conditions:
+        if value is not None:
+            sql.append(condition)
+            params += value if isinstance(value, tuple) else [value]
+    return " AND ".join(sql) or "1", params
+
+
+def _invocation(row: Sequence[Any]) -> Invocation:
+    values = list(row)
+    values[7] = loads(values[7])
+    return Invocation(*values)
+
+
+def _ranked(rows: sqlite3.Cursor) -> dict[str, int]:
+    return {str(k): int(n) for k, n in sorted(rows, key=lambda kn: (-kn[1], str(kn[0])))}
