@@ -1,17 +1,16 @@
 """The SQLite ledger store: opening, appends in transactions, and the queries behind `mcp-guard ledger`.
 Synchronous (stdlib sqlite3, sqlite-utils for the schema): callers on an event loop run it in a worker
-thread. Imports nothing from mcp_guard but errors, ledger_db (the file), ledger_chain (the hash chain
-and verify) and ledger_queries (the read side), none of which imports this."""
+thread. Imports nothing from mcp_guard but errors, ledger_db (the file), ledger_entries (records as
+rows), ledger_chain (the hash chain and verify) and ledger_queries (the read side), none of which
+imports this."""
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, NoReturn, Self, TypeVar
@@ -20,17 +19,16 @@ from sqlite_utils import Database
 
 from mcp_guard import ledger_db, ledger_queries
 from mcp_guard.errors import LedgerError, LedgerUnavailable
+
+# Re-exported: callers and tests import these from mcp_guard.ledger, as before the chain moved out.
+from mcp_guard.ledger_chain import HASH_DOMAIN as HASH_DOMAIN
 from mcp_guard.ledger_chain import (
-    _JSON,
     HASHED_COLUMNS,
     ZERO_HASH,
     VerifyResult,
     _verify,
     entry_hash,
 )
-
-# Re-exported: callers and tests import these from mcp_guard.ledger, as before the chain moved out.
-from mcp_guard.ledger_chain import HASH_DOMAIN as HASH_DOMAIN
 from mcp_guard.ledger_chain import _json_object as _json_object
 from mcp_guard.ledger_chain import _walk_chain as _walk_chain
 
@@ -38,33 +36,20 @@ from mcp_guard.ledger_chain import _walk_chain as _walk_chain
 from mcp_guard.ledger_db import BACKSTOP_PAGES as BACKSTOP_PAGES
 from mcp_guard.ledger_db import CHECKPOINT_EVERY as CHECKPOINT_EVERY
 from mcp_guard.ledger_db import describe as describe
+from mcp_guard.ledger_entries import DECISIONS as DECISIONS
+from mcp_guard.ledger_entries import EVENT_KINDS as EVENT_KINDS
+from mcp_guard.ledger_entries import OUTCOMES as OUTCOMES
+from mcp_guard.ledger_entries import CallRecord as CallRecord
+from mcp_guard.ledger_entries import canonical_json as canonical_json
+from mcp_guard.ledger_entries import decision_fields, event_fields, outcome_fields
+from mcp_guard.ledger_entries import format_ts as format_ts
 from mcp_guard.ledger_queries import Event as Event
 from mcp_guard.ledger_queries import Invocation as Invocation
 from mcp_guard.ledger_queries import loads as _loads
 
-EVENT_KINDS = frozenset({"policy", "pin", "approval"})
-DECISIONS = frozenset({"allow", "deny"})
-OUTCOMES = frozenset({"ok", "error", "upstream_error", "timeout", "cancelled"})
-
 # SQL is only ever built from these constants; every value is a bound parameter.
 _INSERT = f"INSERT INTO entries ({', '.join(HASHED_COLUMNS)}, entry_hash) VALUES ({', '.join('?' * 17)})"  # noqa: S608
 _PREV, _TS = HASHED_COLUMNS.index("prev_hash"), HASHED_COLUMNS.index("ts")
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One decision about one tools/call, as the request path hands it to the ledger."""
-
-    call_id: str  # uuid4 hex, minted by the caller
-    agent: str
-    session: str | None
-    server: str | None  # None when the name resolved to no tool
-    tool: str  # upstream tool name, or the name as sent (escaped, at most 256 characters)
-    arguments: object  # JSON value, already redacted
-    decision: str  # "allow" | "deny"
-    reason: str | None  # denial code, e.g. "limit_exceeded"
-    detail: str | None
-    policy_hash: str  # sha256 hex of the policy in force
 
 
 class Window:
@@ -114,50 +99,11 @@ class Window:
 
     def queue_event(self, kind: str, payload: dict[str, Any], **columns: str | None) -> None:
         """Append an event right after the decision, in the same transaction."""
-        self.queued.append(_event_fields(kind, payload, columns.pop("policy_hash", None), **columns))
+        self.queued.append(event_fields(kind, payload, columns.pop("policy_hash", None), **columns))
 
 
 Check = Callable[[Window], CallRecord]
 T = TypeVar("T")
-
-
-def format_ts(ts: datetime) -> str:
-    """UTC ISO-8601 with microseconds and Z; fixed width, so text order is time order."""
-    if ts.tzinfo is None:
-        msg = f"timestamp {ts!r} has no time zone"
-        raise ValueError(msg)
-    if ts.tzinfo is not UTC:
-        ts = ts.astimezone(UTC)
-    return ts.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" becomes "Z"
-
-
-def canonical_json(value: object) -> str:
-    """Sorted keys, no whitespace, UTF-8; ValueError for NaN, infinities and values that are not JSON."""
-    try:
-        return _text(_JSON(value))
-    except (TypeError, ValueError) as exc:
-        msg = f"value is not JSON: {exc}"
-        raise ValueError(msg) from exc
-
-
-def _text(value: str) -> str:
-    # SQLite text is UTF-8: a lone surrogate cannot be stored, so it is kept as a visible escape.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
-
-
-def _opt_text(value: str | None) -> str | None:
-    return None if value is None else _text(value)
-
-
-def _one_of(value: str, allowed: frozenset[str], what: str) -> str:
-    if value not in allowed:
-        msg = f"{what} must be one of {sorted(allowed)}, not {value!r}"
-        raise ValueError(msg)
-    return value
 
 
 class _Transaction:
@@ -318,13 +264,13 @@ class Ledger:
         appended after it. No other process can append in between, so concurrent calls cannot
         overspend a budget or use one approval twice."""
         if check is None:
-            self._record(_decision_fields(rec), ts)
+            self._record(decision_fields(rec), ts)
             return rec
         with self._transaction() as conn:
             window = Window(conn, ts or datetime.now(UTC))
             rec = check(window)
             stamp = format_ts(window.now)
-            self._append(conn, _decision_fields(rec), stamp)
+            self._append(conn, decision_fields(rec), stamp)
             for fields in window.queued:
                 self._append(conn, fields, stamp)
         return rec
@@ -358,17 +304,7 @@ class Ledger:
         With `defer`, the outcome (stamped now) is committed by the next write transaction, in
         front of what that transaction appends, or by `flush`: one transaction per call instead of
         two. Until then a crash loses it, and the call reads as one the guard died in."""
-        if not math.isfinite(duration := float(duration_ms)) or duration < 0:
-            msg = f"duration_ms must be a finite number >= 0, not {duration_ms!r}"
-            raise ValueError(msg)
-        duration += 0.0  # -0.0 would come back from SQLite as 0.0 and no longer match its hash
-        fields: dict[str, object] = {
-            "kind": "outcome",
-            "call_id": _text(call_id),
-            "outcome": _one_of(outcome, OUTCOMES, "outcome"),
-            "duration_ms": duration,
-            "detail": _opt_text(detail),
-        }
+        fields = outcome_fields(call_id, outcome, duration_ms, detail)
         if defer:
             self._deferred.append((fields, format_ts(ts or datetime.now(UTC))))
         else:
@@ -398,7 +334,7 @@ class Ledger:
         ts: datetime | None = None,
     ) -> int:
         """Append a policy, pin or approval entry; returns its id."""
-        fields = _event_fields(
+        fields = event_fields(
             kind, payload, policy_hash, call_id=call_id, agent=agent, server=server, tool=tool
         )
         return self._record(fields, ts)
@@ -498,35 +434,3 @@ class Ledger:
             conn.execute("COMMIT")
         conn.close()
         return result
-
-
-def _decision_fields(rec: CallRecord) -> dict[str, object]:
-    return {
-        "kind": "decision",
-        "call_id": _text(rec.call_id),
-        "agent": _text(rec.agent),
-        "session": _opt_text(rec.session),
-        "server": _opt_text(rec.server),
-        "tool": _text(rec.tool),
-        "arguments": canonical_json(rec.arguments),
-        "decision": _one_of(rec.decision, DECISIONS, "decision"),
-        "reason": _opt_text(rec.reason),
-        "detail": _opt_text(rec.detail),
-        "policy_hash": _text(rec.policy_hash),
-    }
-
-
-def _event_fields(
-    kind: str, payload: dict[str, Any], policy_hash: str | None, **columns: str | None
-) -> dict[str, object]:
-    if not isinstance(payload, dict):
-        msg = f"payload must be a dict, not {type(payload).__name__}"
-        raise ValueError(msg)
-    fields: dict[str, object] = {
-        "kind": _one_of(kind, EVENT_KINDS, "event kind"),
-        "payload": canonical_json(payload),
-        "policy_hash": _opt_text(policy_hash),
-    }
-    for name in ("call_id", "agent", "server", "tool"):
-        fields[name] = _opt_text(columns.get(name))
-    return fields

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from mcp_guard import holds
-from mcp_guard.ledger import CallRecord, Ledger, _decision_fields
+from mcp_guard.ledger import CallRecord, Ledger
+from mcp_guard.ledger_entries import decision_fields
 from mcp_guard.manifest import Budget, Grant
 from mcp_guard.policy.arguments import Violation
 from mcp_guard.policy.budgets import Charge, amount_of, charges, check_budgets, scope_value
@@ -184,7 +185,7 @@ def spent(charge: Charge, history: list[Spent]) -> Decimal:
             for past in history:
                 record = CallRecord(uuid.uuid4().hex, past.agent, past.session, "billing", "refund",
                                     past.arguments, "allow", None, None, "0" * 64)  # fmt: skip
-                ledger._append(conn, _decision_fields(record), None)
+                ledger._append(conn, decision_fields(record), None)
         hold = holds.Hold("billing", "refund", AGENT, (charge,))
         return ledger.peek(partial(holds.Tallies().spent, hold=hold, charge=charge))
 

@@ -1,0 +1,117 @@
+"""Ledger entries as rows: a call's decision, its outcome and the policy, pin and approval events,
+each checked and turned into the columns the ledger stores (and hashes). Pure; imports nothing from
+mcp_guard but ledger_chain's canonical JSON."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mcp_guard.ledger_chain import _JSON
+
+EVENT_KINDS = frozenset({"policy", "pin", "approval"})
+DECISIONS = frozenset({"allow", "deny"})
+OUTCOMES = frozenset({"ok", "error", "upstream_error", "timeout", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One decision about one tools/call, as the request path hands it to the ledger."""
+
+    call_id: str  # uuid4 hex, minted by the caller
+    agent: str
+    session: str | None
+    server: str | None  # None when the name resolved to no tool
+    tool: str  # upstream tool name, or the name as sent (escaped, at most 256 characters)
+    arguments: object  # JSON value, already redacted
+    decision: str  # "allow" | "deny"
+    reason: str | None  # denial code, e.g. "limit_exceeded"
+    detail: str | None
+    policy_hash: str  # sha256 hex of the policy in force
+
+
+def format_ts(ts: datetime) -> str:
+    """UTC ISO-8601 with microseconds and Z; fixed width, so text order is time order."""
+    if ts.tzinfo is None:
+        msg = f"timestamp {ts!r} has no time zone"
+        raise ValueError(msg)
+    if ts.tzinfo is not UTC:
+        ts = ts.astimezone(UTC)
+    return ts.isoformat(timespec="microseconds")[:-6] + "Z"  # "+00:00" becomes "Z"
+
+
+def canonical_json(value: object) -> str:
+    """Sorted keys, no whitespace, UTF-8; ValueError for NaN, infinities and values that are not JSON."""
+    try:
+        return _text(_JSON(value))
+    except (TypeError, ValueError) as exc:
+        msg = f"value is not JSON: {exc}"
+        raise ValueError(msg) from exc
+
+
+def _text(value: str) -> str:
+    # SQLite text is UTF-8: a lone surrogate cannot be stored, so it is kept as a visible escape.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _opt_text(value: str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _one_of(value: str, allowed: frozenset[str], what: str) -> str:
+    if value not in allowed:
+        msg = f"{what} must be one of {sorted(allowed)}, not {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def decision_fields(rec: CallRecord) -> dict[str, object]:
+    return {
+        "kind": "decision",
+        "call_id": _text(rec.call_id),
+        "agent": _text(rec.agent),
+        "session": _opt_text(rec.session),
+        "server": _opt_text(rec.server),
+        "tool": _text(rec.tool),
+        "arguments": canonical_json(rec.arguments),
+        "decision": _one_of(rec.decision, DECISIONS, "decision"),
+        "reason": _opt_text(rec.reason),
+        "detail": _opt_text(rec.detail),
+        "policy_hash": _text(rec.policy_hash),
+    }
+
+
+def event_fields(
+    kind: str, payload: dict[str, Any], policy_hash: str | None, **columns: str | None
+) -> dict[str, object]:
+    if not isinstance(payload, dict):
+        msg = f"payload must be a dict, not {type(payload).__name__}"
+        raise ValueError(msg)
+    fields: dict[str, object] = {
+        "kind": _one_of(kind, EVENT_KINDS, "event kind"),
+        "payload": canonical_json(payload),
+        "policy_hash": _opt_text(policy_hash),
+    }
+    for name in ("call_id", "agent", "server", "tool"):
+        fields[name] = _opt_text(columns.get(name))
+    return fields
+
+
+def outcome_fields(call_id: str, outcome: str, duration_ms: float, detail: str | None) -> dict[str, object]:
+    if not math.isfinite(duration := float(duration_ms)) or duration < 0:
+        msg = f"duration_ms must be a finite number >= 0, not {duration_ms!r}"
+        raise ValueError(msg)
+    duration += 0.0  # -0.0 would come back from SQLite as 0.0 and no longer match its hash
+    return {
+        "kind": "outcome",
+        "call_id": _text(call_id),
+        "outcome": _one_of(outcome, OUTCOMES, "outcome"),
+        "duration_ms": duration,
+        "detail": _opt_text(detail),
+    }
