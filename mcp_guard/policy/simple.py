@@ -7,7 +7,7 @@ authority: the guard only skips it when this says valid, and asks it for every r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
 Predicate = Callable[[Any], bool]
@@ -115,14 +115,20 @@ def _count(value: Any) -> int:
     return value
 
 
-def _string_checks(schema: Mapping[str, Any], pattern_ok: Callable[[str, str], bool]) -> list[Predicate]:
+def _lengths(schema: Mapping[str, Any], kind: type[Sized], low_key: str, high_key: str) -> list[Predicate]:
+    """minLength/maxLength on strings (in code points) or minItems/maxItems on arrays."""
     checks: list[Predicate] = []
-    if "minLength" in schema:
-        low = _count(schema["minLength"])
-        checks.append(lambda value: type(value) is not str or len(value) >= low)
-    if "maxLength" in schema:
-        high = _count(schema["maxLength"])
-        checks.append(lambda value: type(value) is not str or len(value) <= high)
+    if low_key in schema:
+        low = _count(schema[low_key])
+        checks.append(lambda value: not isinstance(value, kind) or len(value) >= low)
+    if high_key in schema:
+        high = _count(schema[high_key])
+        checks.append(lambda value: not isinstance(value, kind) or len(value) <= high)
+    return checks
+
+
+def _string_checks(schema: Mapping[str, Any], pattern_ok: Callable[[str, str], bool]) -> list[Predicate]:
+    checks = _lengths(schema, str, "minLength", "maxLength")
     if "pattern" in schema:
         pattern = schema["pattern"]
         if type(pattern) is not str:
@@ -132,13 +138,7 @@ def _string_checks(schema: Mapping[str, Any], pattern_ok: Callable[[str, str], b
 
 
 def _array_checks(schema: Mapping[str, Any], pattern_ok: Callable[[str, str], bool]) -> list[Predicate]:
-    checks: list[Predicate] = []
-    if "minItems" in schema:
-        low = _count(schema["minItems"])
-        checks.append(lambda value: type(value) is not list or len(value) >= low)
-    if "maxItems" in schema:
-        high = _count(schema["maxItems"])
-        checks.append(lambda value: type(value) is not list or len(value) <= high)
+    checks = _lengths(schema, list, "minItems", "maxItems")
     if "items" in schema:
         item = _compile(schema["items"], pattern_ok)
         checks.append(lambda value: type(value) is not list or all(item(v) for v in value))

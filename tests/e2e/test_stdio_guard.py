@@ -356,6 +356,18 @@ SCRIPT = script(
 )
 
 
+def spawn(deployment: Deployment, agent: str, errlog: Any) -> subprocess.Popen[bytes]:
+    """The real guard with pipes for a hand-driven client; stderr to `errlog`."""
+    return subprocess.Popen(
+        guard_command(deployment, agent),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=errlog,
+        env=guard_env(),
+        cwd=deployment.root,
+    )
+
+
 @pytest.mark.parametrize("io", ["pipes", "files"])
 async def test_every_request_read_before_end_of_input_is_answered_before_the_guard_exits(
     deployment: Deployment, io: str
@@ -422,14 +434,7 @@ async def test_a_client_that_stops_reading_ends_the_guard_and_nothing_reaches_an
 
     def run() -> tuple[int, bytes]:
         with deployment.stderr_path.open("ab") as errlog:
-            guard = subprocess.Popen(
-                guard_command(deployment, "support-bot"),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=errlog,
-                env=guard_env(),
-                cwd=deployment.root,
-            )
+            guard = spawn(deployment, "support-bot", errlog)
             assert guard.stdin is not None
             assert guard.stdout is not None
             guard.stdin.write(lines[0])
@@ -479,14 +484,7 @@ async def test_sigterm_stops_the_guard_cleanly_with_every_call_and_outcome_in_th
 
     def run() -> tuple[int, dict[str, Any]]:
         with deployment.stderr_path.open("ab") as errlog:
-            guard = subprocess.Popen(
-                guard_command(deployment, "qa-bot"),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=errlog,
-                env=guard_env(),
-                cwd=deployment.root,
-            )
+            guard = spawn(deployment, "qa-bot", errlog)
             assert guard.stdin is not None
             assert guard.stdout is not None
             try:
