@@ -7,13 +7,14 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 from typing import Any, BinaryIO
 
 import anyio
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
 
 from mcp_guard.server import Guard, build_server
@@ -52,6 +53,10 @@ async def _wire(wire_in: BinaryIO, wire_out: BinaryIO) -> AsyncIterator[tuple[Re
         await anyio.to_thread.run_sync(wire_out.write, data)
 
     transports: list[asyncio.BaseTransport] = []
+    # The event loop makes the descriptors non-blocking; their open file descriptions may be
+    # shared (a terminal with the shell that started the guard), so the mode is put back at the
+    # end, through spare descriptors: the loop closes its own at end of input.
+    spares = {os.dup(f.fileno()): os.get_blocking(f.fileno()) for f in (wire_in, wire_out)}
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
@@ -82,7 +87,11 @@ async def _wire(wire_in: BinaryIO, wire_out: BinaryIO) -> AsyncIterator[tuple[Re
         yield read, write
     finally:
         for transport in transports:
-            transport.close()
+            transport.close()  # the descriptors close on the loop's next turn
+        for fd, was in spares.items():
+            with suppress(OSError):
+                os.set_blocking(fd, was)
+            os.close(fd)
 
 
 async def _read_lines(read: Read, max_bytes: int, emit: Any, refuse: Any) -> None:
@@ -195,6 +204,11 @@ async def serve_stdio(guard: Guard) -> None:
             return
         if isinstance(message, types.JSONRPCRequest):
             open_requests.read(message.id)
+        elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
+            # A cancelled request is never answered: end of input must not wait for it.
+            cancelled = cancelled_request_id_from_params(message.params)
+            if cancelled is not None:
+                open_requests.answered(cancelled)
         await to_server.send(SessionMessage(message))
 
     async def reader() -> None:

@@ -5,7 +5,9 @@ The raw-wire tests write JSON-RPC lines themselves, as a hostile client would.""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -552,3 +554,75 @@ async def test_the_serving_guard_puts_an_edited_manifest_in_force_and_reloads_on
     assert after == before | {"billing__diagnostics"}
     assert {t["name"] for t in still["result"]["tools"]} == after
     assert [e["action"] for e in policy_entries(deployment)] == ["loaded", "loaded", "loaded"]
+
+
+async def test_a_cancelled_request_is_not_waited_for_at_end_of_input(deployment: Deployment) -> None:
+    # A cancelled request is never answered, so end of input must not wait the drain out for it.
+    deployment.with_hostile()
+    deployment.write()
+    hang = {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/call",
+        "params": {"name": "hostile__hang", "arguments": {}},
+    }
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}}
+
+    def run() -> float:
+        with deployment.stderr_path.open("ab") as errlog:
+            guard = spawn(deployment, "qa-bot", errlog)
+            assert guard.stdin is not None
+            assert guard.stdout is not None
+            try:
+                guard.stdin.write(SCRIPT.splitlines(keepends=True)[0])
+                guard.stdin.flush()
+                assert json.loads(guard.stdout.readline())["id"] == 1
+                guard.stdin.write(SCRIPT.splitlines(keepends=True)[1] + json.dumps(hang).encode() + b"\n")
+                guard.stdin.flush()
+                deadline = time.monotonic() + TIMEOUT
+                while not deployment.journal("hostile") and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                guard.stdin.write(json.dumps(cancel).encode() + b"\n")
+                guard.stdin.close()
+                started = time.monotonic()
+                assert guard.wait(timeout=TIMEOUT) == 0
+                return time.monotonic() - started
+            finally:
+                guard.kill()
+                guard.stdout.close()
+
+    took = await anyio.to_thread.run_sync(run)
+    assert took < 10  # the drain's bound is 30 s
+    assert [(r["tool"], r["decision"], r["outcome"]) for r in deployment.ledger()] == [
+        ("hang", "allow", "cancelled")
+    ]
+
+
+async def test_the_guard_leaves_a_shared_input_descriptor_blocking_as_it_found_it(
+    deployment: Deployment,
+) -> None:
+    # Read on the event loop, the descriptor is made non-blocking; a terminal shares that mode
+    # with the shell that started the guard, so it must be put back at exit.
+    deployment.with_billing()
+    deployment.write()
+    ours, theirs = socket.socketpair()
+
+    def run() -> tuple[int, bytes]:
+        with ours, theirs, deployment.stderr_path.open("ab") as errlog:
+            assert os.get_blocking(theirs.fileno())
+            guard = subprocess.Popen(
+                guard_command(deployment, "support-bot"),
+                stdin=theirs.fileno(),
+                stdout=subprocess.PIPE,
+                stderr=errlog,
+                env=guard_env(),
+                cwd=deployment.root,
+            )
+            ours.sendall(SCRIPT)
+            ours.shutdown(socket.SHUT_WR)
+            output, _ = guard.communicate(timeout=TIMEOUT)
+            return int(os.get_blocking(theirs.fileno())), output
+
+    still_blocking, output = await anyio.to_thread.run_sync(run)
+    assert still_blocking == 1
+    assert sorted(m["id"] for m in map(json.loads, output.splitlines())) == [1, 2, 3, 4, 5]
