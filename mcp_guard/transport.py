@@ -122,8 +122,9 @@ async def _read_lines(read: Read, max_bytes: int, emit: Any, refuse: Any) -> Non
 
 
 async def stop_on_signal(guard: Guard, scope: anyio.CancelScope) -> None:
-    """SIGTERM or SIGINT stops serving as end of input would not: calls in flight are cancelled
-    (and recorded so), and the guard closes its upstreams and ledger instead of dying mid-write."""
+    """SIGTERM or SIGINT stops serving at once: calls in flight are cancelled (and recorded so),
+    then the guard closes its upstreams and its ledger, committing every outcome, instead of
+    dying mid-write."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
         async for signum in received:
             guard.log(f"stopping on {signal.Signals(signum).name}")
