@@ -107,6 +107,7 @@ class Guard:
     _offers: dict[str, tuple[Catalog, dict[str, Offer]]] = field(default_factory=dict, init=False)
     _withheld: dict[str, pins.Withheld] = field(default_factory=dict, init=False)  # by advertised name
     _outcomes_waiting: anyio.Event = field(default_factory=anyio.Event, init=False)
+    _building: anyio.Lock = field(default_factory=anyio.Lock, init=False)  # one catalog build at a time
     # The clients' connections, to tell of tool list changes. The SDK builds a ServerSession per
     # request (a weak set of those empties at once); its connection lives as long as the client.
     _sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, init=False)
@@ -125,6 +126,13 @@ class Guard:
         cached = self._catalog
         if cached is not None and cached[0] is policy and _same_lists(cached[1], live):
             return cached[2]
+        async with self._building:  # requests that arrive meanwhile wait for this build
+            cached = self._catalog
+            if cached is not None and cached[0] is policy and _same_lists(cached[1], live):
+                return cached[2]
+            return await self._build_catalog(policy, live)
+
+    async def _build_catalog(self, policy: Policy, live: Lists) -> Catalog:
         catalog = {name: tuple(tool_def(t) for t in tools) for name, tools in live.items()}
         for problem in policy.problems(catalog):
             self.log(f"warning: {problem}")
@@ -141,6 +149,18 @@ class Guard:
         if pinned.settled:  # else the ledger failed: decide again on the next request
             self._catalog = (policy, live, pinned.catalog)
         return pinned.catalog
+
+    async def warm(self) -> None:
+        """Build the catalog (pin checks and their ledger entries included) and the offers of
+        the agents served, as soon as the guard starts and while clients are still connecting,
+        so that a client's first request does not wait for it. A failure is logged; the first
+        request builds them instead."""
+        agents = [self.agent] if self.agent is not None else list(self.policy.agents.values())
+        try:
+            for agent in agents:
+                await self.offers(agent)
+        except Exception as exc:
+            self.log(f"could not prepare the tool catalog at start: {exc}")
 
     async def offers(self, agent: Agent, policy: Policy | None = None) -> dict[str, Offer]:
         policy = policy or self.policy
@@ -532,6 +552,7 @@ async def open_guard(
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
             assert pool.tg is not None
             pool.tg.start_soon(guards[0].commit_outcomes)
+            pool.tg.start_soon(guards[0].warm)
             yield guards[0]
     finally:
         try:

@@ -228,3 +228,19 @@ def test_a_world_writable_lock_is_refused_so_its_server_pins_nothing(tmp_path: P
     os.chmod(path, 0o666)
     with pytest.raises(ConfigError, match="world-writable"):
         load_lock(path)
+
+
+async def test_tools_are_pinned_as_the_guard_starts_before_any_request(deployment: Deployment) -> None:
+    # The catalog (pin checks included) is built while clients connect, not on their first request.
+    deployment.with_billing()
+    config, manifests = deployment.load()
+    async with open_guard(config, manifests, agent_of(deployment, "support-bot")):
+        with anyio.fail_after(TIMEOUT):
+            for _ in iter(int, 1):
+                if len(pin_events(deployment.ledger_path)) == 4:
+                    break
+                await anyio.sleep(0.01)
+    assert sorted(e["tool"] for e in pin_events(deployment.ledger_path)) == sorted(
+        ["lookup_order", "refund", "set_payout_destination", "diagnostics"]
+    )
+    assert deployment.journals() == []
