@@ -463,6 +463,21 @@ async def test_a_client_that_stops_reading_ends_the_guard_and_nothing_reaches_an
     assert len(forwarded) <= 1
 
 
+HANG = {
+    "jsonrpc": "2.0",
+    "id": 2,
+    "method": "tools/call",
+    "params": {"name": "hostile__hang", "arguments": {}},
+}
+
+
+def forwarded(deployment: Deployment) -> None:
+    """Wait (in a thread) until the hostile upstream has received a call."""
+    deadline = time.monotonic() + TIMEOUT
+    while not deployment.journal("hostile") and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 async def test_sigterm_stops_the_guard_cleanly_with_every_call_and_outcome_in_the_ledger(
     deployment: Deployment,
 ) -> None:
@@ -471,12 +486,6 @@ async def test_sigterm_stops_the_guard_cleanly_with_every_call_and_outcome_in_th
     # ride on the next transaction) is committed before the guard exits.
     deployment.with_hostile()
     deployment.write()
-    hang = {
-        "jsonrpc": "2.0",
-        "id": 2,
-        "method": "tools/call",
-        "params": {"name": "hostile__hang", "arguments": {}},
-    }
     echo = {
         "jsonrpc": "2.0",
         "id": 3,
@@ -494,11 +503,9 @@ async def test_sigterm_stops_the_guard_cleanly_with_every_call_and_outcome_in_th
                 guard.stdin.write(init)
                 guard.stdin.flush()
                 assert json.loads(guard.stdout.readline())["id"] == 1
-                guard.stdin.write(initialized + json.dumps(hang).encode() + b"\n")
+                guard.stdin.write(initialized + json.dumps(HANG).encode() + b"\n")
                 guard.stdin.flush()
-                deadline = time.monotonic() + TIMEOUT
-                while not deployment.journal("hostile") and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                forwarded(deployment)
                 guard.stdin.write(json.dumps(echo).encode() + b"\n")
                 guard.stdin.flush()
                 answer = json.loads(guard.stdout.readline())
@@ -560,12 +567,6 @@ async def test_a_cancelled_request_is_not_waited_for_at_end_of_input(deployment:
     # A cancelled request is never answered, so end of input must not wait the drain out for it.
     deployment.with_hostile()
     deployment.write()
-    hang = {
-        "jsonrpc": "2.0",
-        "id": 2,
-        "method": "tools/call",
-        "params": {"name": "hostile__hang", "arguments": {}},
-    }
     cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}}
 
     def run() -> float:
@@ -577,11 +578,9 @@ async def test_a_cancelled_request_is_not_waited_for_at_end_of_input(deployment:
                 guard.stdin.write(SCRIPT.splitlines(keepends=True)[0])
                 guard.stdin.flush()
                 assert json.loads(guard.stdout.readline())["id"] == 1
-                guard.stdin.write(SCRIPT.splitlines(keepends=True)[1] + json.dumps(hang).encode() + b"\n")
+                guard.stdin.write(SCRIPT.splitlines(keepends=True)[1] + json.dumps(HANG).encode() + b"\n")
                 guard.stdin.flush()
-                deadline = time.monotonic() + TIMEOUT
-                while not deployment.journal("hostile") and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                forwarded(deployment)
                 guard.stdin.write(json.dumps(cancel).encode() + b"\n")
                 guard.stdin.close()
                 started = time.monotonic()
