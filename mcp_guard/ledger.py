@@ -147,17 +147,18 @@ class _Transaction:
         return conn
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is None:
-            ledger = self._ledger
-            try:
-                ledger._conn.execute("COMMIT")
-            except BaseException as failed:
-                self._fail(failed)
+        if exc is not None:
+            self._fail(exc)
+        ledger = self._ledger
+        try:
+            ledger._conn.execute("COMMIT")
+        except BaseException as failed:
+            self._fail(failed)
+        try:
             if self._flushing:
                 del ledger._deferred[: self._flushing]
+        finally:
             ledger._lock.release()
-        else:
-            self._fail(exc)
 
     def _fail(self, exc: BaseException) -> NoReturn:
         ledger = self._ledger
@@ -243,8 +244,14 @@ class Ledger:
             if self._checkpointer is not None:
                 self._checkpointer.close()
                 self._checkpointer = None
-            with self._lock:
+            # Bounded: a transaction cut short between taking the lock and its `try` (Ctrl-C in
+            # `ledger tail -f`) could have left it held, and closing must not hang on it.
+            held = self._lock.acquire(timeout=self._busy_timeout)
+            try:
                 self._conn.close()
+            finally:
+                if held:
+                    self._lock.release()
 
     def __enter__(self) -> Self:
         return self

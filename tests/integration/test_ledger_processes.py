@@ -98,7 +98,7 @@ def test_four_processes_appending_at_once_lose_nothing_and_keep_one_valid_chain(
     finally:
         for proc in procs:
             proc.kill()
-            proc.wait()
+            proc.communicate()  # reaps it and closes its pipes, even after a timeout
     with Ledger.open_readonly(path) as ledger:
         result = ledger.verify()
         assert result.ok, result.problem
@@ -145,6 +145,6 @@ def test_tail_follow_prints_what_another_process_writes_and_ctrl_c_exits_0(tmp_p
             _, err = proc.communicate(timeout=WAIT)
         finally:
             proc.kill()
-            proc.wait()
+            proc.communicate()  # reaps it and closes its pipes, even after a timeout
     assert proc.returncode == 0
     assert err == ""
