@@ -13,7 +13,7 @@ import socket
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +248,30 @@ def ledger_calls(path: Path) -> list[dict[str, Any]]:
         call["duration_ms"] = outcome["duration_ms"] if outcome else None
         calls.append(call)
     return calls
+
+
+def ledger_events(path: Path, kind: str) -> list[dict[str, Any]]:
+    """Every policy, pin or approval entry of one kind, oldest first: its payload with the entry's
+    server, tool and policy_hash."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT server, tool, policy_hash, payload FROM entries WHERE kind = ? ORDER BY id", (kind,)
+        ).fetchall()
+    finally:
+        conn.close()
+    return [{"server": s, "tool": t, "policy_hash": h, **json.loads(p)} for s, t, h, p in rows]
+
+
+def list_changed_listener() -> tuple[Callable[[Any], Awaitable[None]], anyio.Event]:
+    """A ClientSession message handler, and the event it sets on notifications/tools/list_changed."""
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    return on_message, changed
 
 
 def ledger_bytes(path: Path) -> bytes:

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from tests.helpers import (
     assert_denied,
     guard_command,
     guard_env,
+    ledger_events,
     raw_guard,
     stdio_guard,
     text_of,
@@ -528,15 +528,6 @@ async def test_sigterm_stops_the_guard_cleanly_with_every_call_and_outcome_in_th
     ]
 
 
-def policy_entries(deployment: Deployment) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{deployment.ledger_path}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT payload FROM entries WHERE kind = 'policy' ORDER BY id").fetchall()
-    finally:
-        conn.close()
-    return [json.loads(payload) for (payload,) in rows]
-
-
 async def test_the_serving_guard_puts_an_edited_manifest_in_force_and_reloads_on_sighup(
     deployment: Deployment,
 ) -> None:
@@ -549,18 +540,22 @@ async def test_the_serving_guard_puts_an_edited_manifest_in_force_and_reloads_on
             while not any(m.get("method") == "notifications/tools/list_changed" for m in guard.other):
                 guard.other.append(await guard.receive())
         after = {t["name"] for t in (await guard.request("tools/list"))["result"]["tools"]}
-        loaded = len(policy_entries(deployment))
+        loaded = len(ledger_events(deployment.ledger_path, "policy"))
         guard.process.send_signal(signal.SIGHUP)  # nothing changed: a forced reload all the same
         with anyio.fail_after(TIMEOUT):
             for _ in iter(int, 1):
-                if len(policy_entries(deployment)) > loaded:
+                if len(ledger_events(deployment.ledger_path, "policy")) > loaded:
                     break
                 await anyio.sleep(0.05)
         still = await guard.request("tools/list")
     assert before == {"billing__lookup_order", "billing__refund"}
     assert after == before | {"billing__diagnostics"}
     assert {t["name"] for t in still["result"]["tools"]} == after
-    assert [e["action"] for e in policy_entries(deployment)] == ["loaded", "loaded", "loaded"]
+    assert [e["action"] for e in ledger_events(deployment.ledger_path, "policy")] == [
+        "loaded",
+        "loaded",
+        "loaded",
+    ]
 
 
 async def test_a_cancelled_request_is_not_waited_for_at_end_of_input(deployment: Deployment) -> None:

@@ -5,35 +5,33 @@ Real upstream processes; the ledger is read with plain sqlite3."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
-import mcp_types as types
 import pytest
 from mcp import MCPError
 
 from mcp_guard.reload import reload_once, watch
 from mcp_guard.server import open_guard
-from tests.helpers import TIMEOUT, Deployment, _connect, agent_of, text_of
+from tests.helpers import (
+    TIMEOUT,
+    Deployment,
+    _connect,
+    agent_of,
+    ledger_events,
+    list_changed_listener,
+    text_of,
+)
 
 WATCH_INTERVAL = 0.05  # the watcher's poll, fast for tests; the guard polls every second
 EFFECT = 10.0  # how long a file edit may take to be in force
 
 
 def policy_events(path: Path) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT payload, policy_hash FROM entries WHERE kind = 'policy' ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
-    return [{**json.loads(payload), "policy_hash": policy_hash} for payload, policy_hash in rows]
+    return ledger_events(path, "policy")
 
 
 async def eventually(condition: Callable[[], bool]) -> None:
@@ -58,12 +56,7 @@ async def call(session: Any, name: str, arguments: dict[str, Any]) -> Any:
 async def test_a_granted_tool_reaches_a_connected_client_with_list_changed(deployment: Deployment) -> None:
     deployment.with_examples()
     config, manifests = deployment.load()
-    changed = anyio.Event()
-
-    async def on_message(message: Any) -> None:
-        if isinstance(message, types.ToolListChangedNotification):
-            changed.set()
-
+    on_message, changed = list_changed_listener()
     async with (
         open_guard(config, manifests, agent_of(deployment, "support-bot")) as guard,
         _connect(guard, {"message_handler": on_message}) as session,
