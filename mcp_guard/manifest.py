@@ -15,6 +15,7 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.loading import Duration, Frozen, build, expand_env, load_yaml
+from mcp_guard.policy.schemas import has_dialect, typed_limit
 
 SERVER_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 _PRINCIPAL = re.compile(r"^(\*|role:[a-z0-9][a-z0-9_-]{0,63}|[a-z0-9][a-z0-9_-]{0,63})$")
@@ -36,6 +37,16 @@ def _check_schema(value: object) -> object:
         msg = f"invalid JSON Schema: {exc.message}"
         raise ValueError(msg) from None
     _refuse_refs(value)
+    if has_dialect(value):
+        msg = "$schema is not allowed in a limit: limits are read as JSON Schema 2020-12"
+        raise ValueError(msg)
+    return value
+
+
+def _check_limit(value: object) -> object:
+    """A grant's limit also fixes the type it speaks of; one that lets no value through is refused."""
+    value = _check_schema(value)
+    typed_limit(value)
     return value
 
 
@@ -51,7 +62,8 @@ def _refuse_refs(value: object) -> None:
             _refuse_refs(item)
 
 
-Limit = Annotated[ArgumentSchema, BeforeValidator(_check_schema)]
+Condition = Annotated[ArgumentSchema, BeforeValidator(_check_schema)]
+Limit = Annotated[ArgumentSchema, BeforeValidator(_check_limit)]
 
 
 class Budget(Frozen):
@@ -62,7 +74,7 @@ class Budget(Frozen):
 
 
 class Approval(Frozen):
-    when: dict[str, Limit] | None = None
+    when: dict[str, Condition] | None = None
     wait: Duration = 30.0
     timeout: Duration = 900.0
 

@@ -23,7 +23,7 @@ from mcp_guard.errors import UpstreamUnavailable
 from mcp_guard.loading import format_duration, parse_duration
 from mcp_guard.manifest import Approval, Budget, Grant, Manifest, Upstream
 from mcp_guard.policy.engine import Policy
-from mcp_guard.policy.schemas import clean_text
+from mcp_guard.policy.schemas import KEYWORDS_BY_TYPE, clean_text, type_keyword, types_of
 from mcp_guard.secrets import Scrubber
 from mcp_guard.server import tool_def
 from mcp_guard.upstream import START_TIMEOUT, open_pool
@@ -208,39 +208,29 @@ def init_manifest(upstream: Upstream, inherit_env: Mapping[str, str] | None = No
 
 # -- check --live ---------------------------------------------------------------------------------
 
-_FOR_TYPE = {
-    "number": ("maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum", "multipleOf"),
-    "string": ("pattern", "maxLength", "minLength", "format"),
-    "array": ("maxItems", "minItems", "uniqueItems", "items", "prefixItems", "contains"),
-    "object": ("maxProperties", "minProperties", "properties", "required", "additionalProperties"),
-}
 
-
-def _types(prop: Mapping[str, Any]) -> set[str] | None:
-    """The JSON types the upstream property allows, or None when it does not say."""
-    kind = prop.get("type")
-    if isinstance(kind, str):
-        found = {kind}
-    elif isinstance(kind, list):
-        found = {str(k) for k in kind}
-    else:
-        options = prop.get("anyOf") or prop.get("oneOf")
-        if not isinstance(options, list):
+def _types(prop: Mapping[str, Any]) -> frozenset[str] | None:
+    """The JSON types the upstream property allows (integer within number), or None for any."""
+    if "type" in prop:
+        return types_of(prop["type"])
+    options = prop.get("anyOf") or prop.get("oneOf")
+    if not isinstance(options, list):
+        return None
+    found: frozenset[str] = frozenset()
+    for option in options:
+        sub = _types(option) if isinstance(option, Mapping) else None
+        if sub is None:
             return None
-        found = set()
-        for option in options:
-            sub = _types(option) if isinstance(option, Mapping) else None
-            if sub is None:
-                return None
-            found |= sub
-    if "integer" in found:
-        found.add("number")
+        found |= sub
     return found
 
 
-def check_limit(prop: Any, limit: Any) -> list[tuple[str, str]]:
+def check_limit(prop: Any, limit: Any, *, typed: bool = True) -> list[tuple[str, str]]:
     """(keyword, reason) for each part of a grant's limit that the upstream property's own schema
-    contradicts: enum or const values it rejects, keywords for a type it does not accept."""
+    contradicts (enum or const values it rejects, keywords for a type it does not accept), and for
+    a limit that narrows the types the upstream accepts without saying so (the SDK types a
+    `Decimal` as number or string; the guard lets only a number through a `maximum`). An approval's
+    `when` is not typed (`typed=False`): a value of another type asks for approval."""
     if not isinstance(prop, Mapping) or not isinstance(limit, Mapping):
         return []
     out: list[tuple[str, str]] = []
@@ -259,26 +249,33 @@ def check_limit(prop: Any, limit: Any) -> list[tuple[str, str]]:
             error = next(iter(validator.iter_errors(value)), None)
             if error is not None:
                 out.append((keyword, f"{value!r} is not valid for the upstream's schema: {error.message}"))
-    types_ = _types(prop)
-    if types_ is not None:
-        for kind, keywords in _FOR_TYPE.items():
-            if kind in types_:
-                continue
-            for keyword in keywords:
-                if keyword in limit:
-                    allowed = " or ".join(sorted(types_))
-                    out.append((keyword, f"applies to {kind}s but the upstream's argument is {allowed}"))
-        wanted = limit.get("type")
-        if wanted is not None:
-            wanted_set = (
-                {wanted} if isinstance(wanted, str) else set(wanted) if isinstance(wanted, list) else set()
-            )
-            if "integer" in wanted_set:
-                wanted_set.add("number")
-            if wanted_set and not wanted_set & types_:
-                out.append(
-                    ("type", f"{wanted!r} contradicts the upstream's type {' or '.join(sorted(types_))}")
-                )
+    upstream = _types(prop)
+    said = (
+        " or ".join(sorted(upstream - {"integer"} if "number" in upstream else upstream)) if upstream else ""
+    )
+    kinds = frozenset(k for k, keywords in KEYWORDS_BY_TYPE.items() if not keywords.isdisjoint(limit))
+    if upstream is not None:
+        for keyword in limit:
+            kind = next((k for k in kinds if keyword in KEYWORDS_BY_TYPE[k]), None)
+            if kind is not None and not (types_of(kind) or frozenset()) & upstream:
+                out.append((keyword, f"applies to {kind}s but the upstream's argument is {said}"))
+        wanted = types_of(limit.get("type"))
+        if "type" in limit and not (wanted or frozenset()) & upstream:
+            out.append(("type", f"{limit['type']!r} contradicts the upstream's type {said}"))
+    narrowed = types_of(list(kinds)) or frozenset()
+    if (
+        typed
+        and kinds
+        and "type" not in limit
+        and (upstream is None or (upstream & narrowed and upstream - narrowed))
+    ):
+        only = type_keyword(narrowed)
+        others = "any type" if upstream is None else " or ".join(sorted(upstream - narrowed))
+        msg = (
+            f"the upstream's argument also accepts {others}; the guard lets only {only} through here "
+            f"(write type: {only} in the limit to say so)"
+        )
+        out.append(("type", msg))
     return out
 
 
@@ -297,14 +294,14 @@ def live_problems(
             if not isinstance(props, Mapping):
                 continue
             for i, grant in enumerate(grants):
-                places = [("arguments", grant.arguments)]
+                places = [("arguments", grant.arguments, True)]
                 if grant.approval is not None and grant.approval.when:
-                    places.append(("approval.when", grant.approval.when))
-                for where, limits in places:
+                    places.append(("approval.when", grant.approval.when, False))
+                for where, limits, typed in places:
                     for arg, limit in limits.items():
                         if arg not in props:
                             continue
-                        for keyword, reason in check_limit(props[arg], limit):
+                        for keyword, reason in check_limit(props[arg], limit, typed=typed):
                             out.append(f"{m.source}:tools.{name}[{i}].{where}.{arg}.{keyword}: {reason}")
     return out
 

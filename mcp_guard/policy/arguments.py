@@ -58,8 +58,21 @@ def _strict_pattern(validator: Any, pattern: str, instance: Any, schema: Any) ->
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
+def _properties(validator: Any, properties: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    # jsonschema's own `properties` reports a `false` subschema without the property's name.
+    if not validator.is_type(instance, "object"):
+        return
+    for name, subschema in properties.items():
+        if name not in instance:
+            continue
+        if subschema is False:
+            yield ValidationError(f"{name!r} may not be sent", validator="false", path=[name])
+        else:
+            yield from validator.descend(instance[name], subschema, path=name, schema_path=name)
+
+
 _Validator: Any = validators.extend(  # type: ignore[no-untyped-call]
-    Draft202012Validator, {"pattern": _strict_pattern}
+    Draft202012Validator, {"pattern": _strict_pattern, "properties": _properties}
 )
 
 
@@ -174,7 +187,7 @@ def describe(error: ValidationError) -> str:
         return f"{where} must have {'at most' if kw == 'maxItems' else 'at least'} {val} items"
     if kw == "multipleOf":
         return f"{where} must be a multiple of {_num(val)}"
-    if error.schema is False:
+    if kw == "false" or error.schema is False:
         return f"{where} may not be sent"
     return f"{where}: {error.message}"[:300]
 

@@ -15,7 +15,7 @@ from mcp_guard.manifest import Approval, Grant, Manifest
 from mcp_guard.policy.approvals import needs_approval
 from mcp_guard.policy.arguments import Compiled, Violation, check_schema, check_strict, compile_schema
 from mcp_guard.policy.budgets import Charge, charges
-from mcp_guard.policy.schemas import clean_text, merge_limits
+from mcp_guard.policy.schemas import DIALECT, clean_text, merge_limits, one_dialect, typed_limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +227,21 @@ def _compile_offer(manifest: Manifest, tool: ToolDef, grant: Grant) -> Offer | N
     declared = _declared(tool.input_schema)
     if any(arg not in declared for arg in grant.arguments):
         return None  # the grant limits an argument the upstream does not have: fail closed
-    merged = merge_limits(tool.input_schema, grant.arguments)
+    # The upstream's schema is read under the guard's one dialect, and each limit fixes the type it
+    # speaks of, so no upstream keyword can weaken a limit. `when` stays as written: a value of
+    # another type matching it asks for approval, the safe side.
+    upstream = one_dialect(tool.input_schema)
+    try:
+        limits = {name: typed_limit(limit) for name, limit in grant.arguments.items()}
+    except ValueError:
+        return None  # a limit that lets nothing through (also refused when the manifest loads)
+    merged = merge_limits(upstream, limits)
+    if "$schema" in tool.input_schema:  # the advertised schema names the dialect it is checked under
+        merged = {"$schema": DIALECT, **merged}
     when = grant.approval.when if grant.approval else None
     try:
-        upstream_validator = compile_schema(dict(tool.input_schema))
-        limits_validator = compile_schema({"type": "object", "properties": dict(grant.arguments)})
+        upstream_validator = compile_schema(upstream)
+        limits_validator = compile_schema({"type": "object", "properties": limits})
         merged_validator = compile_schema(merged)
         when_validator = compile_schema({"type": "object", "properties": dict(when)}) if when else None
     except Exception:
