@@ -16,8 +16,10 @@ from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 from mcp_guard.ledger import Ledger
 from mcp_guard.ledger_view import format_line
 
-EXAMPLES = Path(__file__).resolve().parent.parent
+EXAMPLES = Path(__file__).resolve().parent / "examples"
 AGENT = "support-bot"
+AGENTS = {"support-bot": {"roles": ["support"]}, "finance-bot": {"roles": ["finance"]}}
+"""The agents of the bundled guard.yaml."""
 
 SCRIPT: list[tuple[str, str, dict[str, Any]]] = [
     ("look up an order", "billing__lookup_order", {"order_id": "ORD-1001"}),
@@ -41,14 +43,17 @@ ESCALATION = {"order_id": "ORD-1005", "amount": 75, "currency": "EUR"}
 
 
 def _deployment(folder: Path) -> Path:
-    """A copy of the bundled guard.yaml that points at the bundled manifests and a fresh ledger."""
-    source = EXAMPLES / "guard.yaml"
-    if not source.is_file() or not (EXAMPLES / "tool_manifests").is_dir():
-        msg = f"{source}: the bundled example deployment is missing; run the demo from a source checkout"
+    """A guard.yaml with the bundled agents, the bundled manifests (installed with the package, so
+    the demo runs from a wheel as from a checkout) and a fresh ledger."""
+    manifests = EXAMPLES / "tool_manifests"
+    if not manifests.is_dir():
+        msg = f"{manifests}: the bundled example manifests are missing from this installation"
         raise SystemExit(msg)
-    config = yaml.safe_load(source.read_text())
-    config["manifests"] = str(EXAMPLES / "tool_manifests")
-    config["ledger"] = {"path": str(folder / "demo-ledger.db"), "durability": "normal"}
+    config = {
+        "manifests": str(manifests),
+        "ledger": {"path": str(folder / "demo-ledger.db"), "durability": "normal"},
+        "agents": AGENTS,
+    }
     target = folder / "guard.yaml"
     target.write_text(yaml.safe_dump(config))
     return target
