@@ -74,13 +74,19 @@ def tool_def(tool: types.Tool) -> ToolDef:
 
 
 def advertise(offer: Offer, scrubber: Scrubber) -> types.Tool:
-    """A tool exactly as one agent is shown it: limits merged, text cleaned, secrets scrubbed."""
+    """A tool exactly as one agent is shown it: limits merged, text cleaned, secrets scrubbed from
+    everything relayed (the name is checked by `offered`: it cannot be scrubbed and stay callable)."""
     tool = offer.tool
 
     def text(value: str | None) -> str | None:
         return scrubber.text(clean_text(value) or "") or None if value else None
 
-    annotations = types.ToolAnnotations.model_validate(tool.annotations) if tool.annotations else None
+    annotations = None
+    if tool.annotations:
+        scrubbed = scrubber.json(dict(tool.annotations))
+        if isinstance(scrubbed.get("title"), str):
+            scrubbed["title"] = text(scrubbed["title"])
+        annotations = types.ToolAnnotations.model_validate(scrubbed)
     return types.Tool(
         name=offer.name,
         title=text(tool.title),
@@ -89,6 +95,15 @@ def advertise(offer: Offer, scrubber: Scrubber) -> types.Tool:
         output_schema=scrubber.json(tool.output_schema) if tool.output_schema else None,
         annotations=annotations,
     )
+
+
+def offered(offers: Mapping[str, Offer], scrubber: Scrubber, log: Callable[[str], None]) -> dict[str, Offer]:
+    """The offers whose advertised name holds no injected secret. A name cannot be scrubbed and
+    stay callable, so such a tool is not offered at all (listed nowhere, its calls unknown_tool)."""
+    kept = {name: offer for name, offer in offers.items() if not scrubber.finds(name)}
+    if len(kept) < len(offers):
+        log(f"warning: {len(offers) - len(kept)} tool(s) not offered: the advertised name holds a secret")
+    return kept
 
 
 @dataclass
@@ -162,14 +177,17 @@ class Guard:
         except Exception as exc:
             self.log(f"could not prepare the tool catalog at start: {exc}")
 
-    async def offers(self, agent: Agent, policy: Policy | None = None) -> dict[str, Offer]:
+    async def offers(
+        self, agent: Agent, policy: Policy | None = None, scrubber: Scrubber | None = None
+    ) -> dict[str, Offer]:
+        """What `agent` may call under `policy` (default: the one in force, with its scrubber)."""
         policy = policy or self.policy
         catalog = await self.catalog(policy)
         if policy is not self.policy:
-            return policy.offers(agent, catalog)
+            return offered(policy.offers(agent, catalog), scrubber or Scrubber(policy.secrets), self.log)
         cached = self._offers.get(agent.name)
         if cached is None or cached[0] is not catalog:
-            cached = (catalog, policy.offers(agent, catalog))
+            cached = (catalog, offered(policy.offers(agent, catalog), self.scrubber, self.log))
             self._offers[agent.name] = cached
         return cached[1]
 
@@ -227,7 +245,7 @@ class Guard:
     ) -> types.ListToolsResult:
         policy, scrubber = self.policy, self.scrubber
         agent = self.identify(ctx)
-        offers = await self.offers(agent, policy)
+        offers = await self.offers(agent, policy, scrubber)
         return types.ListToolsResult(tools=[advertise(o, scrubber) for o in offers.values()])
 
     async def call_tool(
@@ -239,11 +257,11 @@ class Guard:
         agent = self.identify(ctx)
         session = self._session_of(ctx)
         arguments: Mapping[str, Any] = params.arguments or {}
-        offers = await self.offers(agent, policy)
+        offers = await self.offers(agent, policy, scrubber)
         decision = policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
         if decision.reason == "unknown_tool" and await self.pool.settle():
             # A client may call before a slow upstream's first start has ended: decide again.
-            offers = await self.offers(agent, policy)
+            offers = await self.offers(agent, policy, scrubber)
             decision = policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
         if decision.reason == "unknown_tool":
             decision = self._pin_denial(policy, agent, params.name, arguments) or decision
@@ -373,19 +391,39 @@ class Guard:
         return self._relay(result, scrubber)
 
     def _relay(self, result: types.CallToolResult, scrubber: Scrubber) -> types.CallToolResult:
-        """The upstream's result with known secrets scrubbed and every _meta dropped."""
-        blocks = [self._block(b, scrubber) for b in result.content]
+        """The upstream's result with known secrets scrubbed and every _meta dropped. The text
+        blocks are scrubbed as one text, so a secret split across blocks is caught too."""
+        texts = [b.text for b in result.content if isinstance(b, types.TextContent)]
+        scrubbed = iter(scrubber.texts(texts) or ())
+        blocks = [
+            self._block(b, scrubber, next(scrubbed, None) if isinstance(b, types.TextContent) else None)
+            for b in result.content
+        ]
         structured = result.structured_content
         if structured is not None:
             structured = scrubber.json(structured)
         return types.CallToolResult(content=blocks, structured_content=structured, is_error=result.is_error)
 
-    def _block(self, block: Any, scrubber: Scrubber) -> Any:
-        text = getattr(block, "text", None)
-        if isinstance(text, str) and getattr(block, "meta", None) is None and not scrubber.finds(text):
+    def _block(self, block: Any, scrubber: Scrubber, text: str | None) -> Any:
+        """One content block; `text` is a text block's text as scrubbed with its neighbours
+        (None: nothing to scrub). Binary content (base64 `data`, a resource's `blob`) is scrubbed
+        as bytes and stays valid base64; every other string as text."""
+        if isinstance(block, types.TextContent) and block.meta is None and text is None:
             return block  # the common case: a plain text block with nothing to scrub
-        data = scrubber.json(block.model_dump(by_alias=True, mode="json", exclude_none=True))
+        data = block.model_dump(by_alias=True, mode="json", exclude_none=True)
         data.pop("_meta", None)
+        binary = (
+            data.pop("data", None) if isinstance(block, types.ImageContent | types.AudioContent) else None
+        )
+        resource = data.get("resource")
+        blob = resource.pop("blob", None) if isinstance(resource, dict) else None
+        data = scrubber.json(data)
+        if text is not None:
+            data["text"] = text
+        if isinstance(binary, str):
+            data["data"] = scrubber.binary(binary)
+        if isinstance(blob, str):
+            data["resource"]["blob"] = scrubber.binary(blob)
         return type(block).model_validate(data)
 
     def _session_of(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
