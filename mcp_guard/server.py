@@ -32,7 +32,7 @@ from mcp_guard.errors import (
 from mcp_guard.ledger import CallRecord, Ledger
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy import approvals, budgets
-from mcp_guard.policy.engine import Agent, Catalog, Decision, Offer, Policy, ToolDef, canonical
+from mcp_guard.policy.engine import Agent, Catalog, Decision, Offer, Policy, ToolDef, canonical, escape_name
 from mcp_guard.policy.schemas import clean_text
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream import Pool, Upstream, open_pool
@@ -129,6 +129,7 @@ class Guard:
 
     def __post_init__(self) -> None:
         self.scrubber = Scrubber(self.policy.secrets)
+        self.ledger.redactor = self.scrubber
 
     def log(self, text: str) -> None:
         self.scrubber.log(text)
@@ -202,6 +203,7 @@ class Guard:
         if agent is not None:  # stdio: the same agent under its new roles; a removed one sees nothing
             agent = policy.agents.get(agent.name, agent)
         self.policy, self.scrubber, self.agent = policy, scrubber, agent
+        self.ledger.redactor = scrubber
         self._catalog, self._offers, self._withheld = None, {}, {}
         await self.record_policy({"action": "loaded", "hash": policy.hash})
         await self.tools_changed(None)
@@ -267,7 +269,7 @@ class Guard:
             decision = self._pin_denial(policy, agent, params.name, arguments) or decision
         if decision.allowed:
             decision = await self._check_upstream(decision)
-        record = self._record_of(uuid.uuid4().hex, agent, session, decision, policy, scrubber)
+        record = self._record_of(uuid.uuid4().hex, agent, session, params.name, decision, policy, scrubber)
         hold = self._hold_of(agent, decision, record)
         try:
             if hold is not None and hold.approval is not None:
@@ -438,20 +440,29 @@ class Guard:
         call_id: str,
         agent: Agent,
         session: str | None,
+        sent: str,
         decision: Decision,
         policy: Policy,
         scrubber: Scrubber,
     ) -> CallRecord:
+        """The decision as recorded. The ledger redacts every row it appends; the arguments are
+        redacted here already because budgets scope by their recorded values, and a name that
+        resolved to no tool is redacted whole before it is cut to 256 characters, so no part of a
+        secret is left at the cut."""
+        tool, detail = decision.tool, decision.detail
+        if decision.server is None:
+            tool = escape_name(scrubber.record(sent))
+            detail = f"Unknown tool: {tool}"
         return CallRecord(
             call_id=call_id,
             agent=agent.name,
             session=session,
             server=decision.server,
-            tool=decision.tool,
+            tool=tool,
             arguments=scrubber.json(_jsonable(decision.arguments), record=True),
             decision="allow" if decision.allowed else "deny",
             reason=decision.reason,
-            detail=None if decision.allowed else scrubber.record(decision.detail),
+            detail=None if decision.allowed else scrubber.record(detail),
             policy_hash=policy.hash,
         )
 
