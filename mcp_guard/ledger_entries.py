@@ -141,7 +141,7 @@ def redact(fields: Mapping[str, object], redactor: Redactor) -> Mapping[str, obj
     if fields.get("server") is None:
         names.append("tool")
     values = {name: value for name in names if isinstance(value := fields.get(name), str)}
-    if not redactor.flags("\x00".join(values.values())):
+    if not values or not redactor.flags("\x00".join(values.values())):
         return fields
     out = dict(fields)
     for name, value in values.items():

@@ -31,6 +31,11 @@ _CREDENTIAL_PATTERN = (
     r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
 )
 _CREDENTIAL = re.compile(_CREDENTIAL_PATTERN, re.DOTALL)
+_CREDENTIAL_HINT = re.compile(
+    r"PRIVATE KEY|[Bb]earer|AKIA|_live_|_test_|sk-|gh[pousr]_|github_pat_|xox[abposr]-|AIza|eyJ"
+)
+"""A literal every credential pattern holds. Searched first: several times faster than the full
+pattern, whose leading word boundaries keep the regex engine from skipping ahead."""
 _WHITESPACE = re.compile(r"\s+")
 _ENCODERS: tuple[Callable[[bytes], bytes], ...] = (base64.b64encode, base64.urlsafe_b64encode)
 
@@ -68,9 +73,9 @@ class Scrubber:
         known = "|".join(re.escape(f) for f in forms)
         self._known = re.compile(known) if forms else None
         self._known_bytes = re.compile(b"|".join(re.escape(f.encode()) for f in forms)) if forms else None
-        # One search says whether a record holds anything to redact (the common case: nothing).
-        either = f"{known}|{_CREDENTIAL_PATTERN}" if forms else _CREDENTIAL_PATTERN
-        self._recordable = re.compile(either, re.DOTALL)
+        # Literals only, so one fast search clears a record with nothing to redact (the common case).
+        hints = f"{known}|{_CREDENTIAL_HINT.pattern}" if forms else _CREDENTIAL_HINT.pattern
+        self._recordable = re.compile(hints)
 
     def text(self, value: str) -> str:
         """Known secrets out of text that goes back to an agent."""
@@ -128,11 +133,14 @@ class Scrubber:
 
     def flags(self, value: str) -> bool:
         """Whether text that is recorded holds a known secret or a credential-looking value."""
-        return self._recordable.search(value) is not None
+        if self._recordable.search(value) is None:
+            return False
+        return self.finds(value) or _CREDENTIAL.search(value) is not None
 
     def record(self, value: str) -> str:
         """Known secrets and credential-looking values out of text that is recorded."""
-        return _CREDENTIAL.sub(REDACTED, self.text(value))
+        value = self.text(value)
+        return _CREDENTIAL.sub(REDACTED, value) if _CREDENTIAL_HINT.search(value) else value
 
     def json(self, value: Any, *, record: bool = False) -> Any:
         """The same over every string (keys included) of a JSON value."""

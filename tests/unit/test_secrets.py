@@ -55,6 +55,7 @@ def test_values_shorter_than_eight_characters_are_not_treated_as_secrets() -> No
 )
 def test_credential_looking_values_are_redacted_from_records_only(credential: str) -> None:
     assert credential not in SCRUB.record(f"x {credential} y")
+    assert SCRUB.flags(f"x {credential} y")
     assert SCRUB.text(credential) == credential
 
 
@@ -170,6 +171,12 @@ def test_binary_content_that_does_not_decode_cleanly_is_scrubbed_as_text(data: s
     scrubbed = ALIGNED.binary(data)
     assert REDACTED in scrubbed
     assert_no_secret(scrubbed, ALIGNED_SECRET)
+
+
+def test_a_record_with_nothing_to_redact_is_not_flagged_and_one_with_a_secret_in_any_form_is() -> None:
+    assert not ALIGNED.flags('{"order_id":"ORD-1001","amount":40}\x00' + "ab12" * 8)
+    for prefix in PREFIXES.values():
+        assert ALIGNED.flags(encoded(prefix, "urlsafe", True))
 
 
 def test_the_common_case_of_text_blocks_with_nothing_to_scrub_is_left_alone() -> None:
