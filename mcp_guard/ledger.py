@@ -40,8 +40,8 @@ from mcp_guard.ledger_entries import DECISIONS as DECISIONS
 from mcp_guard.ledger_entries import EVENT_KINDS as EVENT_KINDS
 from mcp_guard.ledger_entries import OUTCOMES as OUTCOMES
 from mcp_guard.ledger_entries import CallRecord as CallRecord
+from mcp_guard.ledger_entries import Redactor, decision_fields, event_fields, outcome_fields, redact
 from mcp_guard.ledger_entries import canonical_json as canonical_json
-from mcp_guard.ledger_entries import decision_fields, event_fields, outcome_fields
 from mcp_guard.ledger_entries import format_ts as format_ts
 from mcp_guard.ledger_queries import Event as Event
 from mcp_guard.ledger_queries import Invocation as Invocation
@@ -188,6 +188,8 @@ class Ledger:
         # committed.
         self._deferred: list[tuple[dict[str, object], str]] = []
         self._head: str | None = None  # the chain head within the write transaction in progress
+        self.redactor: Redactor | None = None
+        """Applied to every row appended, whoever built it (the guard sets its policy's scrubber)."""
 
     @classmethod
     def open(
@@ -366,7 +368,10 @@ class Ledger:
         return len(batch)
 
     def _append(self, conn: sqlite3.Connection, fields: Mapping[str, object], ts: str | None) -> int:
-        """Insert one entry chained to the current head; only inside `_transaction`."""
+        """Insert one entry chained to the current head; only inside `_transaction`. The one place
+        every row passes: it is redacted here, before it is hashed."""
+        if self.redactor is not None:
+            fields = redact(fields, self.redactor)
         head = self._head
         if head is None:
             row = conn.execute("SELECT entry_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()

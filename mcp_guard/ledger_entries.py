@@ -1,19 +1,33 @@
 """Ledger entries as rows: a call's decision, its outcome and the policy, pin and approval events,
-each checked and turned into the columns the ledger stores (and hashes). Pure; imports nothing from
-mcp_guard but ledger_chain's canonical JSON."""
+each checked and turned into the columns the ledger stores (and hashes), and redacted. Pure;
+imports nothing from mcp_guard but ledger_chain's canonical JSON."""
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from mcp_guard.ledger_chain import _JSON
 
 EVENT_KINDS = frozenset({"policy", "pin", "approval"})
 DECISIONS = frozenset({"allow", "deny"})
 OUTCOMES = frozenset({"ok", "error", "upstream_error", "timeout", "cancelled"})
+TEXT_COLUMNS = ("session", "detail")
+JSON_COLUMNS = ("arguments", "payload")
+
+
+class Redactor(Protocol):
+    """What redacts a row (the guard's Scrubber): secrets and credential-looking values."""
+
+    def flags(self, value: str) -> bool: ...
+
+    def record(self, value: str) -> str: ...
+
+    def json(self, value: Any, *, record: bool = False) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,3 +129,24 @@ def outcome_fields(call_id: str, outcome: str, duration_ms: float, detail: str |
         "duration_ms": duration,
         "detail": _opt_text(detail),
     }
+
+
+def redact(fields: Mapping[str, object], redactor: Redactor) -> Mapping[str, object]:
+    """A row with every column that can carry an agent's or an upstream's text redacted: session,
+    detail, arguments, payload, and tool when the name resolved to no tool (server null). The
+    agent, the server and a resolved tool are names guard.yaml and the manifests define (a name
+    holding a secret is never offered), and budgets and approvals count by them. One search over
+    those columns decides; the common case, nothing to redact, returns the row as it is."""
+    names = [*TEXT_COLUMNS, *JSON_COLUMNS]
+    if fields.get("server") is None:
+        names.append("tool")
+    values = {name: value for name in names if isinstance(value := fields.get(name), str)}
+    if not values or not redactor.flags("\x00".join(values.values())):
+        return fields
+    out = dict(fields)
+    for name, value in values.items():
+        if name in JSON_COLUMNS:
+            out[name] = canonical_json(redactor.json(json.loads(value), record=True))
+        else:
+            out[name] = redactor.record(value)
+    return out

@@ -22,7 +22,7 @@ from mcp_guard.manifest import Budget, Manifest
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.engine import Agent, Offer, Policy
 from mcp_guard.secrets import Scrubber
-from mcp_guard.server import advertise, tool_def
+from mcp_guard.server import advertise, offered, tool_def
 from mcp_guard.upstream import START_TIMEOUT, open_pool
 
 
@@ -45,7 +45,7 @@ async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Age
     for problem in policy.problems(catalog):
         log(f"warning: {problem}")
     pinned, _ = pins.peek(config.ledger.path, policy.manifests, catalog, log)
-    return Preview(policy, agent, policy.offers(agent, pinned.catalog), scrubber)
+    return Preview(policy, agent, offered(policy.offers(agent, pinned.catalog), scrubber, log), scrubber)
 
 
 def load_preview(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Agent) -> Preview:

@@ -1,20 +1,24 @@
 """Keeps upstream credentials away from agents and the ledger: every value a manifest injects is
-scrubbed (raw, base64, URL- and JSON-escaped) from what flows back, and values that look like
-credentials are redacted from what is recorded."""
+scrubbed from what flows back, raw, URL- and JSON-escaped, or base64 (standard and URL-safe, at any
+alignment, and inside binary content), and values that look like credentials are redacted from
+what is recorded. Imports nothing from mcp_guard; knows no MCP types."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import quote, quote_plus
 
 REDACTED = "[REDACTED]"
+MIN_SECRET = 8
+"""A value shorter than this is not treated as a secret (SPEC): it would redact ordinary words."""
 
-_CREDENTIAL = re.compile(
+_CREDENTIAL_PATTERN = (
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)"
     r"|\b[Bb]earer\s+[A-Za-z0-9._~+/-]{8,}=*"
     r"|\bAKIA[0-9A-Z]{16}\b"
@@ -24,31 +28,100 @@ _CREDENTIAL = re.compile(
     r"|\bgithub_pat_[A-Za-z0-9_]{30,}"
     r"|\bxox[abposr]-[A-Za-z0-9-]{10,}"
     r"|\bAIza[0-9A-Za-z_-]{35}"
-    r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-    re.DOTALL,
+    r"|\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"
 )
+_CREDENTIAL = re.compile(_CREDENTIAL_PATTERN, re.DOTALL)
+_CREDENTIAL_HINT = re.compile(
+    r"PRIVATE KEY|[Bb]earer|AKIA|_live_|_test_|sk-|gh[pousr]_|github_pat_|xox[abposr]-|AIza|eyJ"
+)
+"""A literal every credential pattern holds. Searched first: several times faster than the full
+pattern, whose leading word boundaries keep the regex engine from skipping ahead."""
+_WHITESPACE = re.compile(r"\s+")
+_ENCODERS: tuple[Callable[[bytes], bytes], ...] = (base64.b64encode, base64.urlsafe_b64encode)
+
+
+def _base64_core(encode: Callable[[bytes], bytes], raw: bytes, offset: int) -> str:
+    """The characters of the base64 of any bytes that hold `raw` at `offset` (mod 3) that depend on
+    `raw` alone: whatever comes before or after it, they appear verbatim in the encoding. Character
+    j covers bits [6j, 6j + 6), so it is stable when those bits all lie inside `raw`."""
+    encoded = encode(b"\0" * offset + raw).decode()
+    start = -(-8 * offset // 6)  # the first character that starts inside raw
+    end = 8 * (offset + len(raw)) // 6  # past the last character that ends inside raw
+    return encoded[start:end]
 
 
 def _variants(secret: str) -> set[str]:
     raw = secret.encode()
-    b64 = base64.b64encode(raw).decode()
-    url = base64.urlsafe_b64encode(raw).decode()
-    forms = {secret, b64, b64.rstrip("="), url, url.rstrip("="), quote(secret, safe=""), quote_plus(secret)}
+    forms = {secret, quote(secret, safe=""), quote_plus(secret)}
     forms.add(json.dumps(secret)[1:-1])
     forms.add(json.dumps(secret, ensure_ascii=False)[1:-1])
-    return {f for f in forms if len(f) >= 8}
+    for encode in _ENCODERS:
+        whole = encode(raw).decode()
+        forms.update((whole, whole.rstrip("=")))  # the secret alone: replaced whole, padding too
+        forms.update(_base64_core(encode, raw, offset) for offset in range(3))
+    return {f for f in forms if len(f) >= MIN_SECRET}
 
 
 class Scrubber:
-    """Replaces known secrets (and, for records, credential-looking values) in text and JSON."""
+    """Replaces known secrets (and, for records, credential-looking values) in text, JSON and
+    base64 binary content. Built once per policy: its patterns are compiled here, never per call."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        forms = sorted({v for s in secrets if len(s) >= 8 for v in _variants(s)}, key=len, reverse=True)
-        self._known = re.compile("|".join(re.escape(f) for f in forms)) if forms else None
+        forms = sorted(
+            {v for s in secrets if len(s) >= MIN_SECRET for v in _variants(s)}, key=len, reverse=True
+        )
+        known = "|".join(re.escape(f) for f in forms)
+        self._known = re.compile(known) if forms else None
+        self._known_bytes = re.compile(b"|".join(re.escape(f.encode()) for f in forms)) if forms else None
+        # Literals only, so one fast search clears a record with nothing to redact (the common case).
+        hints = f"{known}|{_CREDENTIAL_HINT.pattern}" if forms else _CREDENTIAL_HINT.pattern
+        self._recordable = re.compile(hints)
 
     def text(self, value: str) -> str:
         """Known secrets out of text that goes back to an agent."""
         return self._known.sub(REDACTED, value) if self._known is not None else value
+
+    def texts(self, values: Sequence[str]) -> list[str] | None:
+        """Known secrets out of consecutive pieces of text read as one (a result's text blocks):
+        a secret split across pieces is replaced in each piece that holds part of it. None when
+        there is nothing to scrub, after one search (the common case)."""
+        if self._known is None:
+            return None
+        joined = "".join(values)
+        spans = [m.span() for m in self._known.finditer(joined)]
+        if not spans:
+            return None
+        out: list[str] = []
+        start = 0
+        for value in values:
+            end = start + len(value)
+            pieces: list[str] = []
+            cursor = start
+            for first, last in spans:
+                if last > start and first < end:
+                    pieces.extend((self.text(joined[cursor : max(first, start)]), REDACTED))
+                    cursor = min(last, end)
+            pieces.append(self.text(joined[cursor:end]))  # a form that overlapped a match, whole here
+            out.append("".join(pieces))
+            start = end
+        return out
+
+    def binary(self, data: str) -> str:
+        """Base64 binary content (an image's or audio's data, a resource's blob) without known
+        secrets. It is decoded and the secret's every form is replaced in the bytes, then it is
+        encoded again, so it stays valid base64 and a secret at any byte offset is found. Content
+        that does not decode as base64, or whose encoding still shows a secret's encoding (bits
+        shifted off the byte grid), is scrubbed as text instead: never valid then, never leaking."""
+        if self._known is None or self._known_bytes is None:
+            return data
+        decoded = _decode_base64(data)
+        if decoded is None:
+            return self.text(data)
+        raw, urlsafe = decoded
+        if self._known_bytes.search(raw) is not None:
+            clean = self._known_bytes.sub(REDACTED.encode(), raw)
+            data = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(clean).decode()
+        return self.text(data)
 
     def log(self, text: str) -> None:
         """One line to the operator (stderr), with secrets and credentials redacted."""
@@ -58,9 +131,16 @@ class Scrubber:
         """Whether text holds a known secret."""
         return self._known is not None and self._known.search(value) is not None
 
+    def flags(self, value: str) -> bool:
+        """Whether text that is recorded holds a known secret or a credential-looking value."""
+        if self._recordable.search(value) is None:
+            return False
+        return self.finds(value) or _CREDENTIAL.search(value) is not None
+
     def record(self, value: str) -> str:
         """Known secrets and credential-looking values out of text that is recorded."""
-        return _CREDENTIAL.sub(REDACTED, self.text(value))
+        value = self.text(value)
+        return _CREDENTIAL.sub(REDACTED, value) if _CREDENTIAL_HINT.search(value) else value
 
     def json(self, value: Any, *, record: bool = False) -> Any:
         """The same over every string (keys included) of a JSON value."""
@@ -68,6 +148,18 @@ class Scrubber:
         if self._known is None and not record:
             return value
         return _walk(value, fn)
+
+
+def _decode_base64(data: str) -> tuple[bytes, bool] | None:
+    """The bytes of standard or URL-safe base64 (whitespace and missing padding tolerated), and
+    whether it was URL-safe; None if it is not base64."""
+    compact = _WHITESPACE.sub("", data)
+    compact += "=" * (-len(compact) % 4)
+    urlsafe = "-" in compact or "_" in compact
+    try:
+        return base64.b64decode(compact, altchars=b"-_" if urlsafe else None, validate=True), urlsafe
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _walk(value: Any, fn: Any) -> Any:

@@ -32,7 +32,7 @@ from mcp_guard.errors import (
 from mcp_guard.ledger import CallRecord, Ledger
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy import approvals, budgets
-from mcp_guard.policy.engine import Agent, Catalog, Decision, Offer, Policy, ToolDef, canonical
+from mcp_guard.policy.engine import Agent, Catalog, Decision, Offer, Policy, ToolDef, canonical, escape_name
 from mcp_guard.policy.schemas import clean_text
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream import Pool, Upstream, open_pool
@@ -74,13 +74,19 @@ def tool_def(tool: types.Tool) -> ToolDef:
 
 
 def advertise(offer: Offer, scrubber: Scrubber) -> types.Tool:
-    """A tool exactly as one agent is shown it: limits merged, text cleaned, secrets scrubbed."""
+    """A tool exactly as one agent is shown it: limits merged, text cleaned, secrets scrubbed from
+    everything relayed (the name is checked by `offered`: it cannot be scrubbed and stay callable)."""
     tool = offer.tool
 
     def text(value: str | None) -> str | None:
         return scrubber.text(clean_text(value) or "") or None if value else None
 
-    annotations = types.ToolAnnotations.model_validate(tool.annotations) if tool.annotations else None
+    annotations = None
+    if tool.annotations:
+        scrubbed = scrubber.json(dict(tool.annotations))
+        if isinstance(scrubbed.get("title"), str):
+            scrubbed["title"] = text(scrubbed["title"])
+        annotations = types.ToolAnnotations.model_validate(scrubbed)
     return types.Tool(
         name=offer.name,
         title=text(tool.title),
@@ -89,6 +95,15 @@ def advertise(offer: Offer, scrubber: Scrubber) -> types.Tool:
         output_schema=scrubber.json(tool.output_schema) if tool.output_schema else None,
         annotations=annotations,
     )
+
+
+def offered(offers: Mapping[str, Offer], scrubber: Scrubber, log: Callable[[str], None]) -> dict[str, Offer]:
+    """The offers whose advertised name holds no injected secret. A name cannot be scrubbed and
+    stay callable, so such a tool is not offered at all (listed nowhere, its calls unknown_tool)."""
+    kept = {name: offer for name, offer in offers.items() if not scrubber.finds(name)}
+    if len(kept) < len(offers):
+        log(f"warning: {len(offers) - len(kept)} tool(s) not offered: the advertised name holds a secret")
+    return kept
 
 
 @dataclass
@@ -114,6 +129,7 @@ class Guard:
 
     def __post_init__(self) -> None:
         self.scrubber = Scrubber(self.policy.secrets)
+        self.ledger.redactor = self.scrubber
 
     def log(self, text: str) -> None:
         self.scrubber.log(text)
@@ -162,14 +178,17 @@ class Guard:
         except Exception as exc:
             self.log(f"could not prepare the tool catalog at start: {exc}")
 
-    async def offers(self, agent: Agent, policy: Policy | None = None) -> dict[str, Offer]:
+    async def offers(
+        self, agent: Agent, policy: Policy | None = None, scrubber: Scrubber | None = None
+    ) -> dict[str, Offer]:
+        """What `agent` may call under `policy` (default: the one in force, with its scrubber)."""
         policy = policy or self.policy
         catalog = await self.catalog(policy)
         if policy is not self.policy:
-            return policy.offers(agent, catalog)
+            return offered(policy.offers(agent, catalog), scrubber or Scrubber(policy.secrets), self.log)
         cached = self._offers.get(agent.name)
         if cached is None or cached[0] is not catalog:
-            cached = (catalog, policy.offers(agent, catalog))
+            cached = (catalog, offered(policy.offers(agent, catalog), self.scrubber, self.log))
             self._offers[agent.name] = cached
         return cached[1]
 
@@ -184,6 +203,7 @@ class Guard:
         if agent is not None:  # stdio: the same agent under its new roles; a removed one sees nothing
             agent = policy.agents.get(agent.name, agent)
         self.policy, self.scrubber, self.agent = policy, scrubber, agent
+        self.ledger.redactor = scrubber
         self._catalog, self._offers, self._withheld = None, {}, {}
         await self.record_policy({"action": "loaded", "hash": policy.hash})
         await self.tools_changed(None)
@@ -227,7 +247,7 @@ class Guard:
     ) -> types.ListToolsResult:
         policy, scrubber = self.policy, self.scrubber
         agent = self.identify(ctx)
-        offers = await self.offers(agent, policy)
+        offers = await self.offers(agent, policy, scrubber)
         return types.ListToolsResult(tools=[advertise(o, scrubber) for o in offers.values()])
 
     async def call_tool(
@@ -239,17 +259,17 @@ class Guard:
         agent = self.identify(ctx)
         session = self._session_of(ctx)
         arguments: Mapping[str, Any] = params.arguments or {}
-        offers = await self.offers(agent, policy)
+        offers = await self.offers(agent, policy, scrubber)
         decision = policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
         if decision.reason == "unknown_tool" and await self.pool.settle():
             # A client may call before a slow upstream's first start has ended: decide again.
-            offers = await self.offers(agent, policy)
+            offers = await self.offers(agent, policy, scrubber)
             decision = policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
         if decision.reason == "unknown_tool":
             decision = self._pin_denial(policy, agent, params.name, arguments) or decision
         if decision.allowed:
             decision = await self._check_upstream(decision)
-        record = self._record_of(uuid.uuid4().hex, agent, session, decision, policy, scrubber)
+        record = self._record_of(uuid.uuid4().hex, agent, session, params.name, decision, policy, scrubber)
         hold = self._hold_of(agent, decision, record)
         try:
             if hold is not None and hold.approval is not None:
@@ -373,19 +393,39 @@ class Guard:
         return self._relay(result, scrubber)
 
     def _relay(self, result: types.CallToolResult, scrubber: Scrubber) -> types.CallToolResult:
-        """The upstream's result with known secrets scrubbed and every _meta dropped."""
-        blocks = [self._block(b, scrubber) for b in result.content]
+        """The upstream's result with known secrets scrubbed and every _meta dropped. The text
+        blocks are scrubbed as one text, so a secret split across blocks is caught too."""
+        texts = [b.text for b in result.content if isinstance(b, types.TextContent)]
+        scrubbed = iter(scrubber.texts(texts) or ())
+        blocks = [
+            self._block(b, scrubber, next(scrubbed, None) if isinstance(b, types.TextContent) else None)
+            for b in result.content
+        ]
         structured = result.structured_content
         if structured is not None:
             structured = scrubber.json(structured)
         return types.CallToolResult(content=blocks, structured_content=structured, is_error=result.is_error)
 
-    def _block(self, block: Any, scrubber: Scrubber) -> Any:
-        text = getattr(block, "text", None)
-        if isinstance(text, str) and getattr(block, "meta", None) is None and not scrubber.finds(text):
+    def _block(self, block: Any, scrubber: Scrubber, text: str | None) -> Any:
+        """One content block; `text` is a text block's text as scrubbed with its neighbours
+        (None: nothing to scrub). Binary content (base64 `data`, a resource's `blob`) is scrubbed
+        as bytes and stays valid base64; every other string as text."""
+        if isinstance(block, types.TextContent) and block.meta is None and text is None:
             return block  # the common case: a plain text block with nothing to scrub
-        data = scrubber.json(block.model_dump(by_alias=True, mode="json", exclude_none=True))
+        data = block.model_dump(by_alias=True, mode="json", exclude_none=True)
         data.pop("_meta", None)
+        binary = (
+            data.pop("data", None) if isinstance(block, types.ImageContent | types.AudioContent) else None
+        )
+        resource = data.get("resource")
+        blob = resource.pop("blob", None) if isinstance(resource, dict) else None
+        data = scrubber.json(data)
+        if text is not None:
+            data["text"] = text
+        if isinstance(binary, str):
+            data["data"] = scrubber.binary(binary)
+        if isinstance(blob, str):
+            data["resource"]["blob"] = scrubber.binary(blob)
         return type(block).model_validate(data)
 
     def _session_of(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
@@ -400,20 +440,29 @@ class Guard:
         call_id: str,
         agent: Agent,
         session: str | None,
+        sent: str,
         decision: Decision,
         policy: Policy,
         scrubber: Scrubber,
     ) -> CallRecord:
+        """The decision as recorded. The ledger redacts every row it appends; the arguments are
+        redacted here already because budgets scope by their recorded values, and a name that
+        resolved to no tool is redacted whole before it is cut to 256 characters, so no part of a
+        secret is left at the cut."""
+        tool, detail = decision.tool, decision.detail
+        if decision.server is None:
+            tool = escape_name(scrubber.record(sent))
+            detail = f"Unknown tool: {tool}"
         return CallRecord(
             call_id=call_id,
             agent=agent.name,
             session=session,
             server=decision.server,
-            tool=decision.tool,
+            tool=tool,
             arguments=scrubber.json(_jsonable(decision.arguments), record=True),
             decision="allow" if decision.allowed else "deny",
             reason=decision.reason,
-            detail=None if decision.allowed else scrubber.record(decision.detail),
+            detail=None if decision.allowed else scrubber.record(detail),
             policy_hash=policy.hash,
         )
 

@@ -88,6 +88,31 @@ def secret_forms(secret: str) -> list[str]:
     return [secret, encoded, encoded.rstrip("=")]
 
 
+def base64_windows(secret: str, width: int = 8) -> set[str]:
+    """Every run of `width` base64 characters, standard or URL-safe, that spells part of the secret
+    alone at some alignment: the runs shared by its encodings after two different prefixes of each
+    length 0, 1 and 2 and before two different tails. Found by encoding, not by the guard's formula."""
+
+    def runs(text: str) -> set[str]:
+        return {text[i : i + width] for i in range(len(text) - width + 1)}
+
+    raw, found = secret.encode(), set()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        for offset in range(3):
+            one = encode(b"a" * offset + raw + b"tail").decode()
+            other = encode(b"\xff" * offset + raw + b"\x00\x01").decode()
+            found |= runs(one) & runs(other)
+    return found
+
+
+def assert_no_secret(text: str, secret: str) -> None:
+    """Neither the secret nor any part of its base64, at any alignment, is in text."""
+    assert secret not in text, text
+    assert json.dumps(secret)[1:-1] not in text, text
+    leaked = [window for window in base64_windows(secret) if window in text]
+    assert not leaked, (leaked, text)
+
+
 @dataclass
 class Deployment:
     """A guard.yaml and tool_manifests/ written into `root`, with the ledger and one call journal

@@ -4,6 +4,7 @@ prove what reached an upstream; the ledger file, read with plain sqlite3, what w
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import mcp_types as types
 import pytest
 from mcp import ClientSession, MCPError
 
+from mcp_guard.secrets import REDACTED
 from tests.helpers import (
     ALL_UPSTREAM_TOOLS,
     BILLING_KEY,
@@ -22,6 +24,7 @@ from tests.helpers import (
     TIMEOUT,
     Deployment,
     assert_denied,
+    assert_no_secret,
     dumped,
     inprocess_guard,
     inprocess_guards,
@@ -30,6 +33,7 @@ from tests.helpers import (
     secret_forms,
     text_of,
 )
+from tests.upstreams.hostile import LEAK_TAIL
 from tests.upstreams.hostile import secret_forms as hostile_forms
 
 AFTER_FORWARD = "the call may have taken effect"
@@ -436,3 +440,108 @@ async def test_an_upstream_that_never_answers_its_handshake_does_not_stall_the_o
             listed_again = await list_tools(session)
     assert set(listed) == set(listed_again) == {"billing__lookup_order", "billing__refund"}
     assert found.is_error is False
+
+
+# -- secrets in annotations, base64 at any alignment, binary content, split blocks -----------------
+
+PREFIXES = {"alignment 0": "", "alignment 1": "K", "alignment 2": "KE", "after KEY=": "KEY="}
+BINARY_SHAPES = ("image", "audio", "blob")
+
+
+async def test_tool_annotations_are_scrubbed_from_the_tool_list(hostile: SharedHostile) -> None:
+    leak = (await list_tools(hostile.session))["hostile__leak"]
+    assert leak.annotations is not None
+    assert leak.annotations.read_only_hint is True
+    assert leak.annotations.title is not None
+    assert leak.annotations.title.startswith("Leak (key [REDACTED], as config S0VZP")
+    assert leak.annotations.title.count(REDACTED) == 2
+    assert_no_secret(json.dumps(leak.model_dump(mode="json", by_alias=True)), HOSTILE_SECRET)
+
+
+@pytest.mark.parametrize("prefix", PREFIXES.values(), ids=PREFIXES.keys())
+@pytest.mark.parametrize("shape", ["base64", "structured", *BINARY_SHAPES])
+async def test_base64_of_a_secret_at_any_alignment_never_reaches_the_client(
+    hostile: SharedHostile, shape: str, prefix: str
+) -> None:
+    result = await call(hostile.session, "hostile__leak", {"shape": shape, "prefix": prefix})
+    assert result.is_error is False
+    assert_no_secret(dumped(result), HOSTILE_SECRET)
+    if shape == "base64":  # standard and URL-safe, padded and not: one block each
+        assert len(result.content) == 4
+        assert all(REDACTED in text for text in text_of(result).splitlines())
+
+
+@pytest.mark.parametrize("prefix", PREFIXES.values(), ids=PREFIXES.keys())
+@pytest.mark.parametrize("shape", BINARY_SHAPES)
+async def test_binary_content_reaches_the_client_as_valid_base64_with_the_secrets_bytes_redacted(
+    hostile: SharedHostile, shape: str, prefix: str
+) -> None:
+    result = await call(hostile.session, "hostile__leak", {"shape": shape, "prefix": prefix})
+    (block,) = result.content
+    if isinstance(block, types.EmbeddedResource):
+        assert isinstance(block.resource, types.BlobResourceContents)
+        data = block.resource.blob
+    else:
+        assert isinstance(block, types.ImageContent | types.AudioContent)
+        data = block.data
+    assert base64.b64decode(data, validate=True) == prefix.encode() + REDACTED.encode() + LEAK_TAIL
+
+
+@pytest.mark.parametrize("prefix", ["", "KEY="])
+@pytest.mark.parametrize("shape", ["split2", "split3"])
+async def test_a_secret_split_across_a_results_text_blocks_never_reaches_the_client(
+    hostile: SharedHostile, shape: str, prefix: str
+) -> None:
+    result = await call(hostile.session, "hostile__leak", {"shape": shape, "prefix": prefix})
+    texts = [getattr(block, "text", "") for block in result.content]
+    assert len(texts) == int(shape.removeprefix("split"))
+    assert texts[0] == f"the key is {prefix}{REDACTED}"
+    assert texts[-1] == f"{REDACTED}, keep it"
+    assert_no_secret("".join(texts), HOSTILE_SECRET)
+
+
+UNKNOWN_NAMES = {
+    "raw": f"hostile__{HOSTILE_SECRET}",
+    "base64 after KEY=": "hostile__" + base64.b64encode(f"KEY={HOSTILE_SECRET}".encode()).decode(),
+    "urlsafe base64 at alignment 2": base64.urlsafe_b64encode(f"KE{HOSTILE_SECRET}".encode()).decode(),
+    "across the 256-character cut": "x" * 250 + HOSTILE_SECRET,
+    "credential-looking": "Bearer abcdefghijklmnopqrstuvwxyz",
+}
+
+
+async def test_a_secret_sent_in_an_unknown_tool_name_is_recorded_redacted_and_reaches_no_upstream(
+    deployment: Deployment,
+) -> None:
+    deployment.with_hostile()
+    async with inprocess_guard(deployment, "qa-bot") as session:
+        for name in UNKNOWN_NAMES.values():
+            with pytest.raises(MCPError) as refused:
+                await call(session, name, {"text": HOSTILE_SECRET})
+            assert refused.value.error.code == types.INVALID_PARAMS
+    assert deployment.journals() == []
+    rows = deployment.ledger()
+    assert [(r["server"], r["decision"], r["reason"]) for r in rows] == [(None, "deny", "unknown_tool")] * 5
+    for row in rows:
+        assert REDACTED[:6] in row["tool"]
+        assert row["detail"] == f"Unknown tool: {row['tool']}"
+        assert row["arguments"] == {"text": REDACTED}
+    assert rows[3]["tool"] == "x" * 250 + REDACTED[:6]  # redacted whole, then cut: no part of it left
+    assert "abcdefghijklmnop" not in rows[4]["tool"]
+    assert_no_secret(ledger_bytes(deployment.ledger_path).decode("latin-1"), HOSTILE_SECRET)
+
+
+async def test_a_tool_whose_advertised_name_holds_a_secret_is_not_offered_and_its_calls_are_unknown(
+    deployment: Deployment,
+) -> None:
+    deployment.with_hostile()
+    deployment.manifests["hostile"]["upstream"]["env"]["MODE"] = "progress"  # injected: a secret
+    async with inprocess_guard(deployment, "qa-bot") as session:
+        listed = await list_tools(session)
+        with pytest.raises(MCPError) as refused:
+            await call(session, "hostile__progress", {"steps": 1})
+    assert "hostile__progress" not in listed
+    assert "hostile__echo" in listed
+    assert refused.value.error.code == types.INVALID_PARAMS
+    assert deployment.journals() == []
+    (row,) = deployment.ledger()
+    assert (row["server"], row["tool"], row["reason"]) == (None, "hostile__[REDACTED]", "unknown_tool")

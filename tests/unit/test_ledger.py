@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import io
 import json
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from mcp_guard.ledger_view import (
     printable,
     run_ledger,
 )
+from mcp_guard.secrets import Scrubber
 
 POLICY = "ab" * 32
 T0 = datetime(2025, 5, 1, 10, 0, 0, tzinfo=UTC)
@@ -871,3 +874,44 @@ def test_follow_applies_the_filters(ledger: Ledger):
     ledger.record_decision(record(agent="finance-bot"))
     ledger.record_decision(mine)
     assert ids(follower.poll(0.0)) == [(mine.call_id, None)]
+
+
+# -- redaction: every row the ledger appends ------------------------------------------------------
+
+LEAKED = "sk_test_ledgerleak0123456789"
+
+
+def test_every_row_appended_is_redacted_whoever_built_it_and_the_chain_still_verifies(
+    ledger: Ledger, path: Path
+):
+    ledger.redactor = Scrubber([LEAKED])
+    b64 = base64.b64encode(f"KEY={LEAKED}".encode()).decode()
+    unknown = replace(record("deny", server=None, tool=f"x{LEAKED}", detail=f"Unknown tool: x{LEAKED}"))
+    ledger.record_decision(replace(unknown, session=f"s-{b64}", arguments={LEAKED: [b64]}))
+    allowed = record(arguments={"note": "Bearer abcdefghijklmnop"})
+    ledger.record_decision(
+        allowed, check=lambda window: window.queue_event("approval", {"a": b64}) or allowed
+    )
+    ledger.record_outcome(allowed.call_id, "error", 3.0, f"upstream said {LEAKED}", defer=True)
+    ledger.record_event("policy", {"reason": f"bad {LEAKED}"}, POLICY, agent="support-bot")
+    ledger.flush()
+    data = b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+    for leaked in (LEAKED, b64, "abcdefghijklmnop"):
+        assert leaked.encode() not in data, leaked
+    rows = [
+        dict(zip(HASHED_COLUMNS, row, strict=False))
+        for row in ledger._conn.execute(f"SELECT {', '.join(HASHED_COLUMNS)} FROM entries ORDER BY id")
+    ]
+    assert [r["kind"] for r in rows] == ["decision", "decision", "approval", "outcome", "policy"]
+    assert rows[0]["tool"] == "x[REDACTED]"
+    assert rows[0]["session"] == "s-S0VZPX[REDACTED]k="  # "KEY=" and the tail's bits are left
+    assert json.loads(rows[0]["arguments"]) == {"[REDACTED]": ["S0VZPX[REDACTED]k="]}
+    assert rows[3]["detail"] == "upstream said [REDACTED]"
+    assert ledger.verify().ok
+
+
+def test_a_resolved_tools_name_and_the_agent_are_recorded_as_named_for_budgets_to_count_by(ledger: Ledger):
+    ledger.redactor = Scrubber([LEAKED])
+    ledger.record_decision(record(agent="sk-bot", tool="sk_live_abcdefghijklmnop", detail=None))
+    (row,) = ledger.invocations()
+    assert (row.agent, row.tool) == ("sk-bot", "sk_live_abcdefghijklmnop")

@@ -1,4 +1,6 @@
-"""Hostile upstream MCP server for tests: crashes, hangs, floods, leaks its secret and asks for sampling.
+"""Hostile upstream MCP server for tests: crashes, hangs, floods, leaks its secret (in text, base64
+at any alignment, binary content, structured content, split across blocks and in its tool
+annotations) and asks for sampling.
 
 Run from the repository root with `python -m tests.upstreams.hostile`; calls are journaled like the examples.
 """
@@ -6,6 +8,7 @@ Run from the repository root with `python -m tests.upstreams.hostile`; calls are
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import urllib.parse
@@ -26,6 +29,12 @@ DESCRIPTION_SUFFIX_ENV = "HOSTILE_DESCRIPTION_SUFFIX"
 CRASH_EXIT_CODE = 3
 SAMPLING_TIMEOUT_SECONDS = 10.0
 NO_ARGS: dict[str, Any] = {"type": "object", "properties": {}, "additionalProperties": False}
+LEAK_SHAPES = ("forms", "base64", "image", "audio", "blob", "structured", "split2", "split3")
+"""How `leak` sends its secret: `forms` (the default) raw, base64, URL- and JSON-escaped in one
+text; the others the bytes `prefix + secret + tail` (the prefix sets the base64 alignment) as
+base64 text blocks (standard and URL-safe, padded and not), image or audio data, a resource
+blob or structured content; `splitN` the secret cut across N consecutive text blocks."""
+LEAK_TAIL = b"\x89 tail"
 
 
 def _schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -52,7 +61,10 @@ def tools() -> list[types.Tool]:
         types.Tool(
             name="leak",
             description="Return the server's secret, raw and encoded.",
-            input_schema=NO_ARGS,
+            input_schema=_schema(
+                {"shape": {"type": "string", "enum": list(LEAK_SHAPES)}, "prefix": {"type": "string"}}, []
+            ),
+            annotations=types.ToolAnnotations(title=f"Leak {_annotation_leak()}", read_only_hint=True),
         ),
         types.Tool(
             name="ask_sampling",
@@ -72,8 +84,44 @@ def tools() -> list[types.Tool]:
     ]
 
 
+def _annotation_leak() -> str:
+    secret = os.environ.get(SECRET_ENV, "")
+    return f"(key {secret}, as config {base64.b64encode(b'KEY=' + secret.encode()).decode()})"
+
+
 def _text(text: str, structured: dict[str, Any] | None = None) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured)
+
+
+def _leak(shape: str, prefix: str) -> types.CallToolResult:
+    secret = os.environ.get(SECRET_ENV, "")
+    if shape == "forms":
+        forms = secret_forms(secret)
+        text = "\n".join(f"{kind}: {value}" for kind, value in forms.items())
+        return _text(text, {"secret": forms})
+    body = prefix.encode() + secret.encode() + LEAK_TAIL
+    std, url = base64.b64encode(body).decode(), base64.urlsafe_b64encode(body).decode()
+    content: list[types.ContentBlock]
+    if shape == "base64":
+        encoded = (std, std.rstrip("="), url, url.rstrip("="))
+        content = [types.TextContent(text=f"config: {value}") for value in encoded]
+    elif shape in ("image", "audio"):
+        media = types.ImageContent if shape == "image" else types.AudioContent
+        content = [media(data=std, mime_type=f"{shape}/octet-stream")]
+    elif shape == "blob":
+        blob = types.BlobResourceContents(
+            uri="file:///leak.bin", blob=std, mime_type="application/octet-stream"
+        )
+        content = [types.EmbeddedResource(resource=blob)]
+    elif shape == "structured":
+        return _text("see the structured content", {"standard": std, "urlsafe": url.rstrip("=")})
+    else:  # splitN: the secret cut into N pieces, the first after the text before it
+        parts = int(shape.removeprefix("split"))
+        cuts = [len(secret) * i // parts for i in range(parts + 1)]
+        pieces = [secret[a:b] for a, b in itertools.pairwise(cuts)]
+        pieces[0], pieces[-1] = f"the key is {prefix}{pieces[0]}", f"{pieces[-1]}, keep it"
+        content = [types.TextContent(text=piece) for piece in pieces]
+    return types.CallToolResult(content=content)
 
 
 def secret_forms(secret: str) -> dict[str, str]:
@@ -141,9 +189,7 @@ async def _dispatch(
     if name == "huge":
         return _text("x" * (int(args.get("mb", 1)) * 1024 * 1024))
     if name == "leak":
-        forms = secret_forms(os.environ.get(SECRET_ENV, ""))
-        text = "\n".join(f"{kind}: {value}" for kind, value in forms.items())
-        return _text(text, {"secret": forms})
+        return _leak(str(args.get("shape", "forms")), str(args.get("prefix", "")))
     if name == "ask_sampling":
         return await _ask_sampling(ctx)
     if name == "progress":
