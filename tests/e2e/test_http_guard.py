@@ -615,3 +615,23 @@ def test_serve_http_refuses_an_agent_flag_since_credentials_name_the_agent(guard
     result = _run("serve", "--agent", "support-bot", "--http", "0", config=guard.config)
     assert result.returncode == 2
     assert "credential" in result.stderr
+
+
+def test_manifest_init_with_an_authorization_header_writes_a_variable_never_the_token(
+    guard: HttpGuard,
+) -> None:
+    key = guard.keys["support-bot"]
+    done = _run("manifest", "init", "--url", guard.url, "--header", f"Authorization: Bearer {key}")
+    assert done.returncode == 0, done.stderr
+    assert key not in done.stdout
+    assert key not in done.stderr
+    manifest = yaml.safe_load(done.stdout)
+    assert manifest["upstream"] == {
+        "url": guard.url,
+        "headers": {"Authorization": "Bearer ${UPSTREAM_TOKEN}"},
+        "timeout": "1m",
+    }
+    assert set(manifest["tools"]) == SUPPORT_TOOLS  # the live list, fetched with the real header
+    (note,) = [line for line in done.stderr.splitlines() if "UPSTREAM_TOKEN" in line]
+    assert "set UPSTREAM_TOKEN where the guard runs" in note
+    assert "'Authorization'" in note
