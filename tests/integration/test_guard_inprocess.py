@@ -487,3 +487,27 @@ async def test_an_upstream_that_never_answers_its_handshake_does_not_stall_the_o
             listed_again = await list_tools(session)
     assert set(listed) == set(listed_again) == {"billing__lookup_order", "billing__refund"}
     assert found.is_error is False
+
+
+async def test_a_granted_tool_of_an_upstream_that_is_down_is_refused_upstream_unavailable_and_recorded(
+    deployment: Deployment,
+) -> None:
+    deployment.with_billing(command=str(deployment.root / "no-such-server")).with_tickets()
+    refund = {"order_id": "ORD-1001", "amount": 5, "currency": "USD"}
+    async with inprocess_guards(deployment, ["support-bot", "idle-bot"]) as sessions:
+        assert not any(name.startswith("billing__") for name in await list_tools(sessions["support-bot"]))
+        refused = await call(sessions["support-bot"], "billing__refund", refund)
+        with pytest.raises(MCPError, match="Unknown tool"):  # not granted: it does not exist
+            await call(sessions["idle-bot"], "billing__refund", refund)
+    assert_denied(refused, "upstream_unavailable")
+    assert (
+        text_of(refused)
+        == "denied (upstream_unavailable): the upstream server cannot be reached; try again later"
+    )
+    assert deployment.journals() == []
+    assert [
+        (r["agent"], r["server"], r["tool"], r["decision"], r["reason"]) for r in deployment.ledger()
+    ] == [
+        ("support-bot", "billing", "refund", "deny", "upstream_unavailable"),
+        ("idle-bot", None, "billing__refund", "deny", "unknown_tool"),
+    ]
