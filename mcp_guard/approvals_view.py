@@ -1,6 +1,6 @@
-"""`mcp-guard approvals [list [--json] | approve ID | deny ID]`: pending escalations and the
-operator's decision on them. Every decision is a ledger entry naming who decided (the
-operating-system user running the command)."""
+"""`mcp-guard approvals [list [--json] | show ID [--json] | approve ID | deny ID]`: pending
+escalations, one request whole, and the operator's decision on them. Every decision is a ledger
+entry naming who decided (the operating-system user running the command)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from mcp_guard.ledger_view import printable
 from mcp_guard.policy import approvals
 
 ID_PATTERN = r"^[0-9a-f]{16}$"
+LIST_ARGUMENTS_CHARS = 120
+"""The arguments column of the table is cut to this; `approvals show ID` prints them whole."""
 
 
 def add_approvals_parser(subparsers: Any) -> None:
@@ -29,6 +31,9 @@ def add_approvals_parser(subparsers: Any) -> None:
     commands = p.add_subparsers(dest="approvals_command", metavar="COMMAND")
     listing = commands.add_parser("list", help="pending requests")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    show = commands.add_parser("show", help="one request with its whole arguments and their digest")
+    show.add_argument("id", help="the request id")
+    show.add_argument("--json", action="store_true", help="one JSON object")
     for verb in ("approve", "deny"):
         cmd = commands.add_parser(verb, help=f"{verb} a pending request")
         cmd.add_argument("id", help="the request id")
@@ -42,6 +47,16 @@ def run_approvals(args: argparse.Namespace, ledger_path: Path, out: TextIO | Non
             with Ledger.open_readonly(ledger_path) as ledger:
                 rows = ledger.peek(_pending)
             _print(rows, getattr(args, "json", False), out)
+            return 0
+        if command == "show":
+            with Ledger.open_readonly(ledger_path) as ledger:
+                request = ledger.peek(lambda w: _request(w, args.id))
+            if request is None:
+                print(
+                    f"mcp-guard: approvals show: no approval request {printable(args.id)!r}", file=sys.stderr
+                )
+                return 1
+            _show(request, args.json, out)
             return 0
         with Ledger.open(ledger_path) as ledger:
             result = ledger.hold(lambda w: _decide(w, args.id, command, getpass.getuser()))
@@ -66,6 +81,23 @@ def _all_events(window: Window) -> list[Mapping[str, Any]]:
         if isinstance(e.payload, Mapping):
             out.append({**e.payload, "agent": e.agent, "server": e.server, "tool": e.tool})
     return out
+
+
+def _request(window: Window, request_id: str) -> dict[str, Any] | None:
+    """The request with this id, whatever became of it, with its status now."""
+    events = _all_events(window)
+    found = next(
+        (e for e in events if e.get("action") == approvals.REQUEST and e.get("id") == request_id), None
+    )
+    if found is None:
+        return None
+    state = approvals.latest([e for e in events if e.get("id") == request_id], str(found.get("digest")))
+    assert state is not None
+    now = format_ts(window.now)
+    status = state.status
+    if status in ("pending", "approved") and state.lapsed(now):
+        status = "expired"
+    return {**found, "status": status, "decided_by": state.decided_by}
 
 
 def _decide(window: Window, request_id: str, command: str, who: str) -> str | None:
@@ -95,8 +127,36 @@ def _print(rows: list[dict[str, Any]], as_json: bool, out: TextIO) -> None:
         out.write("no pending approval requests\n")
         return
     out.write(f"{'ID':16}  {'AGENT':16}  {'TOOL':28}  {'EXPIRES':24}  ARGUMENTS\n")
+    cut = False
     for row in rows:
         tool = printable(f"{row['server']}.{row['tool']}")
-        arguments = printable(json.dumps(row.get("arguments"), ensure_ascii=False))[:120]
+        arguments = printable(json.dumps(row.get("arguments"), ensure_ascii=False))
+        if len(arguments) > LIST_ARGUMENTS_CHARS:
+            arguments, cut = arguments[: LIST_ARGUMENTS_CHARS - 1] + "…", True
         agent = printable(str(row["agent"]))
         out.write(f"{row['id']:16}  {agent:16}  {tool:28}  {row['expires_at']:24}  {arguments}\n")
+    if cut:
+        out.write("… arguments cut short: `mcp-guard approvals show ID` prints them whole\n")
+
+
+def _show(request: Mapping[str, Any], as_json: bool, out: TextIO) -> None:
+    """One request: the redacted arguments whole, and the SHA-256 of the exact arguments that an
+    approval covers."""
+    fields = ("id", "status", "agent", "server", "tool", "arguments", "digest", "requested_at", "expires_at")
+    if as_json:
+        row = {k: request.get(k) for k in fields}
+        out.write(json.dumps({**row, "decided_by": request.get("decided_by")}, ensure_ascii=True) + "\n")
+        return
+    decided = f" by {printable(str(request['decided_by']))}" if request.get("decided_by") else ""
+    out.write(f"id:           {request['id']}\n")
+    out.write(f"status:       {request['status']}{decided}\n")
+    out.write(f"agent:        {printable(str(request['agent']))}\n")
+    tool = printable(f"{request['server']}.{request['tool']}")
+    out.write(f"tool:         {tool}\n")
+    out.write(f"requested at: {request['requested_at']}\n")
+    out.write(f"expires at:   {request['expires_at']}\n")
+    out.write(f"digest:       sha256:{request.get('digest')} (of the exact arguments, before redaction)\n")
+    out.write("arguments (secrets redacted):\n")
+    text = json.dumps(request.get("arguments"), ensure_ascii=False, indent=2, sort_keys=True)
+    for line in text.splitlines():
+        out.write(f"  {printable(line)}\n")

@@ -296,6 +296,10 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         msg = f"manifest init: {reason}"
         raise UsageError(msg) from None
     print(manifest_tools.init_manifest(upstream, dict(os.environ)), end="")
+    server = manifest_tools.server_name(upstream.command, upstream.args, upstream.url)
+    for header, (_, variable) in manifest_tools.header_variables(server, headers).items():
+        note = f"set {variable} where the guard runs: the manifest reads header {header!r} from it"
+        print(f"mcp-guard: {note}", file=sys.stderr)
     return 0
 
 

@@ -23,7 +23,7 @@ import uvicorn
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
-from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_guard.config import HttpConfig
 from mcp_guard.errors import ListenError
 from mcp_guard.identity import Verdict, authenticate
+from mcp_guard.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
 from mcp_guard.server import AGENT_SCOPE_KEY, Guard, build_server
 from mcp_guard.wire import StrictJSONError, parse_strict
 
@@ -47,8 +48,6 @@ MAX_CONNECTIONS = 1000
 BODY_TIMEOUT = 30.0
 """Seconds a client may take to send a request body (slow-drip bodies are cut off)."""
 SESSION_HEADER = "mcp-session-id"
-LOOPBACK_HOSTS = ("127.0.0.1:*", "localhost:*", "[::1]:*")
-LOOPBACK_ORIGINS = ("http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*")
 REALM = 'Bearer realm="mcp-guard"'
 
 
@@ -86,16 +85,13 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def security_settings(http: HttpConfig, host: str) -> TransportSecuritySettings:
-    """DNS-rebinding protection: loopback names, the address we listen on, and what guard.yaml adds."""
+def allowed_sources(http: HttpConfig, host: str) -> tuple[Allowed, list[str]]:
+    """DNS-rebinding protection: loopback names, the address we listen on, and what guard.yaml
+    adds; also the patterns from guard.yaml that cannot be parsed (they allow nothing)."""
     hosts = [*LOOPBACK_HOSTS, *http.allowed_hosts]
     if (own := _host_pattern(host)) is not None and own not in hosts:
         hosts.append(own)
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=hosts,
-        allowed_origins=[*LOOPBACK_ORIGINS, *http.allowed_origins],
-    )
+    return Allowed.of(hosts, [*LOOPBACK_ORIGINS, *http.allowed_origins])
 
 
 # -- sessions and their owners --------------------------------------------------------------------
@@ -180,12 +176,12 @@ class GuardMiddleware:
         self,
         app: ASGIApp,
         guard: Guard,
-        settings: TransportSecuritySettings,
+        allowed: Allowed,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.guard = guard
-        self.security = TransportSecurityMiddleware(settings)
+        self.allowed = allowed
         self.sessions = SessionOwners()
         self.clock = clock
 
@@ -194,9 +190,13 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        refusal = await self.security.validate_request(request, is_post=False)
-        if refusal is not None:  # Host or Origin of another site: DNS rebinding
-            await refusal(scope, receive, send)
+        # Host or Origin of another site (DNS rebinding), compared exactly, never by prefix.
+        if not self.allowed.host_ok(request.headers.get("host")):
+            await Response("Invalid Host header", status_code=421)(scope, receive, send)
+            return
+        origins = request.headers.getlist("origin")
+        if len(origins) > 1 or not self.allowed.origin_ok(origins[0] if origins else None):
+            await Response("Invalid Origin header", status_code=403)(scope, receive, send)
             return
         if any(name.lower() == "access_token" for name, _ in parse_qsl(request.url.query)):
             body = {
@@ -337,10 +337,16 @@ def build_app(guard: Guard, host: str) -> GuardMiddleware:
     """The ASGI app: our middleware around a Starlette app serving the SDK's session manager."""
     server = build_server(guard)
     config = guard.policy.config
-    settings = security_settings(config.http, host)
+    allowed, unparsable = allowed_sources(config.http, host)
+    for pattern in unparsable:
+        guard.log(
+            f"http: {pattern!r} in allowed_hosts or allowed_origins cannot be parsed; it allows nothing"
+        )
     manager = StreamableHTTPSessionManager(
         app=server,
-        security_settings=settings,
+        # GuardMiddleware has checked Host and Origin exactly; the SDK's prefix match would only
+        # second-guess it. The SDK still checks a POST's Content-Type.
+        security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         session_idle_timeout=SESSION_IDLE_TIMEOUT,
         max_request_body_size=config.limits.max_message_bytes,
         max_sessions=MAX_SESSIONS,
@@ -352,7 +358,7 @@ def build_app(guard: Guard, host: str) -> GuardMiddleware:
             yield
 
     inner = Starlette(routes=[Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(manager))], lifespan=lifespan)
-    return GuardMiddleware(inner, guard, settings)
+    return GuardMiddleware(inner, guard, allowed)
 
 
 class _Uvicorn(uvicorn.Server):

@@ -1,9 +1,11 @@
 """Ledger entries as rows: a call's decision, its outcome and the policy, pin and approval events,
-each checked and turned into the columns the ledger stores (and hashes), and redacted. Pure;
-imports nothing from mcp_guard but ledger_chain's canonical JSON."""
+each checked and turned into the columns the ledger stores (and hashes), and redacted. Bounds what
+a refused call can make large, so no agent can fill the disk. Pure; imports nothing from mcp_guard
+but ledger_chain's canonical JSON."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -28,6 +30,15 @@ class Redactor(Protocol):
     def record(self, value: str) -> str: ...
 
     def json(self, value: Any, *, record: bool = False) -> Any: ...
+
+
+MAX_REFUSED_ARGUMENT_BYTES = 8 * 1024
+"""A refused call's arguments larger than this (canonical JSON, UTF-8) are recorded as TRUNCATED."""
+PREVIEW_CHARS = 512
+TRUNCATED = "$truncated"
+"""The one key of what is recorded instead: {"$truncated": {"sha256", "bytes", "preview"}}."""
+MAX_DETAIL_CHARS = 1024
+"""A recorded detail is cut to this many characters (it can quote what an agent sent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +96,31 @@ def _one_of(value: str, allowed: frozenset[str], what: str) -> str:
     return value
 
 
+def recorded_arguments(arguments: object, decision: str) -> str:
+    """The arguments column. Allowed calls keep their whole arguments (budgets and approvals read
+    them; `limits.max_argument_bytes` bounds them). A refused call's arguments over
+    MAX_REFUSED_ARGUMENT_BYTES become their SHA-256, size and a preview; so do refused arguments
+    that carry the TRUNCATED key themselves, so that form can never be forged by an agent."""
+    text = canonical_json(arguments)
+    if decision == "allow":
+        return text
+    data = text.encode("utf-8")
+    forged = isinstance(arguments, dict) and TRUNCATED in arguments
+    if len(data) <= MAX_REFUSED_ARGUMENT_BYTES and not forged:
+        return text
+    summary: dict[str, object] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    summary["preview"] = text[:PREVIEW_CHARS]
+    return canonical_json({TRUNCATED: summary})
+
+
+def _bounded(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if len(value) > MAX_DETAIL_CHARS:
+        value = value[: MAX_DETAIL_CHARS - 1] + "…"
+    return _text(value)
+
+
 def decision_fields(rec: CallRecord) -> dict[str, object]:
     return {
         "kind": "decision",
@@ -93,10 +129,10 @@ def decision_fields(rec: CallRecord) -> dict[str, object]:
         "session": _opt_text(rec.session),
         "server": _opt_text(rec.server),
         "tool": _text(rec.tool),
-        "arguments": canonical_json(rec.arguments),
-        "decision": _one_of(rec.decision, DECISIONS, "decision"),
+        "arguments": recorded_arguments(rec.arguments, _one_of(rec.decision, DECISIONS, "decision")),
+        "decision": rec.decision,
         "reason": _opt_text(rec.reason),
-        "detail": _opt_text(rec.detail),
+        "detail": _bounded(rec.detail),
         "policy_hash": _text(rec.policy_hash),
     }
 
@@ -127,7 +163,7 @@ def outcome_fields(call_id: str, outcome: str, duration_ms: float, detail: str |
         "call_id": _text(call_id),
         "outcome": _one_of(outcome, OUTCOMES, "outcome"),
         "duration_ms": duration,
-        "detail": _opt_text(detail),
+        "detail": _bounded(detail),
     }
 
 

@@ -137,6 +137,32 @@ def _type_of(prop: Any) -> str:
     return "any"
 
 
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*) +\S")
+
+
+def header_variables(server: str, headers: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """For each header: (the value a starter manifest writes, the variable it names). A value is
+    never written, only a `${VARIABLE}` named `<SERVER>_<HEADER>` (as `env: {API_KEY:
+    "${API_KEY}"}` names a variable after its key); an Authorization header keeps its scheme
+    (`Bearer ${<SERVER>_TOKEN}`)."""
+    prefix = re.sub(r"[^A-Z0-9]+", "_", server.upper()).strip("_") or "UPSTREAM"
+    prefix = prefix if prefix[0].isalpha() else f"UPSTREAM_{prefix}"
+    out: dict[str, tuple[str, str]] = {}
+    taken: set[str] = set()
+    for key, value in headers.items():
+        scheme = _SCHEME.match(value) if key.lower() == "authorization" else None
+        base = (
+            f"{prefix}_TOKEN" if scheme else f"{prefix}_{re.sub(r'[^A-Z0-9]+', '_', key.upper()).strip('_')}"
+        )
+        variable, n = base, 1
+        while variable in taken:
+            n += 1
+            variable = f"{base}_{n}"
+        taken.add(variable)
+        out[key] = (f"{scheme.group(1)} ${{{variable}}}" if scheme else f"${{{variable}}}", variable)
+    return out
+
+
 def render_manifest(upstream: Upstream, tools: Sequence[types.Tool], name: str) -> str:
     """A commented starter manifest: every tool listed with its description and arguments as
     comments, granted to nobody."""
@@ -151,8 +177,9 @@ def render_manifest(upstream: Upstream, tools: Sequence[types.Tool], name: str) 
     if upstream.url is not None:
         out.append(f"  url: {_scalar(upstream.url)}")
         if upstream.headers:
-            out.append("  headers:                  # put secrets in ${VARIABLES}, not in this file")
-            out += [f"    {_key(k)}: {_scalar(v)}" for k, v in upstream.headers.items()]
+            out.append("  headers:                  # set these variables where the guard runs")
+            placeholders = header_variables(name, upstream.headers)
+            out += [f"    {_key(k)}: {_scalar(v)}" for k, (v, _) in placeholders.items()]
     else:
         assert upstream.command is not None
         out.append(f"  command: {_scalar(upstream.command)}")

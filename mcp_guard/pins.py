@@ -10,12 +10,13 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mcp_guard.errors import ConfigError, GuardError, LedgerError
 from mcp_guard.ledger import Event, Ledger, Window
 from mcp_guard.loading import check_file_permissions
 from mcp_guard.manifest import Manifest
-from mcp_guard.policy.engine import Catalog, ToolDef
+from mcp_guard.policy.engine import Agent, Catalog, Decision, Policy, ToolDef
 
 LOCK_SUFFIX = ".lock"
 FIRST_USE = "first-use"
@@ -84,6 +85,23 @@ class Withheld:
             f"warning: upstream {self.server!r} tool {self.tool!r} is withheld: its definition "
             f"({self.digest[:12]}...) {why}; review it, then run `mcp-guard manifest lock {self.server}`"
         )
+
+
+def by_name(manifests: Mapping[str, Manifest], withheld: Iterable[Withheld]) -> dict[str, Withheld]:
+    """The withheld tools by the name they would be advertised under."""
+    return {manifests[w.server].name_prefix + w.tool: w for w in withheld if w.server in manifests}
+
+
+def withheld_denial(
+    policy: Policy, agent: Agent, withheld: Mapping[str, Withheld], name: str, arguments: Mapping[str, Any]
+) -> Decision | None:
+    """A withheld tool the agent is granted is refused `pin_mismatch`; to anyone else it does not
+    exist (unknown_tool), so withholding reveals no hidden tool. The guard and `explain` both
+    decide with this."""
+    held = withheld.get(name)
+    if held is None or policy.grant_for(agent, held.server, held.tool) is None:
+        return None
+    return Decision(False, "pin_mismatch", held.detail, held.server, held.tool, arguments)
 
 
 @dataclass(frozen=True, slots=True)

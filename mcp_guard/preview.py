@@ -1,10 +1,12 @@
 """`mcp-guard tools` and `explain`: what an agent would be shown and what a call would get, with
-the budgets left, decided exactly as the guard would. Lists the upstreams' tools; forwards no
-call and writes nothing (the ledger is opened read-only, if it exists)."""
+the budgets left, decided exactly as the guard would (with the guard's own functions, pins and
+upstreams that are down included). Lists the upstreams' tools; forwards no call and writes
+nothing (the ledger is opened read-only, if it exists)."""
 
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -20,9 +22,9 @@ from mcp_guard.ledger import CallRecord, Ledger, Window
 from mcp_guard.loading import format_duration
 from mcp_guard.manifest import Budget, Manifest
 from mcp_guard.policy import approvals, budgets
-from mcp_guard.policy.engine import Agent, Offer, Policy
+from mcp_guard.policy.engine import Agent, Decision, Offer, Policy, escape_name
 from mcp_guard.secrets import Scrubber
-from mcp_guard.server import advertise, offered, tool_def
+from mcp_guard.server import UNREACHABLE, advertise, offered, tool_def, unreachable_denial
 from mcp_guard.upstream import START_TIMEOUT, open_pool
 
 
@@ -32,6 +34,35 @@ class Preview:
     agent: Agent
     offers: dict[str, Offer]
     scrubber: Scrubber
+    withheld: dict[str, pins.Withheld]  # by advertised name
+    down: frozenset[str]  # servers whose upstream could not be started
+
+    def decide(self, name: str, arguments: Mapping[str, Any]) -> Decision:
+        """The guard's decision before the ledger settles budgets and approvals (server.call_tool)."""
+        policy, agent = self.policy, self.agent
+        decision = policy.decide(name, arguments, self.offers, agent=agent.name)
+        if decision.reason == "unknown_tool":
+            return (
+                pins.withheld_denial(policy, agent, self.withheld, name, arguments)
+                or unreachable_denial(policy, agent, name, arguments, self.down)
+                or decision
+            )
+        if decision.allowed and decision.server in self.down:
+            return replace(decision, allowed=False, reason="upstream_unavailable", detail=UNREACHABLE)
+        return decision
+
+    def not_shown(self) -> list[tuple[str, Decision]]:
+        """The tools granted to the agent that the guard would not list now, and why."""
+        names = list(self.withheld)
+        for server in sorted(self.down):
+            manifest = self.policy.manifests[server]
+            names += [manifest.name_prefix + tool for tool in manifest.tools]
+        out = []
+        for name in names:
+            decision = self.decide(name, {})
+            if decision.reason in ("pin_mismatch", "upstream_unavailable"):
+                out.append((name, decision))
+        return out
 
 
 async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Agent) -> Preview:
@@ -41,11 +72,14 @@ async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Age
     log = scrubber.log
     async with open_pool(manifests, log, wait=START_TIMEOUT) as pool:
         live = await pool.catalog()
+        down = pool.down()
     catalog = {server: tuple(tool_def(t) for t in tools) for server, tools in live.items()}
     for problem in policy.problems(catalog):
         log(f"warning: {problem}")
     pinned, _ = pins.peek(config.ledger.path, policy.manifests, catalog, log)
-    return Preview(policy, agent, offered(policy.offers(agent, pinned.catalog), scrubber, log), scrubber)
+    withheld = pins.by_name(policy.manifests, pinned.withheld)
+    offers = offered(policy.offers(agent, pinned.catalog), scrubber, log)
+    return Preview(policy, agent, offers, scrubber, withheld, down)
 
 
 def load_preview(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Agent) -> Preview:
@@ -118,6 +152,8 @@ def print_tools(preview: Preview, config: GuardConfig, as_json: bool) -> None:
         print(line)
     if not preview.offers and not as_json:
         print(f"(no tools for {preview.agent.name!r})")
+    for name, decision in preview.not_shown():  # granted, but the guard would not list it now
+        print(f"mcp-guard: {escape_name(name)} is not shown: {decision.text}", file=sys.stderr)
 
 
 def explain(
@@ -125,7 +161,7 @@ def explain(
 ) -> tuple[bool, str]:
     """(allowed, the line to print): the decision the guard would make now, budgets included."""
     agent = preview.agent
-    decision = preview.policy.decide(name, arguments, preview.offers, agent=agent.name)
+    decision = preview.decide(name, arguments)
     if not decision.allowed:
         return False, decision.text
     recorded = preview.scrubber.json(dict(arguments), record=True)

@@ -8,7 +8,7 @@ import math
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,6 +38,7 @@ from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream import Pool, Upstream, open_pool
 
 AFTER_FORWARD = "the call may have taken effect"
+UNREACHABLE = "the upstream server cannot be reached; try again later"
 APPROVAL_POLL = 0.25  # seconds between looks at the ledger while a call waits for an operator
 OUTCOME_DELAY = 0.02
 """With durability `normal`, how long an outcome may wait for the next decision's transaction
@@ -161,7 +162,7 @@ class Guard:
         if policy is not self.policy:
             return pinned.catalog
         manifests = policy.manifests
-        self._withheld = {manifests[w.server].name_prefix + w.tool: w for w in pinned.withheld}
+        self._withheld = pins.by_name(manifests, pinned.withheld)
         if pinned.settled:  # else the ledger failed: decide again on the next request
             self._catalog = (policy, live, pinned.catalog)
         return pinned.catalog
@@ -266,7 +267,11 @@ class Guard:
             offers = await self.offers(agent, policy, scrubber)
             decision = policy.decide(params.name, arguments, offers, agent=agent.name, session=session)
         if decision.reason == "unknown_tool":
-            decision = self._pin_denial(policy, agent, params.name, arguments) or decision
+            decision = (
+                pins.withheld_denial(policy, agent, self._withheld, params.name, arguments)
+                or unreachable_denial(policy, agent, params.name, arguments, self.pool.down())
+                or decision
+            )
         if decision.allowed:
             decision = await self._check_upstream(decision)
         record = self._record_of(uuid.uuid4().hex, agent, session, params.name, decision, policy, scrubber)
@@ -288,16 +293,6 @@ class Guard:
         if record.decision != "allow":
             return _refusal(f"denied ({record.reason}): {record.detail}")
         return await self._forward(ctx, record.call_id, decision, started, scrubber)
-
-    def _pin_denial(
-        self, policy: Policy, agent: Agent, name: str, arguments: Mapping[str, Any]
-    ) -> Decision | None:
-        """A withheld tool the agent is granted is refused `pin_mismatch`; to anyone else it does
-        not exist (unknown_tool), so withholding reveals no hidden tool."""
-        withheld = self._withheld.get(name)
-        if withheld is None or policy.grant_for(agent, withheld.server, withheld.tool) is None:
-            return None
-        return Decision(False, "pin_mismatch", withheld.detail, withheld.server, withheld.tool, arguments)
 
     def _hold_of(self, agent: Agent, decision: Decision, record: CallRecord) -> holds.Hold | None:
         """What the ledger must settle for an allowed call: budgets and approval (None if nothing)."""
@@ -355,8 +350,7 @@ class Guard:
         except UpstreamError as exc:
             self.log(str(exc))
             reason = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_unavailable"
-            detail = "the upstream server cannot be reached; try again later"
-            return Decision(False, reason, detail, decision.server, decision.tool, decision.arguments)
+            return Decision(False, reason, UNREACHABLE, decision.server, decision.tool, decision.arguments)
         return decision
 
     async def _forward(
@@ -509,6 +503,22 @@ class Guard:
                     self.log(f"could not record call outcomes yet; retrying: {exc}")
                 failing = True
                 self._outcomes_waiting.set()
+
+
+def unreachable_denial(
+    policy: Policy, agent: Agent, name: str, arguments: Mapping[str, Any], down: Collection[str]
+) -> Decision | None:
+    """A name that no listed tool has, but that is a tool the agent is granted on an upstream
+    that is down (so its tools are unknown), is refused `upstream_unavailable`; to anyone else it
+    does not exist. The guard and `explain` both decide with this."""
+    for server in sorted(down):
+        manifest = policy.manifests.get(server)
+        if manifest is None or not name.startswith(manifest.name_prefix):
+            continue
+        tool = name[len(manifest.name_prefix) :]
+        if policy.grant_for(agent, server, tool) is not None:
+            return Decision(False, "upstream_unavailable", UNREACHABLE, server, tool, arguments)
+    return None
 
 
 def _same_lists(old: Mapping[str, tuple[types.Tool, ...]], new: Mapping[str, tuple[types.Tool, ...]]) -> bool:

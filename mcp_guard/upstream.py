@@ -285,6 +285,10 @@ class Pool:
                 up.start_soon(self.tg)
         return {name: up.tools for name, up in self.upstreams.items() if up.tools}
 
+    def down(self) -> frozenset[str]:
+        """The servers whose upstream is not running now."""
+        return frozenset(name for name, up in self.upstreams.items() if not up.alive)
+
     async def settle(self) -> bool:
         """Wait for the first starts still in flight (upstreams that never listed tools yet);
         True if there was one to wait for. Each start is bounded by START_TIMEOUT."""

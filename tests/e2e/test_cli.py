@@ -291,3 +291,44 @@ async def test_explain_refuses_arguments_that_are_not_strict_json(deployment: De
     )
     assert_one_clear_line(run, "duplicate key")
     assert not deployment.ledger_path.exists()
+
+
+UNREACHABLE_LINE = "denied (upstream_unavailable): the upstream server cannot be reached; try again later"
+
+
+async def test_explain_and_tools_say_upstream_unavailable_for_a_granted_tool_of_an_upstream_that_is_down(
+    deployment: Deployment,
+) -> None:
+    deployment.with_billing(command=str(deployment.root / "no-such-server")).with_tickets().write()
+    config = str(deployment.config_path)
+    granted, not_granted, unknown, tools = await _both_of(
+        explain(deployment, "billing__refund", '{"order_id":"ORD-1001","amount":40,"currency":"USD"}'),
+        explain(deployment, "billing__diagnostics", "{}"),  # granted to finance-bot only
+        explain(deployment, "billing__no_such_tool", "{}"),
+        mcp_guard("--config", config, "tools", "--agent", "support-bot", cwd=deployment.root),
+    )
+    assert (granted.returncode, granted.stdout.strip()) == (1, UNREACHABLE_LINE)
+    assert not_granted.stdout.strip() == "denied (unknown_tool): Unknown tool: billing__diagnostics"
+    assert unknown.stdout.strip() == "denied (unknown_tool): Unknown tool: billing__no_such_tool"
+    assert tools.returncode == 0, tools
+    assert "billing__" not in tools.stdout
+    assert "tickets__get_ticket" in tools.stdout
+    not_shown = [line for line in tools.stderr.splitlines() if "is not shown" in line]
+    assert not_shown == [
+        f"mcp-guard: billing__{tool} is not shown: {UNREACHABLE_LINE}" for tool in ("lookup_order", "refund")
+    ]
+    assert "Traceback" not in granted.stderr + tools.stderr
+    assert not deployment.ledger_path.exists()
+    assert deployment.journals() == []
+
+
+async def _both_of(*coros: Any) -> list[Run]:
+    results: list[Any] = [None] * len(coros)
+
+    async def run(i: int, coro: Any) -> None:
+        results[i] = await coro
+
+    async with anyio.create_task_group() as tg:
+        for i, coro in enumerate(coros):
+            tg.start_soon(run, i, coro)
+    return results

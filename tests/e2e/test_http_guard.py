@@ -48,6 +48,7 @@ SUPPORT_TOOLS = {
 }
 FINANCE_TOOLS = {"billing__lookup_order", "billing__refund", "billing__diagnostics"}
 PROTOCOL = "2025-11-25"
+CONSOLE_ORIGIN = "https://console.example:8443"
 
 
 # -- the guard process ----------------------------------------------------------------------------
@@ -102,6 +103,7 @@ def _write_deployment(root: Path, keys: dict[str, str]) -> None:
         },
         "tokens": {"signing_key": SIGNING_KEY, "max_ttl": "1h"},
         "limits": {"max_message_bytes": MAX_MESSAGE_BYTES},
+        "http": {"allowed_origins": [CONSOLE_ORIGIN]},
     }
     (root / "guard.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
@@ -452,32 +454,67 @@ async def test_another_agent_using_a_session_id_gets_404_and_the_owner_keeps_it(
 # -- transport checks -----------------------------------------------------------------------------
 
 
+LOOK_ALIKE_ORIGINS = [
+    "http://evil.example",
+    "http://localhost:1@evil.com",
+    "http://localhost.evil.com",
+    "http://127.0.0.1:8765.evil.com",
+    "https://console.example:9443",  # wrong port
+    "https://console.example",  # wrong port: 443 is not 8443
+    "http://console.example:8443",  # wrong scheme
+    "null",
+    "http://localhost.:6274",  # trailing dot
+    "http://[::2]:6274",
+    "http://localhost:6274/path",
+]
+
+
 @pytest.mark.parametrize(
     ("extra", "status"),
     [
-        ({"Origin": "http://evil.example"}, 403),
+        *[({"Origin": origin}, 403) for origin in LOOK_ALIKE_ORIGINS],
         ({"Host": "evil.example"}, 421),
         ({"Host": "evil.example:80"}, 421),
+        ({"Host": "localhost:1@evil.com"}, 421),
+        ({"Host": "127.0.0.1:8765.evil.com"}, 421),
     ],
 )
-async def test_a_request_from_another_site_is_refused_before_identity(
+async def test_a_request_from_another_site_is_refused_before_identity_and_reaches_nothing(
     guard: HttpGuard, extra: dict[str, str], status: int
 ) -> None:
+    order = f"ORD-{secrets.randbelow(10**8):08d}"
+    call = _rpc("tools/call", {"name": "billing__lookup_order", "arguments": {"order_id": order}})
     with anyio.fail_after(TIMEOUT):
         async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
-            response = await http.post(
+            opened = await http.post(
                 guard.url, json=INITIALIZE, headers=_headers(guard.bearer("support-bot"), **extra)
             )
-    assert response.status_code == status
-    assert "mcp-session-id" not in response.headers
+            called = await http.post(
+                guard.url, json=call, headers=_headers(guard.bearer("support-bot"), **extra)
+            )
+    for response in (opened, called):
+        assert response.status_code == status, response.text
+        assert "mcp-session-id" not in response.headers
+    assert guard.decisions_mentioning(order) == []
+    assert [e for e in guard.journal() if order in json.dumps(e)] == []
 
 
-async def test_a_loopback_origin_is_accepted(guard: HttpGuard) -> None:
-    headers = _headers(guard.bearer("support-bot"), Origin="http://localhost:6274")
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://localhost:6274",
+        "http://127.0.0.1:6274",
+        "http://[::1]:6274",
+        "http://LOCALHOST:6274",  # host names are case-insensitive
+        CONSOLE_ORIGIN,
+    ],
+)
+async def test_a_loopback_or_configured_origin_is_accepted(guard: HttpGuard, origin: str) -> None:
+    headers = _headers(guard.bearer("support-bot"), Origin=origin)
     with anyio.fail_after(TIMEOUT):
         async with httpx2.AsyncClient(timeout=TIMEOUT) as http:
             response = await http.post(guard.url, json=INITIALIZE, headers=headers)
-    assert response.status_code == 200
+    assert response.status_code == 200, response.text
 
 
 async def test_a_body_over_the_size_cap_is_refused_and_nothing_is_forwarded(guard: HttpGuard) -> None:
@@ -615,3 +652,23 @@ def test_serve_http_refuses_an_agent_flag_since_credentials_name_the_agent(guard
     result = _run("serve", "--agent", "support-bot", "--http", "0", config=guard.config)
     assert result.returncode == 2
     assert "credential" in result.stderr
+
+
+def test_manifest_init_with_an_authorization_header_writes_a_variable_never_the_token(
+    guard: HttpGuard,
+) -> None:
+    key = guard.keys["support-bot"]
+    done = _run("manifest", "init", "--url", guard.url, "--header", f"Authorization: Bearer {key}")
+    assert done.returncode == 0, done.stderr
+    assert key not in done.stdout
+    assert key not in done.stderr
+    manifest = yaml.safe_load(done.stdout)
+    assert manifest["upstream"] == {
+        "url": guard.url,
+        "headers": {"Authorization": "Bearer ${UPSTREAM_TOKEN}"},
+        "timeout": "1m",
+    }
+    assert set(manifest["tools"]) == SUPPORT_TOOLS  # the live list, fetched with the real header
+    (note,) = [line for line in done.stderr.splitlines() if "UPSTREAM_TOKEN" in line]
+    assert "set UPSTREAM_TOKEN where the guard runs" in note
+    assert "'Authorization'" in note

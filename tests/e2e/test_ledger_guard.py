@@ -10,7 +10,7 @@ from collections.abc import Callable
 import anyio
 
 from mcp_guard.ledger import Ledger
-from tests.helpers import TIMEOUT, Deployment, guard_command, guard_env, ledger_calls, raw_guard
+from tests.helpers import TIMEOUT, Deployment, guard_command, guard_env, ledger_bytes, ledger_calls, raw_guard
 
 REFUND = {"order_id": "ORD-1001", "amount": 40, "currency": "USD"}
 
@@ -88,3 +88,33 @@ async def test_a_ledger_that_cannot_be_created_stops_the_guard_with_a_clear_erro
     assert "no-such-folder" in err
     assert "Traceback" not in err
     assert deployment.journal("billing") == []
+
+
+async def test_refused_calls_of_several_mib_over_stdio_leave_the_ledger_file_small(
+    deployment: Deployment,
+) -> None:
+    deployment.with_billing()
+    calls = [
+        ("billing__lookup_order", {"order_id": "x" * 3 * 1024 * 1024}),  # under max_message_bytes
+        (
+            "billing__refund",
+            {"order_id": "ORD-1001", "amount": 40, "currency": "USD", "n": "y" * 2 * 1024 * 1024},
+        ),
+        ("billing__no_such_tool", {"blob": "z" * 3 * 1024 * 1024}),
+    ] * 2
+    async with raw_guard(deployment, "support-bot") as guard:
+        for name, arguments in calls:
+            answer = await guard.request("tools/call", {"name": name, "arguments": arguments})
+            refused = answer.get("error") or answer["result"]
+            assert refused.get("isError", True), answer
+    assert deployment.journal("billing") == []
+    rows = ledger_calls(deployment.ledger_path)
+    assert [(r["decision"], r["reason"]) for r in rows] == [
+        ("deny", "invalid_arguments"),
+        ("deny", "invalid_arguments"),
+        ("deny", "unknown_tool"),
+    ] * 2
+    assert all(r["arguments"]["$truncated"]["bytes"] > 2 * 1024 * 1024 for r in rows)
+    assert len(ledger_bytes(deployment.ledger_path)) < 512 * 1024  # whole, they would be 16 MiB
+    with Ledger.open_readonly(deployment.ledger_path) as ledger:
+        assert ledger.verify().ok

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from mcp_guard.policy.approvals import digest
 from tests.helpers import (
     BILLING_TOOLS,
     TIMEOUT,
@@ -514,3 +515,68 @@ async def test_an_approved_call_is_still_held_to_its_budget_and_keeps_its_approv
         assert "60 of 100 left" in text_of(over)
     assert refunds(deployment) == [40]
     assert actions(deployment, rid) == ["request", "approve"]  # used only when forwarded
+
+
+LONG_NOTE = (
+    "Refund approved by the customer's manager; " * 8 + "token sk_live_0123456789abcdefghij \u202e end"
+)
+
+
+async def test_approvals_list_marks_arguments_cut_short_and_show_prints_them_whole_with_their_digest(
+    deployment: Deployment,
+) -> None:
+    billing(deployment, finance={"approval": {"wait": "1s"}})
+    arguments = {"order_id": "ORD-1004", "amount": 75, "currency": "USD", "note": LONG_NOTE}
+    async with inprocess_guard(deployment, "finance-bot") as session:
+        rid = request_id(await call(session, "billing__refund", arguments))
+    assert refunds(deployment) == []
+    assert decisions(deployment) == [("deny", "approval_pending")]
+
+    table = await approvals(deployment, "list")
+    assert table.returncode == 0, table
+    header, row, hint = table.stdout.splitlines()
+    assert header.split()[-1] == "ARGUMENTS"
+    assert row.startswith(rid)
+    assert row.endswith("…")
+    assert "sk_live_" not in row
+    assert hint == "… arguments cut short: `mcp-guard approvals show ID` prints them whole"
+
+    shown = await approvals(deployment, "show", rid)
+    assert shown.returncode == 0, shown
+    assert f"digest:       sha256:{digest(arguments)} " in shown.stdout
+    assert "status:       pending" in shown.stdout
+    redacted_note = LONG_NOTE.replace("sk_live_0123456789abcdefghij", "[REDACTED]").replace(
+        "\u202e", "\\u202e"
+    )
+    assert f'"note": "{redacted_note}"' in shown.stdout
+    assert "\u202e" not in shown.stdout
+    assert "sk_live_" not in shown.stdout
+
+    as_json = await approvals(deployment, "show", rid, "--json")
+    assert as_json.returncode == 0, as_json
+    obj = json.loads(as_json.stdout)
+    assert obj["arguments"] == {
+        **arguments,
+        "note": LONG_NOTE.replace("sk_live_0123456789abcdefghij", "[REDACTED]"),
+    }
+    assert (obj["id"], obj["status"], obj["digest"], obj["decided_by"]) == (
+        rid,
+        "pending",
+        digest(arguments),
+        None,
+    )
+
+    await decide(deployment, "deny", rid)
+    denied = json.loads((await approvals(deployment, "show", rid, "--json")).stdout)
+    assert (denied["status"], denied["decided_by"]) == ("denied", getpass.getuser())
+
+
+async def test_approvals_show_of_an_unknown_id_exits_1_with_one_line(deployment: Deployment) -> None:
+    with_approval(deployment)
+    async with inprocess_guard(deployment, "support-bot") as session:
+        request_id(await refund(session, 75))
+    for rid in ("0123456789abcdef", "not-an-id\x1b[2J"):
+        run = await approvals(deployment, "show", rid)
+        assert_refused_in_one_line(run)
+        assert "no approval request" in run.stderr
+        assert "\x1b" not in run.stderr

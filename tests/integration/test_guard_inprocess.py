@@ -5,6 +5,7 @@ prove what reached an upstream; the ledger file, read with plain sqlite3, what w
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -224,6 +225,56 @@ async def test_refused_calls_are_error_results_recorded_as_denials_and_never_rea
     assert [r["arguments"] for r in rows] == [arguments for _, arguments, _ in DENIALS]
     assert all(r["agent"] == "support-bot" and r["session"] and r["policy_hash"] for r in rows)
     assert all(r["detail"] for r in rows)
+
+
+MIB = 1024 * 1024
+HUGE_REFUSALS = [
+    pytest.param(
+        "billing__lookup_order",
+        {"order_id": "x" * 3 * MIB},
+        "invalid_arguments",
+        id="over-max-argument-bytes",
+    ),
+    pytest.param("billing__no_such_tool", {"blob": "y" * 3 * MIB}, "unknown_tool", id="unknown-tool"),
+    pytest.param(
+        "tickets__close_ticket",
+        {"ticket_id": "T-" + "1" * 9 * 1024, "resolution": "wontfix"},
+        "limit_exceeded",
+        id="limit-9-kib",
+    ),
+    pytest.param(
+        "billing__refund",
+        {"order_id": "ORD-1", "amount": "1" * MIB},
+        "invalid_arguments",
+        id="number-as-string",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "arguments", "reason"), HUGE_REFUSALS)
+async def test_a_huge_refused_call_leaves_the_ledger_small_with_its_digest_size_and_preview(
+    deployment: Deployment, name: str, arguments: dict[str, Any], reason: str
+) -> None:
+    deployment.with_examples()
+    async with inprocess_guard(deployment, "support-bot") as session:
+        for _ in range(3):
+            if reason == "unknown_tool":
+                with pytest.raises(MCPError, match="Unknown tool"):
+                    await call(session, name, arguments)
+            else:
+                assert_denied(await call(session, name, arguments), reason)
+    assert deployment.journals() == []
+    data = json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()
+    tool = name if reason == "unknown_tool" else name.split("__")[1]
+    rows = deployment.ledger()
+    assert [(r["tool"], r["decision"], r["reason"]) for r in rows] == [(tool, "deny", reason)] * 3
+    for row in rows:
+        truncated = row["arguments"]["$truncated"]
+        assert truncated["sha256"] == hashlib.sha256(data).hexdigest()
+        assert truncated["bytes"] == len(data)
+        assert truncated["preview"] == data.decode()[:512]
+        assert len(row["detail"]) <= 1024
+    assert len(ledger_bytes(deployment.ledger_path)) < 512 * 1024  # three whole copies: 9 MiB
 
 
 async def test_an_allowed_call_forwards_only_its_arguments_and_none_of_the_clients_meta(
@@ -545,3 +596,27 @@ async def test_a_tool_whose_advertised_name_holds_a_secret_is_not_offered_and_it
     assert deployment.journals() == []
     (row,) = deployment.ledger()
     assert (row["server"], row["tool"], row["reason"]) == (None, "hostile__[REDACTED]", "unknown_tool")
+
+
+async def test_a_granted_tool_of_an_upstream_that_is_down_is_refused_upstream_unavailable_and_recorded(
+    deployment: Deployment,
+) -> None:
+    deployment.with_billing(command=str(deployment.root / "no-such-server")).with_tickets()
+    refund = {"order_id": "ORD-1001", "amount": 5, "currency": "USD"}
+    async with inprocess_guards(deployment, ["support-bot", "idle-bot"]) as sessions:
+        assert not any(name.startswith("billing__") for name in await list_tools(sessions["support-bot"]))
+        refused = await call(sessions["support-bot"], "billing__refund", refund)
+        with pytest.raises(MCPError, match="Unknown tool"):  # not granted: it does not exist
+            await call(sessions["idle-bot"], "billing__refund", refund)
+    assert_denied(refused, "upstream_unavailable")
+    assert (
+        text_of(refused)
+        == "denied (upstream_unavailable): the upstream server cannot be reached; try again later"
+    )
+    assert deployment.journals() == []
+    assert [
+        (r["agent"], r["server"], r["tool"], r["decision"], r["reason"]) for r in deployment.ledger()
+    ] == [
+        ("support-bot", "billing", "refund", "deny", "upstream_unavailable"),
+        ("idle-bot", None, "billing__refund", "deny", "unknown_tool"),
+    ]

@@ -235,3 +235,48 @@ async def test_tools_are_pinned_as_the_guard_starts_before_any_request(deploymen
         ["lookup_order", "refund", "set_payout_destination", "diagnostics"]
     )
     assert deployment.journals() == []
+
+
+async def preview(deployment: Deployment, *args: str) -> Any:
+    """The real `mcp-guard tools` or `explain` command."""
+    command = [sys.executable, "-m", "mcp_guard", "--config", str(deployment.config_path), *args]
+    with anyio.fail_after(TIMEOUT):
+        return await anyio.run_process(command, check=False, env=guard_env(), cwd=deployment.root)
+
+
+@pytest.mark.parametrize("lock_lists_echo", [True, False], ids=["changed-since-locked", "not-in-the-lock"])
+async def test_explain_and_tools_say_pin_mismatch_for_a_withheld_tool_exactly_as_the_guard_does(
+    deployment: Deployment, lock_lists_echo: bool
+) -> None:
+    deployment.with_hostile(
+        {name: {"allow": ["role:qa"]} for name in HOSTILE_TOOL_NAMES}, description_suffix=""
+    )
+    assert (await manifest_lock(deployment)).returncode == 0
+    lock_file = deployment.manifests_dir / "hostile.lock"
+    if not lock_lists_echo:
+        lock = json.loads(lock_file.read_text(encoding="utf-8"))
+        del lock["echo"]
+        lock_file.write_text(json.dumps(lock), encoding="utf-8")
+    deployment.with_hostile(
+        {name: {"allow": ["role:qa"]} for name in HOSTILE_TOOL_NAMES}, description_suffix=RUG_PULL
+    )
+    async with inprocess_guard(deployment, "qa-bot") as session:
+        served = text_of(await call(session, ECHO, {"text": "hi"}))
+    assert served.startswith("denied (pin_mismatch): ")
+    before = deployment.ledger()
+
+    explained = await preview(deployment, "explain", "--agent", "qa-bot", ECHO, '{"text": "hi"}')
+    assert explained.returncode == 1, explained.stderr
+    assert explained.stdout.decode().strip() == served
+    hidden = await preview(deployment, "explain", "--agent", "finance-bot", ECHO, '{"text": "hi"}')
+    assert hidden.stdout.decode().strip() == f"denied (unknown_tool): Unknown tool: {ECHO}"
+
+    tools = await preview(deployment, "tools", "--agent", "qa-bot")
+    assert tools.returncode == 0, tools.stderr
+    assert ECHO not in tools.stdout.decode()
+    assert f"mcp-guard: {ECHO} is not shown: {served}" in tools.stderr.decode().splitlines()
+    for_finance = await preview(deployment, "tools", "--agent", "finance-bot")
+    assert ECHO not in for_finance.stderr.decode()  # withholding reveals no hidden tool
+
+    assert echo_calls(deployment) == 0
+    assert deployment.ledger() == before  # explain and tools write nothing

@@ -577,6 +577,96 @@ def test_lone_surrogates_are_stored_as_visible_escapes(ledger: Ledger):
     assert ledger.verify().ok
 
 
+# -- what a refused call can make large ------------------------------------------------------------
+
+BIG = {"note": "ü" * 5000}  # 10,013 bytes of canonical JSON, under 8 KiB of characters
+
+
+def canonical_bytes(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"note": "x" * 3 * 1024 * 1024},
+        BIG,
+        {"items": list(range(3000))},
+        {"nested": {"a": [{"b": "y" * 9000}]}},
+    ],
+    ids=["3-mib-string", "multibyte-over-8-kib-in-bytes", "long-list", "nested"],
+)
+def test_a_refused_call_over_8_kib_records_its_digest_size_and_a_bounded_preview(
+    ledger: Ledger, path: Path, arguments: dict[str, object]
+):
+    ledger.record_decision(record("deny", arguments=arguments, reason="invalid_arguments"))
+    (inv,) = ledger.invocations()
+    data = canonical_bytes(arguments)
+    assert inv.arguments == {
+        "$truncated": {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "preview": data.decode()[:512],
+        }
+    }
+    assert len(json.dumps(inv.arguments).encode()) < 4 * 1024
+    assert path.stat().st_size + Path(f"{path}-wal").stat().st_size < 256 * 1024
+    assert ledger.verify().ok
+
+
+def test_a_refused_call_of_exactly_8_kib_is_recorded_whole_and_one_byte_more_is_not(ledger: Ledger):
+    exact = {"s": "x" * (8192 - len(canonical_bytes({"s": ""})))}
+    over = {"s": exact["s"] + "x"}
+    assert len(canonical_bytes(exact)) == 8192
+    for arguments in (exact, over):
+        ledger.record_decision(record("deny", arguments=arguments))
+    whole, cut = ledger.invocations()
+    assert whole.arguments == exact
+    assert isinstance(cut.arguments, dict)
+    assert cut.arguments["$truncated"]["bytes"] == 8193
+
+
+def test_an_allowed_call_keeps_its_whole_arguments_however_large(ledger: Ledger):
+    arguments = {"note": "x" * 100_000}
+    ledger.record_decision(record(arguments=arguments))
+    assert ledger.invocations()[0].arguments == arguments
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"$truncated": {"sha256": "0" * 64, "bytes": 3, "preview": "{}"}},
+        {"$truncated": 1, "amount": 5},
+    ],
+    ids=["the-whole-form", "the-key-beside-others"],
+)
+def test_a_small_refused_call_cannot_forge_the_truncated_form(ledger: Ledger, forged: dict[str, object]):
+    ledger.record_decision(record("deny", arguments=forged))
+    (inv,) = ledger.invocations()
+    data = canonical_bytes(forged)
+    assert inv.arguments == {
+        "$truncated": {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "preview": data.decode(),
+        }
+    }
+
+
+def test_recorded_details_are_bounded_for_decisions_and_outcomes(ledger: Ledger):
+    allowed = record()
+    ledger.record_decision(allowed)
+    ledger.record_outcome(allowed.call_id, "upstream_error", 1.0, "e" * 50_000)
+    ledger.record_decision(record("deny", detail=f"{'k' * 50_000} must be of type integer"))
+    done, refused = ledger.invocations()
+    for inv in (done, refused):
+        detail = inv.to_json()["detail"]
+        assert isinstance(detail, str)
+        assert len(detail) == 1024
+        assert detail.endswith("…")
+    assert ledger.verify().ok
+
+
 # -- queries ------------------------------------------------------------------------------------
 
 
