@@ -21,6 +21,7 @@ from mcp_guard.errors import ConfigError, GuardError, ListenError
 from mcp_guard.ledger_view import add_ledger_parser, run_ledger
 from mcp_guard.manifest import Manifest, Upstream, load_manifests
 from mcp_guard.policy.engine import Agent, Policy
+from mcp_guard.secrets import Scrubber
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 
@@ -254,9 +255,7 @@ def _manifest_lock(args: argparse.Namespace) -> int:
             msg = f"manifest lock: no manifest defines server {args.server!r}"
             raise UsageError(msg)
 
-    def log(text: str) -> None:
-        print(f"mcp-guard: {text}", file=sys.stderr, flush=True)
-
+    log = Scrubber(frozenset().union(*(m.injected for m in manifests))).log
     for path, count in anyio.run(lock_upstreams, manifests, log):
         print(f"wrote {path}: {count} tools pinned")
     return 0

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.loading import NAME_PATTERN, Duration, Frozen, build, expand_env, load_yaml
@@ -52,6 +52,15 @@ class HttpConfig(Frozen):
 class LimitsConfig(Frozen):
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     max_argument_bytes: int = Field(default=1024 * 1024, gt=0)
+    # The largest message an upstream may send (its result, mostly); default: max_message_bytes.
+    max_result_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _result_cap_follows_the_message_cap(cls, data: object) -> object:
+        if isinstance(data, dict) and "max_result_bytes" not in data and "max_message_bytes" in data:
+            return {**data, "max_result_bytes": data["max_message_bytes"]}
+        return data
 
 
 class GuardConfig(Frozen):

@@ -213,7 +213,8 @@ async def _list_tools(upstream: Upstream, name: str) -> tuple[types.Tool, ...]:
     manifest = Manifest(server=name, upstream=upstream, tools={}, source=Path.cwd() / f"{name}.yaml")
     failures: list[str] = []
 
-    async with open_pool((manifest,), failures.append, wait=START_TIMEOUT) as pool:
+    errlog = Scrubber(()).log  # the upstream's stderr, shown as it comes (credentials redacted)
+    async with open_pool((manifest,), failures.append, wait=START_TIMEOUT, errlog=errlog) as pool:
         up = pool.upstreams[name]
         alive, tools = up.alive, up.tools
     if not alive:
@@ -338,7 +339,13 @@ async def _check_live(config: GuardConfig, manifests: tuple[Manifest, ...]) -> l
     scrubber = Scrubber(policy.secrets)
     logs: list[str] = []
 
-    async with open_pool(manifests, logs.append, wait=START_TIMEOUT) as pool:
+    async with open_pool(
+        manifests,
+        logs.append,
+        wait=START_TIMEOUT,
+        max_result_bytes=config.limits.max_result_bytes,
+        errlog=scrubber.log,
+    ) as pool:
         down = {name for name, up in pool.upstreams.items() if not up.alive}
         tools = {name: up.tools for name, up in pool.upstreams.items() if up.alive}
     out: list[str] = []

@@ -70,7 +70,9 @@ async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Age
     scrubber = Scrubber(policy.secrets)
 
     log = scrubber.log
-    async with open_pool(manifests, log, wait=START_TIMEOUT) as pool:
+    async with open_pool(
+        manifests, log, wait=START_TIMEOUT, max_result_bytes=config.limits.max_result_bytes
+    ) as pool:
         live = await pool.catalog()
         down = pool.down()
     catalog = {server: tuple(tool_def(t) for t in tools) for server, tools in live.items()}

@@ -10,6 +10,7 @@ import binascii
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -17,6 +18,7 @@ from urllib.parse import quote, quote_plus
 REDACTED = "[REDACTED]"
 MIN_SECRET = 8
 """A value shorter than this is not treated as a secret (SPEC): it would redact ordinary words."""
+MAX_LOG_CHARS = 8192  # one stderr line at most; an upstream can send a message of megabytes
 
 _CREDENTIAL_PATTERN = (
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)"
@@ -124,8 +126,13 @@ class Scrubber:
         return self.text(data)
 
     def log(self, text: str) -> None:
-        """One line to the operator (stderr), with secrets and credentials redacted."""
-        print(f"mcp-guard: {self.record(text)}", file=sys.stderr, flush=True)
+        """One line to the operator (stderr): secrets and credentials redacted, then control and
+        invisible characters escaped, so that no text an upstream or agent chose can forge a line
+        or drive the terminal. Every line the guard writes while serving goes through here."""
+        line = escape_controls(self.record(text))
+        if len(line) > MAX_LOG_CHARS:
+            line = line[:MAX_LOG_CHARS] + " [cut]"
+        print(f"mcp-guard: {line}", file=sys.stderr, flush=True)
 
     def finds(self, value: str) -> bool:
         """Whether text holds a known secret."""
@@ -160,6 +167,35 @@ def _decode_base64(data: str) -> tuple[bytes, bool] | None:
         return base64.b64decode(compact, altchars=b"-_" if urlsafe else None, validate=True), urlsafe
     except (binascii.Error, ValueError):
         return None
+
+
+# Characters escaped in what the guard writes to stderr: control characters (C0, DEL, C1: line
+# breaks and terminal escapes), format characters (bidi overrides, zero-width), lone surrogates,
+# and the Unicode line and paragraph separators.
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+_NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]")
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """Text as one printable line: each control or invisible character becomes a visible escape
+    (`\\n`, `\\x1b`, `\\u202e`); other text, non-ASCII letters included, is unchanged."""
+    if _PRINTABLE.fullmatch(text):  # the common case: nothing to escape
+        return text
+    return _NOT_PRINTABLE_ASCII.sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    ch = match.group()
+    if unicodedata.category(ch) not in _ESCAPED_CATEGORIES:
+        return ch
+    if ch in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[ch]
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _walk(value: Any, fn: Any) -> Any:

@@ -199,7 +199,7 @@ class Guard:
         (no await between), the swap is stamped in the ledger and every client is told."""
         policy = Policy(config, manifests)
         scrubber = Scrubber(policy.secrets)
-        await self.pool.update(manifests)
+        await self.pool.update(manifests, max_result_bytes=config.limits.max_result_bytes)
         agent = self.agent
         if agent is not None:  # stdio: the same agent under its new roles; a removed one sees nothing
             agent = policy.agents.get(agent.name, agent)
@@ -606,7 +606,9 @@ async def open_guard(
         (guards[0].log if guards else scrubber.log)(text)
 
     try:
-        async with open_pool(manifests, log, on_change=changed) as pool:
+        async with open_pool(
+            manifests, log, on_change=changed, max_result_bytes=config.limits.max_result_bytes
+        ) as pool:
             guards.append(Guard(policy=policy, pool=pool, ledger=ledger, agent=agent))
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
             assert pool.tg is not None

@@ -1,6 +1,6 @@
 """One pool of upstream MCP sessions, one per manifest, over stdio or Streamable HTTP. An upstream
-that dies is restarted on the next use; nothing an upstream does escapes as anything but an
-UpstreamError. Knows nothing of agents or policy."""
+that dies, or sends a message over the cap, is restarted on the next use; nothing an upstream does
+escapes as anything but an UpstreamError. Knows nothing of agents or policy."""
 
 from __future__ import annotations
 
@@ -13,29 +13,45 @@ from typing import Any
 import anyio
 import httpx2
 import mcp_types as types
-from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
+from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT as ProgressFn
 
+from mcp_guard.config import LimitsConfig
 from mcp_guard.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.manifest import Manifest
+from mcp_guard.upstream_transports import capped_http_client, stdio_transport
 
 START_TIMEOUT = 30.0  # an upstream that has not answered initialize and tools/list by then has failed
 START_WAIT = 5.0  # how long the guard's own start waits for its upstreams before serving
 MAX_BACKOFF = 30.0  # seconds between attempts to start an upstream that keeps failing
+MAX_RESULT_BYTES = LimitsConfig().max_result_bytes
 OnChange = Callable[["Upstream"], Awaitable[None]]
+Log = Callable[[str], None]
 
 
 class Upstream:
     """One upstream server. A background task owns its transport and session, so that their
     context managers open and close in one task; calls use the session from any task. Starting
-    never holds up requests for other upstreams: a failed start is retried after a backoff."""
+    never holds up requests for other upstreams: a failed start is retried after a backoff. Each
+    line of its stderr goes to `errlog` (default `log`), prefixed with the server name."""
 
-    def __init__(self, manifest: Manifest, on_change: OnChange, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        on_change: OnChange,
+        log: Log,
+        *,
+        max_result_bytes: int = MAX_RESULT_BYTES,
+        errlog: Log | None = None,
+    ) -> None:
         self.manifest = manifest
         self.tools: tuple[types.Tool, ...] = ()
+        self.max_result_bytes = max_result_bytes
         self._on_change = on_change
         self._log = log
+        self._errlog = errlog or log
+        self._too_large = False  # the session ended on a message over max_result_bytes
         self._session: ClientSession | None = None
         self._stop: anyio.Event | None = None
         self._starting: anyio.Event | None = None  # set when the start in flight ends
@@ -83,6 +99,7 @@ class Upstream:
 
     async def _run(self, stop: anyio.Event, done: anyio.Event) -> None:
         session: ClientSession | None = None
+        self._too_large = False
         try:
             async with AsyncExitStack() as stack:
                 read, write = await stack.enter_async_context(self._transport())
@@ -127,11 +144,28 @@ class Upstream:
         if up.command is not None:
             command = sys.executable if up.command in ("python", "python3") else up.command
             cwd = up.cwd if up.cwd is None or up.cwd.is_absolute() else self.manifest.source.parent / up.cwd
-            params = StdioServerParameters(command=command, args=list(up.args), env=dict(up.env), cwd=cwd)
-            return stdio_client(params, errlog=sys.stderr)
+            return stdio_transport(
+                command,
+                up.args,
+                up.env,
+                cwd,
+                max_message_bytes=self.max_result_bytes,
+                on_stderr=self._on_stderr,
+                on_too_large=self._on_too_large,
+            )
         assert up.url is not None
-        client = httpx2.AsyncClient(headers=dict(up.headers), timeout=httpx2.Timeout(up.timeout, read=None))
-        return _owned_http(up.url, client)
+        client = capped_http_client(up.headers, up.timeout, self.max_result_bytes)
+        return _owned_http(up.url, client, self.max_result_bytes)
+
+    def _on_stderr(self, line: str) -> None:
+        self._errlog(f"{self.name}: {line}")
+
+    def _on_too_large(self) -> None:
+        self._too_large = True
+        self._log(
+            f"upstream {self.name!r} sent a message over {self.max_result_bytes} bytes "
+            "(limits.max_result_bytes): it was stopped, and starts again on the next call"
+        )
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification) and self._session is not None:
@@ -183,6 +217,9 @@ class Upstream:
                 raise UpstreamTimeout(f"upstream {self.name!r} timed out after {timeout:g}s") from None
             if exc.error.code == types.CONNECTION_CLOSED:
                 self.mark_dead()
+                if self._too_large:
+                    msg = f"upstream {self.name!r}: a message over limits.max_result_bytes was refused"
+                    raise UpstreamError(msg) from None
             raise UpstreamError(f"upstream {self.name!r}: {_describe(exc)}") from None
         except TimeoutError:
             self.mark_dead()
@@ -200,10 +237,13 @@ class Upstream:
         self.mark_dead()
 
 
-def _owned_http(url: str, client: httpx2.AsyncClient) -> Any:
+def _owned_http(url: str, client: httpx2.AsyncClient, max_result_bytes: int) -> Any:
     @asynccontextmanager
     async def cm() -> Any:
-        async with client, streamable_http_client(url, http_client=client) as streams:
+        async with (
+            client,
+            streamable_http_client(url, http_client=client, max_sse_event_size=max_result_bytes) as streams,
+        ):
             yield streams[0], streams[1]
 
     return cm()
@@ -228,12 +268,25 @@ class Pool:
     """Every upstream of the policy, started together and kept by name."""
 
     def __init__(
-        self, manifests: tuple[Manifest, ...], on_change: OnChange, log: Callable[[str], None]
+        self,
+        manifests: tuple[Manifest, ...],
+        on_change: OnChange,
+        log: Log,
+        *,
+        max_result_bytes: int = MAX_RESULT_BYTES,
+        errlog: Log | None = None,
     ) -> None:
-        self.upstreams = {m.server: Upstream(m, on_change, log) for m in manifests}
         self.log = log
+        self.errlog = errlog
+        self.max_result_bytes = max_result_bytes
         self.tg: anyio.abc.TaskGroup | None = None
         self._on_change = on_change
+        self.upstreams = {m.server: self._new(m) for m in manifests}
+
+    def _new(self, manifest: Manifest) -> Upstream:
+        return Upstream(
+            manifest, self._on_change, self.log, max_result_bytes=self.max_result_bytes, errlog=self.errlog
+        )
 
     def upstream(self, server: str) -> Upstream:
         """The upstream in force for a server; one removed by a reload is unavailable."""
@@ -243,19 +296,32 @@ class Pool:
             raise UpstreamUnavailable(msg)
         return up
 
-    async def update(self, manifests: tuple[Manifest, ...], wait: float = START_WAIT) -> None:
-        """Follow a reloaded policy: an upstream whose `upstream` block is unchanged is kept (with
-        its new manifest), a new or changed one starts (waiting up to `wait` seconds for it), and a
-        removed or replaced one stops once its calls in flight have ended."""
+    async def update(
+        self,
+        manifests: tuple[Manifest, ...],
+        wait: float = START_WAIT,
+        *,
+        max_result_bytes: int | None = None,
+    ) -> None:
+        """Follow a reloaded policy: an upstream whose `upstream` block (and result cap) is
+        unchanged is kept (with its new manifest), a new or changed one starts (waiting up to
+        `wait` seconds for it), and a removed or replaced one stops once its calls in flight have
+        ended."""
         assert self.tg is not None
+        if max_result_bytes is not None:
+            self.max_result_bytes = max_result_bytes
         kept: dict[str, Upstream] = {}
         for m in manifests:
             old = self.upstreams.get(m.server)
-            if old is not None and old.manifest.upstream == m.upstream:
+            if (
+                old is not None
+                and old.manifest.upstream == m.upstream
+                and old.max_result_bytes == self.max_result_bytes
+            ):
                 old.manifest = m
                 kept[m.server] = old
             else:
-                kept[m.server] = Upstream(m, self._on_change, self.log)
+                kept[m.server] = self._new(m)
         retired = [up for name, up in self.upstreams.items() if kept.get(name) is not up]
         fresh = [up for name, up in kept.items() if self.upstreams.get(name) is not up]
         self.upstreams = kept
@@ -311,15 +377,18 @@ class Pool:
 @asynccontextmanager
 async def open_pool(
     manifests: tuple[Manifest, ...],
-    log: Callable[[str], None],
+    log: Log,
     *,
     on_change: OnChange | None = None,
     wait: float = START_WAIT,
+    max_result_bytes: int = MAX_RESULT_BYTES,
+    errlog: Log | None = None,
 ) -> AsyncIterator[Pool]:
     """Start every upstream (waiting up to `wait` seconds for them); stop them all on exit.
-    `on_change` hears of an upstream whose tool list changed (a serving guard tells its clients)."""
+    `on_change` hears of an upstream whose tool list changed (a serving guard tells its clients);
+    the upstreams' stderr lines go to `errlog` (default `log`)."""
     on_change = on_change or _ignore
-    pool = Pool(manifests, on_change, log)
+    pool = Pool(manifests, on_change, log, max_result_bytes=max_result_bytes, errlog=errlog)
     async with anyio.create_task_group() as tg:
         await pool.start(tg, wait)
         try:

@@ -74,7 +74,20 @@ TICKETS_TOOLS: dict[str, Any] = {
         "arguments": {"resolution": {"enum": ["fixed", "duplicate"]}},
     },
 }
-HOSTILE_TOOL_NAMES = ("echo", "crash", "hang", "fail", "huge", "leak", "ask_sampling", "progress", "slow")
+HOSTILE_TOOL_NAMES = (
+    "echo",
+    "crash",
+    "hang",
+    "fail",
+    "huge",
+    "leak",
+    "ask_sampling",
+    "progress",
+    "stderr",
+    "log",
+    "sized",
+    "slow",
+)
 ALL_UPSTREAM_TOOLS = {
     "billing": ("lookup_order", "refund", "set_payout_destination", "diagnostics"),
     "tickets": ("search_tickets", "get_ticket", "add_comment", "close_ticket"),

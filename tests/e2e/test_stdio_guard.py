@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,6 +20,7 @@ import pytest
 from mcp import MCPError
 
 from tests.helpers import (
+    HOSTILE_SECRET,
     TIMEOUT,
     Deployment,
     RawGuard,
@@ -620,3 +622,74 @@ async def test_the_guard_leaves_a_shared_input_descriptor_blocking_as_it_found_i
     still_blocking, output = await anyio.to_thread.run_sync(run)
     assert still_blocking == 1
     assert sorted(m["id"] for m in map(json.loads, output.splitlines())) == [1, 2, 3, 4, 5]
+
+
+async def test_upstream_stderr_and_log_messages_reach_the_operator_prefixed_scrubbed_and_one_line_each(
+    deployment: Deployment,
+) -> None:
+    deployment.with_hostile()
+    forged = "mcp-guard: upstream 'billing' stopped\x1b[2J\x1b]0;owned\x07"
+    async with stdio_guard(deployment, "qa-bot") as session:
+        with anyio.fail_after(TIMEOUT):
+            await session.call_tool(
+                "hostile__stderr",
+                {"text": f"debug key=sk_live_0123456789abcdefgh {HOSTILE_SECRET}\n{forged}"},
+            )
+            await session.call_tool("hostile__log", {"text": f"ok\n{forged}\u202e"})
+    err = deployment.stderr()
+    assert HOSTILE_SECRET not in err
+    assert "sk_live_0123456789" not in err
+    assert "\x1b" not in err
+    lines = err.splitlines()
+    assert "mcp-guard: hostile: debug key=[REDACTED] [REDACTED]" in lines
+    assert "mcp-guard: hostile: mcp-guard: upstream 'billing' stopped\\x1b[2J\\x1b]0;owned\\x07" in lines
+    assert (
+        "mcp-guard: upstream 'hostile' [warning]: ok\\nmcp-guard: upstream 'billing' stopped"
+        "\\x1b[2J\\x1b]0;owned\\x07\\u202e"
+    ) in lines
+    assert not any(line.startswith("mcp-guard: upstream 'billing'") for line in lines)
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set size (VmHWM), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory from /proc")
+async def test_a_result_over_max_result_bytes_is_refused_unread_and_the_guard_keeps_serving(
+    deployment: Deployment,
+) -> None:
+    deployment.limits["max_result_bytes"] = 64 * 1024
+    deployment.with_hostile()
+
+    def call(tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return {"name": f"hostile__{tool}", "arguments": arguments}
+
+    async with raw_guard(deployment, "qa-bot") as guard:
+        under = await guard.request("tools/call", call("sized", {"kib": 32}))
+        before = peak_rss_kib(guard.process.pid)
+        over = [
+            await guard.request("tools/call", call("sized", {"kib": 1024})),
+            await guard.request("tools/call", call("huge", {"mb": 20})),
+        ]
+        grown = peak_rss_kib(guard.process.pid) - before
+        after = await guard.request("tools/call", call("echo", {"text": "still serving"}))
+    assert len(under["result"]["content"][0]["text"]) == 32 * 1024
+    for response in over:
+        assert response["result"]["isError"] is True
+        assert response["result"]["content"] == [
+            {"type": "text", "text": "error (upstream_error): the call may have taken effect"}
+        ]
+    assert after["result"]["content"][0]["text"] == "still serving"
+    # Read whole, the 20 MiB result alone would have cost the guard far more than this.
+    assert grown < 16 * 1024, f"the guard's peak memory grew by {grown} KiB"
+    assert [(r["tool"], r["outcome"]) for r in deployment.ledger()] == [
+        ("sized", "ok"),
+        ("sized", "upstream_error"),
+        ("huge", "upstream_error"),
+        ("echo", "ok"),
+    ]
+    assert "over 65536 bytes (limits.max_result_bytes)" in deployment.stderr()

@@ -452,15 +452,73 @@ async def test_an_upstream_sampling_request_is_refused_by_the_guard_and_never_re
     assert len(hostile.journal("ask_sampling")) == 1
 
 
-async def test_a_huge_upstream_result_does_not_take_the_guard_down(hostile: SharedHostile) -> None:
-    huge = await call(hostile.session, "hostile__huge", {"mb": 6})
-    after = await call(hostile.session, "hostile__echo", {"text": "still serving"})
+RESULT_CAP = 64 * 1024
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments"),
+    [
+        ("sized", {"kib": 65}),
+        ("sized", {"kib": 1024}),
+        ("huge", {"mb": 20}),
+    ],
+    ids=["just over the cap", "1 MiB", "20 MiB"],
+)
+async def test_a_result_over_max_result_bytes_is_an_upstream_error_the_agent_sees_none_of_and_the_next_call_works(
+    deployment: Deployment, tool: str, arguments: dict[str, Any]
+) -> None:
+    deployment.limits["max_result_bytes"] = RESULT_CAP
+    deployment.with_hostile()
+    async with inprocess_guard(deployment, "qa-bot") as session:
+        under = await call(session, "hostile__sized", {"kib": 32})
+        over = await call(session, f"hostile__{tool}", arguments)
+        after = await call(session, "hostile__echo", {"text": "still serving"})
+        again = await call(session, "hostile__sized", {"kib": 60})
+    assert len(text_of(under)) == 32 * 1024
+    assert over.is_error is True
+    assert text_of(over) == f"error (upstream_error): {AFTER_FORWARD}"
+    assert "xxxx" not in dumped(over)
     assert text_of(after) == "still serving"
-    if huge.is_error:
-        assert text_of(huge) == f"error (upstream_error): {AFTER_FORWARD}"
-    else:
-        assert len(text_of(huge)) == 6 * 1024 * 1024
-    assert [r["outcome"] for r in hostile.ledger("huge")] == ["error" if huge.is_error else "ok"]
+    assert len(text_of(again)) == 60 * 1024
+    rows = deployment.ledger()
+    assert [(r["tool"], r["decision"], r["outcome"]) for r in rows] == [
+        ("sized", "allow", "ok"),
+        (tool, "allow", "upstream_error"),
+        ("echo", "allow", "ok"),
+        ("sized", "allow", "ok"),
+    ]
+    assert "max_result_bytes" in rows[1]["outcome_detail"]
+    # The call did reach the upstream (it may have taken effect); the next one restarted it.
+    assert [e["tool"] for e in deployment.journal("hostile")] == ["sized", tool, "echo", "sized"]
+
+
+async def test_upstream_stderr_reaches_the_operator_prefixed_scrubbed_escaped_and_bounded(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deployment.with_hostile()
+    lines = (
+        f"debug key=sk_live_0123456789abcdefgh secret={HOSTILE_SECRET}\n"
+        "mcp-guard: upstream 'billing' stopped\x1b[2J\r\x9b31m\u202eforged"
+    )
+    async with inprocess_guard(deployment, "qa-bot") as session:
+        written = await call(session, "hostile__stderr", {"text": lines, "long_line": 1024 * 1024})
+        flood = await call(session, "hostile__stderr", {"text": "flood", "repeat": 5000})
+        logged = await call(session, "hostile__log", {"text": "ok\nmcp-guard: forged line\x1b[2J"})
+    assert (text_of(written), text_of(flood), text_of(logged)) == ("written", "written", "logged")
+    err = capsys.readouterr().err.splitlines()
+    hostile = [line for line in err if line.startswith("mcp-guard: hostile: ")]
+    assert hostile[:3] == [
+        "mcp-guard: hostile: debug key=[REDACTED] secret=[REDACTED]",
+        "mcp-guard: hostile: mcp-guard: upstream 'billing' stopped\\x1b[2J\\r\\x9b31m\\u202eforged",
+        "mcp-guard: hostile: " + "L" * 4096 + " [cut]",
+    ]
+    assert HOSTILE_SECRET not in "\n".join(err)
+    floods = [line for line in hostile if line == "mcp-guard: hostile: flood"]
+    assert 0 < len(floods) < 5000
+    assert any(line.endswith("more stderr lines not shown)") for line in hostile)
+    assert "mcp-guard: upstream 'hostile' [warning]: ok\\nmcp-guard: forged line\\x1b[2J" in err
+    assert not any(line.startswith("mcp-guard: forged") for line in err)
+    assert all(line.isprintable() for line in err)
 
 
 async def test_control_characters_invisible_characters_and_secrets_are_stripped_from_tool_descriptions(

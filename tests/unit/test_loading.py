@@ -140,9 +140,28 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("limits", "message", "result"),
+    [
+        ("", 4 * 1024 * 1024, 4 * 1024 * 1024),
+        ("limits: {max_message_bytes: 65536}\n", 65536, 65536),
+        ("limits: {max_result_bytes: 1024}\n", 4 * 1024 * 1024, 1024),
+        ("limits: {max_message_bytes: 65536, max_result_bytes: 9999999}\n", 65536, 9999999),
+    ],
+    ids=["defaults", "follows max_message_bytes", "set alone", "set beside max_message_bytes"],
+)
+def test_the_result_cap_defaults_to_the_message_cap(
+    tmp_path: Path, limits: str, message: int, result: int
+) -> None:
+    config = load_config(write(tmp_path, "guard.yaml", limits + "agents: {a: {roles: [x]}}\n"))
+    assert (config.limits.max_message_bytes, config.limits.max_result_bytes) == (message, result)
+
+
+@pytest.mark.parametrize(
     ("text", "says"),
     [
         ("agents: {Bad: {}}\n", "agents.Bad"),
+        ("limits: {max_result_bytes: 0}\n", "limits.max_result_bytes"),
+        ("limits: {max_result_bytes: 1 MiB}\n", "limits.max_result_bytes"),
         ("ledger: {durability: on}\n", "ledger.durability"),
         ("agents: {a: {}}\nagents: {b: {}}\n", "duplicate key 'agents'"),
         ("tokens: {signing_key: short}\n", "at least 32 bytes"),

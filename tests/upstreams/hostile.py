@@ -1,6 +1,7 @@
 """Hostile upstream MCP server for tests: crashes, hangs, floods, leaks its secret (in text, base64
 at any alignment, binary content, structured content, split across blocks and in its tool
-annotations) and asks for sampling.
+annotations), asks for sampling, writes what it likes to stderr and sends log messages meant to
+forge lines on the operator's screen.
 
 Run from the repository root with `python -m tests.upstreams.hostile`; calls are journaled like the examples.
 """
@@ -11,7 +12,9 @@ import base64
 import itertools
 import json
 import os
+import sys
 import urllib.parse
+import warnings
 from typing import Any
 
 import anyio
@@ -75,6 +78,28 @@ def tools() -> list[types.Tool]:
             name="progress",
             description="Send progress notifications for the given number of steps, then return.",
             input_schema=_schema({"steps": {"type": "integer", "minimum": 0}}, ["steps"]),
+        ),
+        types.Tool(
+            name="stderr",
+            description="Write `text` to stderr `repeat` times, then a line of `long_line` bytes.",
+            input_schema=_schema(
+                {
+                    "text": {"type": "string"},
+                    "repeat": {"type": "integer", "minimum": 0},
+                    "long_line": {"type": "integer", "minimum": 0},
+                },
+                ["text"],
+            ),
+        ),
+        types.Tool(
+            name="log",
+            description="Send `text` as a log message (notifications/message), then return.",
+            input_schema=_schema({"text": {"type": "string"}}, ["text"]),
+        ),
+        types.Tool(
+            name="sized",
+            description="Return a text of the given number of kibibytes.",
+            input_schema=_schema({"kib": {"type": "integer", "minimum": 0}}, ["kib"]),
         ),
         types.Tool(
             name="slow",
@@ -194,6 +219,22 @@ async def _dispatch(
         return await _ask_sampling(ctx)
     if name == "progress":
         return await _progress(ctx, int(args.get("steps", 0)))
+    if name == "stderr":
+        for _ in range(int(args.get("repeat", 1))):
+            sys.stderr.write(str(args["text"]) + "\n")
+        if args.get("long_line"):
+            sys.stderr.write("L" * int(args["long_line"]) + "\n")
+        sys.stderr.flush()
+        return _text("written")
+    if name == "log":
+        with warnings.catch_warnings():  # logging is deprecated in the newest protocol, not in ours
+            warnings.simplefilter("ignore")
+            await ctx.session.send_log_message(
+                level="warning", data=str(args["text"]), related_request_id=ctx.request_id
+            )
+        return _text("logged")
+    if name == "sized":
+        return _text("x" * (int(args.get("kib", 1)) * 1024))
     if name == "slow":
         await anyio.sleep(float(args.get("seconds", 0)))
         return _text("done")
