@@ -187,7 +187,7 @@ def guard_command(config: Path, *extra: str) -> list[str]:
     if GUARD_SRC is None:
         return [sys.executable, "-m", "mcp_guard", "--config", str(config), *extra]
     boot = f"import sys; sys.path.insert(0, {str(GUARD_SRC)!r}); "
-    boot += "from mcp_guard.cli import main; sys.exit(main())"
+    boot += "from mcp_guard.cli.main import main; sys.exit(main())"
     return [sys.executable, "-c", boot, "--config", str(config), *extra]
 
 

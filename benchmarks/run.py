@@ -310,7 +310,7 @@ async def measure_memory(tmp: Path, logfile: TextIO) -> dict[str, Any]:
 
 def measure_verify(tmp: Path, entries: int, repeats: int) -> dict[str, Any]:
     """Build a ledger of `entries` entries (half decisions, half outcomes) and time its verify."""
-    from mcp_guard.ledger import CallRecord, Ledger
+    from mcp_guard.ledger.sqlite.store import CallRecord, Ledger
 
     folder = tmp / "verify"
     folder.mkdir(parents=True, exist_ok=True)

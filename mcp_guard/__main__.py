@@ -1,5 +1,5 @@
 """`python -m mcp_guard` runs the command line."""
 
-from mcp_guard.cli import main
+from mcp_guard.cli.main import main
 
 raise SystemExit(main())

@@ -29,9 +29,9 @@ from mcp.shared.message import SessionMessage
 
 from mcp_guard.config import load_config
 from mcp_guard.examples.journal import JOURNAL_ENV, read_journal
+from mcp_guard.guard.app import Guard, build_server, open_guard
 from mcp_guard.manifest import load_manifests
 from mcp_guard.policy.engine import Agent
-from mcp_guard.server import Guard, build_server, open_guard
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30.0

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import anyio
 
-from mcp_guard.ledger import Ledger
+from mcp_guard.ledger.sqlite.store import Ledger
 from tests.helpers import TIMEOUT, Deployment, guard_command, guard_env, ledger_bytes, ledger_calls, raw_guard
 
 REFUND = {"order_id": "ORD-1001", "amount": 40, "currency": "USD"}

@@ -12,7 +12,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from mcp_guard.ledger import CallRecord, Ledger
+from mcp_guard.ledger.sqlite.store import CallRecord, Ledger
 
 PROCESSES = 4
 PER_PROCESS = 200
@@ -22,7 +22,7 @@ APPENDER = textwrap.dedent(
     """
     import sys, uuid
     from pathlib import Path
-    from mcp_guard.ledger import CallRecord, Ledger
+    from mcp_guard.ledger.sqlite.store import CallRecord, Ledger
 
     path, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     ledger = Ledger.open(path, busy_timeout=30.0)
@@ -41,7 +41,7 @@ KILLED_MID_CALL = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from mcp_guard.ledger import CallRecord, Ledger
+    from mcp_guard.ledger.sqlite.store import CallRecord, Ledger
 
     ledger = Ledger.open(Path(sys.argv[1]))
     ledger.record_decision(CallRecord(sys.argv[2], "support-bot", None, "billing", "refund", {}, "allow",
@@ -54,7 +54,7 @@ FOLLOWER = textwrap.dedent(
     """
     import argparse, sys
     from pathlib import Path
-    from mcp_guard.ledger_view import add_ledger_parser, run_ledger
+    from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
 
     parser = argparse.ArgumentParser(prog="mcp-guard")
     add_ledger_parser(parser.add_subparsers(dest="command"))

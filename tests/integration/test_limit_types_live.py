@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from mcp_guard.manifest_tools import check_live
+from mcp_guard.cli.manifest import check_live
 from tests.helpers import (
     REPO_ROOT,
     TIMEOUT,

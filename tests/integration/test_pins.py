@@ -16,7 +16,7 @@ import mcp_types as types
 import pytest
 from mcp import ClientSession, MCPError
 
-from mcp_guard.server import open_guard
+from mcp_guard.guard.app import open_guard
 from tests.helpers import (
     HOSTILE_TOOL_NAMES,
     TIMEOUT,
@@ -211,7 +211,7 @@ def test_a_world_writable_lock_is_refused_so_its_server_pins_nothing(tmp_path: P
     import os
 
     from mcp_guard.errors import ConfigError
-    from mcp_guard.pins import load_lock, write_lock
+    from mcp_guard.guard.pins import load_lock, write_lock
 
     path = tmp_path / "billing.lock"
     write_lock(path, {"refund": "0" * 64})

@@ -14,8 +14,8 @@ import anyio
 import pytest
 from mcp import MCPError
 
-from mcp_guard.reload import reload_once, watch
-from mcp_guard.server import open_guard
+from mcp_guard.guard.app import open_guard
+from mcp_guard.guard.reload import reload_once, watch
 from tests.helpers import (
     TIMEOUT,
     Deployment,

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from mcp_guard import holds
-from mcp_guard.ledger import CallRecord, Ledger
-from mcp_guard.ledger_entries import decision_fields
+from mcp_guard.guard import holds
+from mcp_guard.ledger.entries import decision_fields
+from mcp_guard.ledger.sqlite.store import CallRecord, Ledger
 from mcp_guard.manifest import Budget, Grant
 from mcp_guard.policy.arguments import Violation
 from mcp_guard.policy.budgets import Charge, amount_of, charges, check_budgets, scope_value

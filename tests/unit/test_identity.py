@@ -13,8 +13,7 @@ import pytest
 
 from mcp_guard.config import AgentConfig, TokensConfig
 from mcp_guard.errors import ListenError
-from mcp_guard.http import SESSION_IDLE_TIMEOUT, SessionOwners, parse_listen
-from mcp_guard.identity import (
+from mcp_guard.identity.base import (
     KEY_PREFIX,
     agent_for_key,
     authenticate,
@@ -23,6 +22,7 @@ from mcp_guard.identity import (
     new_key,
     verify_token,
 )
+from mcp_guard.transports.http import SESSION_IDLE_TIMEOUT, SessionOwners, parse_listen
 
 NOW = 1_800_000_000.0
 SIGNING_KEY = "unit-test-signing-key-0123456789abcdef"

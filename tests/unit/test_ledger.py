@@ -19,18 +19,8 @@ from pathlib import Path
 
 import pytest
 
-import mcp_guard.ledger as ledger_module
-from mcp_guard.errors import LedgerError, LedgerUnavailable
-from mcp_guard.ledger import (
-    HASH_DOMAIN,
-    HASHED_COLUMNS,
-    ZERO_HASH,
-    CallRecord,
-    Invocation,
-    Ledger,
-    entry_hash,
-)
-from mcp_guard.ledger_view import (
+import mcp_guard.ledger.sqlite.store as ledger_module
+from mcp_guard.cli.ledger import (
     Filters,
     Follower,
     add_ledger_parser,
@@ -39,6 +29,16 @@ from mcp_guard.ledger_view import (
     parse_duration,
     printable,
     run_ledger,
+)
+from mcp_guard.errors import LedgerError, LedgerUnavailable
+from mcp_guard.ledger.sqlite.store import (
+    HASH_DOMAIN,
+    HASHED_COLUMNS,
+    ZERO_HASH,
+    CallRecord,
+    Invocation,
+    Ledger,
+    entry_hash,
 )
 from mcp_guard.secrets import Scrubber
 

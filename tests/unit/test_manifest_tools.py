@@ -12,8 +12,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from mcp_guard.manifest import Upstream, load_manifest
-from mcp_guard.manifest_tools import (
+from mcp_guard.cli.manifest import (
     check_limit,
     header_variables,
     manifest_schema,
@@ -21,6 +20,7 @@ from mcp_guard.manifest_tools import (
     render_schema,
     server_name,
 )
+from mcp_guard.manifest import Upstream, load_manifest
 from tests.helpers import REPO_ROOT, write_private
 
 

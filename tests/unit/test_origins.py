@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcp_guard.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
+from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
 
 CONFIGURED_ORIGINS = ("https://console.example", "http://tools.example:8080")
 ALLOWED, BAD = Allowed.of(

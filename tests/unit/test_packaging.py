@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from mcp_guard import demo
+from mcp_guard.cli import demo
 from tests.helpers import REPO_ROOT
 
 # Import names that differ from their distribution names.

@@ -12,7 +12,7 @@ import mcp_types as types
 import pytest
 from mcp.shared.message import SessionMessage
 
-from mcp_guard.upstream_transports import (
+from mcp_guard.upstream.transports import (
     MAX_STDERR_LINE,
     STDERR_LINES_PER_SECOND,
     ResponseTooLarge,

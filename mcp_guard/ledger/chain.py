@@ -1,5 +1,5 @@
 """The ledger's hash chain: the canonical hash of an entry, and verify's walk over the chain.
-Stdlib only: must not import mcp_guard.ledger (which imports this) or anything else from mcp_guard."""
+Stdlib only: imports nothing from mcp_guard (the stores import this)."""
 
 from __future__ import annotations
 

@@ -17,35 +17,36 @@ from typing import Any, Literal, NoReturn, Self, TypeVar
 
 from sqlite_utils import Database
 
-from mcp_guard import ledger_db, ledger_queries
 from mcp_guard.errors import LedgerError, LedgerUnavailable
 
-# Re-exported: callers and tests import these from mcp_guard.ledger, as before the chain moved out.
-from mcp_guard.ledger_chain import HASH_DOMAIN as HASH_DOMAIN
-from mcp_guard.ledger_chain import (
+# Re-exported for callers that import them with the store.
+from mcp_guard.ledger.chain import HASH_DOMAIN as HASH_DOMAIN
+from mcp_guard.ledger.chain import (
     HASHED_COLUMNS,
     ZERO_HASH,
     VerifyResult,
     _verify,
     entry_hash,
 )
-from mcp_guard.ledger_chain import _json_object as _json_object
-from mcp_guard.ledger_chain import _walk_chain as _walk_chain
+from mcp_guard.ledger.chain import _json_object as _json_object
+from mcp_guard.ledger.chain import _walk_chain as _walk_chain
+from mcp_guard.ledger.entries import DECISIONS as DECISIONS
+from mcp_guard.ledger.entries import EVENT_KINDS as EVENT_KINDS
+from mcp_guard.ledger.entries import OUTCOMES as OUTCOMES
+from mcp_guard.ledger.entries import CallRecord as CallRecord
+from mcp_guard.ledger.entries import Redactor, decision_fields, event_fields, outcome_fields, redact
+from mcp_guard.ledger.entries import canonical_json as canonical_json
+from mcp_guard.ledger.entries import format_ts as format_ts
+from mcp_guard.ledger.sqlite import queries as ledger_queries
+from mcp_guard.ledger.sqlite import schema as ledger_db
+from mcp_guard.ledger.sqlite.queries import Event as Event
+from mcp_guard.ledger.sqlite.queries import Invocation as Invocation
+from mcp_guard.ledger.sqlite.queries import loads as _loads
 
 # Re-exported likewise, from before the file and the read side moved out.
-from mcp_guard.ledger_db import BACKSTOP_PAGES as BACKSTOP_PAGES
-from mcp_guard.ledger_db import CHECKPOINT_EVERY as CHECKPOINT_EVERY
-from mcp_guard.ledger_db import describe as describe
-from mcp_guard.ledger_entries import DECISIONS as DECISIONS
-from mcp_guard.ledger_entries import EVENT_KINDS as EVENT_KINDS
-from mcp_guard.ledger_entries import OUTCOMES as OUTCOMES
-from mcp_guard.ledger_entries import CallRecord as CallRecord
-from mcp_guard.ledger_entries import Redactor, decision_fields, event_fields, outcome_fields, redact
-from mcp_guard.ledger_entries import canonical_json as canonical_json
-from mcp_guard.ledger_entries import format_ts as format_ts
-from mcp_guard.ledger_queries import Event as Event
-from mcp_guard.ledger_queries import Invocation as Invocation
-from mcp_guard.ledger_queries import loads as _loads
+from mcp_guard.ledger.sqlite.schema import BACKSTOP_PAGES as BACKSTOP_PAGES
+from mcp_guard.ledger.sqlite.schema import CHECKPOINT_EVERY as CHECKPOINT_EVERY
+from mcp_guard.ledger.sqlite.schema import describe as describe
 
 # SQL is only ever built from these constants; every value is a bound parameter.
 _INSERT = f"INSERT INTO entries ({', '.join(HASHED_COLUMNS)}, entry_hash) VALUES ({', '.join('?' * 17)})"  # noqa: S608

@@ -13,8 +13,8 @@ import anyio
 
 from mcp_guard.config import GuardConfig, load_config
 from mcp_guard.errors import ConfigError
+from mcp_guard.guard.app import Guard
 from mcp_guard.manifest import Manifest, load_manifests
-from mcp_guard.server import Guard
 
 POLL_INTERVAL = 1.0  # seconds between looks at the files
 Snapshot = dict[str, tuple[int, int]]

@@ -20,7 +20,7 @@ from mcp import MCPError
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
 
-from mcp_guard import __version__, holds, pins
+from mcp_guard import __version__
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import (
     LedgerError,
@@ -29,13 +29,14 @@ from mcp_guard.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from mcp_guard.ledger import CallRecord, Ledger
+from mcp_guard.guard import holds, pins
+from mcp_guard.ledger.sqlite.store import CallRecord, Ledger
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.engine import Agent, Catalog, Decision, Offer, Policy, ToolDef, canonical, escape_name
 from mcp_guard.policy.schemas import clean_text
 from mcp_guard.secrets import Scrubber
-from mcp_guard.upstream import Pool, Upstream, open_pool
+from mcp_guard.upstream.pool import Pool, Upstream, open_pool
 
 AFTER_FORWARD = "the call may have taken effect"
 UNREACHABLE = "the upstream server cannot be reached; try again later"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mcp_guard.errors import ConfigError, GuardError, LedgerError
-from mcp_guard.ledger import Event, Ledger, Window
+from mcp_guard.ledger.sqlite.store import Event, Ledger, Window
 from mcp_guard.loading import check_file_permissions
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Agent, Catalog, Decision, Policy, ToolDef
@@ -217,8 +217,8 @@ async def lock_upstreams(
 ) -> list[tuple[Path, int]]:
     """Start the upstreams, then write each one's lock from its live tools: (path, tools) each.
     An upstream that does not start is an error; no lock is written for any then."""
-    from mcp_guard.server import tool_def  # the one digest; server imports this module
-    from mcp_guard.upstream import START_TIMEOUT, open_pool
+    from mcp_guard.guard.app import tool_def  # the one digest; server imports this module
+    from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
 
     async with open_pool(manifests, log, wait=START_TIMEOUT) as pool:
         ups = list(pool.upstreams.values())

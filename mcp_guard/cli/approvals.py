@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from mcp_guard.cli.ledger import printable
 from mcp_guard.errors import LedgerError
-from mcp_guard.ledger import Ledger, Window, format_ts
-from mcp_guard.ledger_view import printable
+from mcp_guard.ledger.sqlite.store import Ledger, Window, format_ts
 from mcp_guard.policy import approvals
 
 ID_PATTERN = r"^[0-9a-f]{16}$"

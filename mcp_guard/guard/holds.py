@@ -13,7 +13,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from mcp_guard.ledger import CallRecord, Window, format_ts
+from mcp_guard.ledger.sqlite.store import CallRecord, Window, format_ts
 from mcp_guard.manifest import Approval
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.arguments import Violation

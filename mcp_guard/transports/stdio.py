@@ -17,7 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
 
-from mcp_guard.server import Guard, build_server
+from mcp_guard.guard.app import Guard, build_server
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 CHUNK = 65536

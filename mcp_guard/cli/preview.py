@@ -16,16 +16,16 @@ from typing import Any
 
 import anyio
 
-from mcp_guard import holds, pins
 from mcp_guard.config import GuardConfig
-from mcp_guard.ledger import CallRecord, Ledger, Window
+from mcp_guard.guard import holds, pins
+from mcp_guard.guard.app import UNREACHABLE, advertise, offered, tool_def, unreachable_denial
+from mcp_guard.ledger.sqlite.store import CallRecord, Ledger, Window
 from mcp_guard.loading import format_duration
 from mcp_guard.manifest import Budget, Manifest
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.engine import Agent, Decision, Offer, Policy, escape_name
 from mcp_guard.secrets import Scrubber
-from mcp_guard.server import UNREACHABLE, advertise, offered, tool_def, unreachable_denial
-from mcp_guard.upstream import START_TIMEOUT, open_pool
+from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
 
 
 @dataclass

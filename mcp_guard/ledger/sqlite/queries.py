@@ -1,6 +1,6 @@
 """The ledger's read side: invocations, updates, events and stats, as functions on a connection whose
-snapshot (and lock) the caller holds. Stdlib only: must not import mcp_guard.ledger (which imports this)
-or anything else from mcp_guard."""
+snapshot (and lock) the caller holds. Stdlib only: imports nothing from
+mcp_guard (the store imports this)."""
 
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ import anyio
 from pydantic import ValidationError
 
 from mcp_guard import __version__
-from mcp_guard.approvals_view import add_approvals_parser, run_approvals
+from mcp_guard.cli.approvals import add_approvals_parser, run_approvals
+from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
 from mcp_guard.config import GuardConfig, find_config, load_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError
-from mcp_guard.ledger_view import add_ledger_parser, run_ledger
 from mcp_guard.manifest import Manifest, Upstream, load_manifests
 from mcp_guard.policy.engine import Agent, Policy
 from mcp_guard.secrets import Scrubber
@@ -101,9 +101,9 @@ def agent_of(config: GuardConfig, policy: Policy, name: str | None) -> Agent:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mcp_guard.reload import watch
-    from mcp_guard.server import open_guard
-    from mcp_guard.transport import serve_stdio, stop_on_signal
+    from mcp_guard.guard.app import open_guard
+    from mcp_guard.guard.reload import watch
+    from mcp_guard.transports.stdio import serve_stdio, stop_on_signal
 
     config, manifests = load(args)
     if args.http is not None:
@@ -126,9 +126,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: str) -> int:
     """Every agent over one HTTP listener; identity comes from each request's credential."""
-    from mcp_guard.http import bind, parse_listen, serve_http
-    from mcp_guard.reload import watch
-    from mcp_guard.server import open_guard
+    from mcp_guard.guard.app import open_guard
+    from mcp_guard.guard.reload import watch
+    from mcp_guard.transports.http import bind, parse_listen, serve_http
 
     try:
         host, port = parse_listen(listen)
@@ -148,7 +148,7 @@ def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: st
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from mcp_guard.identity import hash_key, new_key
+    from mcp_guard.identity.base import hash_key, new_key
     from mcp_guard.loading import NAME_PATTERN
 
     if not re.match(NAME_PATTERN, args.name):
@@ -162,7 +162,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from mcp_guard.identity import issue_token
+    from mcp_guard.identity.base import issue_token
     from mcp_guard.loading import format_duration, parse_duration
 
     config = load_config(find_config(args.config))
@@ -204,7 +204,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                         )
     tools = sum(len(m.tools) for m in manifests)
     if args.live:
-        from mcp_guard.manifest_tools import check_live
+        from mcp_guard.cli.manifest import check_live
 
         problems = check_live(config, manifests)
         for problem in problems:
@@ -219,7 +219,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_tools(args: argparse.Namespace) -> int:
-    from mcp_guard.preview import load_preview, print_tools
+    from mcp_guard.cli.preview import load_preview, print_tools
 
     config, manifests = load(args)
     agent = agent_of(config, Policy(config, manifests), args.agent)
@@ -228,7 +228,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from mcp_guard.preview import explain, load_preview
+    from mcp_guard.cli.preview import explain, load_preview
 
     config, manifests = load(args)
     try:
@@ -246,7 +246,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _manifest_lock(args: argparse.Namespace) -> int:
-    from mcp_guard.pins import lock_upstreams
+    from mcp_guard.guard.pins import lock_upstreams
 
     _, manifests = load(args)
     if args.server is not None:
@@ -262,7 +262,7 @@ def _manifest_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from mcp_guard import manifest_tools
+    from mcp_guard.cli import manifest as manifest_tools
 
     if args.manifest_command == "lock":
         return _manifest_lock(args)
@@ -303,7 +303,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mcp_guard.demo import run_demo
+    from mcp_guard.cli.demo import run_demo
 
     return run_demo()
 

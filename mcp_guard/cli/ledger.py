@@ -16,7 +16,7 @@ from typing import Any, TextIO, TypedDict
 
 from mcp_guard import loading
 from mcp_guard.errors import LedgerError
-from mcp_guard.ledger import Invocation, Ledger
+from mcp_guard.ledger.sqlite.store import Invocation, Ledger
 
 POLL_SECONDS = 0.2
 IN_FLIGHT_SECONDS = 3.0

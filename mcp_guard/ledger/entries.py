@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from mcp_guard.ledger_chain import _JSON
+from mcp_guard.ledger.chain import _JSON
 
 EVENT_KINDS = frozenset({"policy", "pin", "approval"})
 DECISIONS = frozenset({"allow", "deny"})

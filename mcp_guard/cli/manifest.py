@@ -17,16 +17,16 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel
 
-from mcp_guard import pins
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import UpstreamUnavailable
+from mcp_guard.guard import pins
+from mcp_guard.guard.app import tool_def
 from mcp_guard.loading import format_duration, parse_duration
 from mcp_guard.manifest import Approval, Budget, Grant, Manifest, Upstream
 from mcp_guard.policy.engine import Policy
 from mcp_guard.policy.schemas import KEYWORDS_BY_TYPE, clean_text, type_keyword, types_of
 from mcp_guard.secrets import Scrubber
-from mcp_guard.server import tool_def
-from mcp_guard.upstream import START_TIMEOUT, open_pool
+from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
 
 _INTERNAL = ("source", "injected")
 _DURATION_SCHEMA = {"type": "string", "pattern": r"^[0-9]+(s|m|h|d)$"}

@@ -20,7 +20,7 @@ from mcp.shared.dispatcher import ProgressFnT as ProgressFn
 from mcp_guard.config import LimitsConfig
 from mcp_guard.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.manifest import Manifest
-from mcp_guard.upstream_transports import capped_http_client, stdio_transport
+from mcp_guard.upstream.transports import capped_http_client, stdio_transport
 
 START_TIMEOUT = 30.0  # an upstream that has not answered initialize and tools/list by then has failed
 START_WAIT = 5.0  # how long the guard's own start waits for its upstreams before serving

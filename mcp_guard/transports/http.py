@@ -32,9 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_guard.config import HttpConfig
 from mcp_guard.errors import ListenError
-from mcp_guard.identity import Verdict, authenticate
-from mcp_guard.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
-from mcp_guard.server import AGENT_SCOPE_KEY, Guard, build_server
+from mcp_guard.guard.app import AGENT_SCOPE_KEY, Guard, build_server
+from mcp_guard.identity.base import Verdict, authenticate
+from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 MCP_PATH = "/mcp"

@@ -1,6 +1,6 @@
 """The ledger's SQLite file: schema and migrations, opening and configuring connections, the wording of
 SQLite errors, and the background checkpoint. Imports nothing from mcp_guard but errors and ledger_chain
-(the triggers); must not import mcp_guard.ledger (which imports this)."""
+(the triggers); must not import mcp_guard.ledger.sqlite.store (which imports this)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from urllib.parse import quote
 from sqlite_utils import Database, Migrations
 
 from mcp_guard.errors import LedgerError
-from mcp_guard.ledger_chain import TRIGGERS
+from mcp_guard.ledger.chain import TRIGGERS
 
 CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints
 BACKSTOP_PAGES = 16384  # SQLite's own checkpoint, when the background one falls this far behind (64 MiB)

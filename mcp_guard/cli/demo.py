@@ -13,10 +13,10 @@ import anyio
 import yaml
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 
-from mcp_guard.ledger import Ledger
-from mcp_guard.ledger_view import format_line
+from mcp_guard.cli.ledger import format_line
+from mcp_guard.ledger.sqlite.store import Ledger
 
-EXAMPLES = Path(__file__).resolve().parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 AGENT = "support-bot"
 AGENTS = {"support-bot": {"roles": ["support"]}, "finance-bot": {"roles": ["finance"]}}
 """The agents of the bundled guard.yaml."""

@@ -1,0 +1,1 @@
+"""The mcp-guard command: one module per command group. The library never imports it."""

@@ -1,0 +1,1 @@
+"""Who is calling: authenticators that turn a request's credential into an agent."""

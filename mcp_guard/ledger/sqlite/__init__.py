@@ -1,0 +1,1 @@
+"""The SQLite ledger store: private behind the ledger's interface."""

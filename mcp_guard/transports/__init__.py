@@ -1,0 +1,1 @@
+"""How clients reach the guard: stdio and Streamable HTTP."""
