@@ -8,7 +8,6 @@ import os
 import re
 import stat
 import sys
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -16,10 +15,10 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from mcp_guard.errors import ConfigError
+from mcp_guard.policy.durations import format_duration as format_duration
+from mcp_guard.policy.durations import parse_duration as parse_duration
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_DURATION = re.compile(r"^([0-9]+)(s|m|h|d)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
@@ -29,24 +28,7 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def parse_duration(value: object) -> float:
-    """`30s`, `15m`, `1h`, `1d` -> seconds."""
-    if isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = int(m.group(1)) * _UNITS[m.group(2)]
-        if seconds > 0:
-            return float(seconds)
-    msg = f"{value!r} is not a duration (use a positive number with s, m, h or d: 30s, 15m, 1h, 1d)"
-    raise ValueError(msg)
-
-
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-def format_duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{timedelta(seconds=seconds).total_seconds():g}s"
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -29,9 +29,9 @@ from mcp.shared.message import SessionMessage
 
 from mcp_guard.config import load_config
 from mcp_guard.examples.journal import JOURNAL_ENV, read_journal
-from mcp_guard.guard.app import Guard, build_server, open_guard
+from mcp_guard.guard.app import build_server, open_guard
+from mcp_guard.guard.caller import Caller
 from mcp_guard.manifest import load_manifests
-from mcp_guard.policy.engine import Agent
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30.0
@@ -338,10 +338,6 @@ def assert_denied(result: Any, reason: str) -> None:
 # -- the guard in-process and over real stdio ------------------------------------------------------
 
 
-def agent_of(deployment: Deployment, name: str) -> Agent:
-    return Agent(name, frozenset(deployment.agents[name]))
-
-
 @asynccontextmanager
 async def inprocess_guard(
     deployment: Deployment, agent: str, **session_args: Any
@@ -356,29 +352,20 @@ async def inprocess_guard(
 async def inprocess_guards(
     deployment: Deployment, agents: Sequence[str], **session_args: Any
 ) -> AsyncIterator[dict[str, ClientSession]]:
-    """One client session per agent, each with its own guard Server, all over one set of
-    upstream processes and one ledger connection (as HTTP serves many agents from one guard)."""
+    """One client session per agent, each a caller with its own MCP server, all on one guard: one
+    set of upstream processes and one ledger connection (as HTTP serves many agents)."""
     config, manifests = deployment.load()
-    async with (
-        open_guard(config, manifests, agent_of(deployment, agents[0])) as first,
-        AsyncExitStack() as stack,
-    ):
+    async with open_guard(config, manifests, tuple(agents)) as guard, AsyncExitStack() as stack:
         sessions: dict[str, ClientSession] = {}
         for name in agents:
-            agent = agent_of(deployment, name)
-            if name == agents[0]:
-                guard = first
-            else:
-                guard = Guard(first.policy, first.pool, first.ledger, agent)
-                assert first.pool.tg is not None
-                first.pool.tg.start_soon(guard.commit_outcomes)
-            sessions[name] = await stack.enter_async_context(_connect(guard, session_args))
+            caller = Caller(guard, name)
+            sessions[name] = await stack.enter_async_context(_connect(caller, session_args))
         yield sessions
 
 
 @asynccontextmanager
-async def _connect(guard: Guard, session_args: dict[str, Any]) -> AsyncIterator[ClientSession]:
-    server = build_server(guard)
+async def _connect(caller: Caller, session_args: dict[str, Any]) -> AsyncIterator[ClientSession]:
+    server = build_server(caller)
     to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](16)
     server_out, to_client = anyio.create_memory_object_stream[SessionMessage | Exception](16)
     async with anyio.create_task_group() as tg, to_server, server_in, server_out, to_client:

@@ -102,6 +102,7 @@ def agent_of(config: GuardConfig, policy: Policy, name: str | None) -> Agent:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_guard.guard.app import open_guard
+    from mcp_guard.guard.caller import Caller
     from mcp_guard.guard.reload import watch
     from mcp_guard.transports.stdio import serve_stdio, stop_on_signal
 
@@ -114,10 +115,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     agent = agent_of(config, Policy(config, manifests), args.agent)
 
     async def run() -> None:
-        async with open_guard(config, manifests, agent) as guard, anyio.create_task_group() as tg:
+        async with open_guard(config, manifests, (agent.name,)) as guard, anyio.create_task_group() as tg:
             tg.start_soon(watch, guard)  # live reload, for as long as the guard serves
             tg.start_soon(stop_on_signal, guard, tg.cancel_scope)
-            await serve_stdio(guard)
+            await serve_stdio(Caller(guard, agent.name))
             tg.cancel_scope.cancel()
 
     anyio.run(run)
@@ -138,7 +139,7 @@ def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: st
     sock = bind(host, port)
 
     async def run() -> None:
-        async with open_guard(config, manifests, None) as guard, anyio.create_task_group() as tg:
+        async with open_guard(config, manifests) as guard, anyio.create_task_group() as tg:
             tg.start_soon(watch, guard)  # live reload, for as long as the guard serves
             await serve_http(guard, sock)
             tg.cancel_scope.cancel()

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import UpstreamUnavailable
 from mcp_guard.guard import pins
-from mcp_guard.guard.app import tool_def
+from mcp_guard.guard.convert import tool_def
 from mcp_guard.loading import format_duration, parse_duration
 from mcp_guard.manifest import Approval, Budget, Grant, Manifest, Upstream
 from mcp_guard.policy.engine import Policy

@@ -18,12 +18,14 @@ import anyio
 
 from mcp_guard.config import GuardConfig
 from mcp_guard.guard import holds, pins
-from mcp_guard.guard.app import UNREACHABLE, advertise, offered, tool_def, unreachable_denial
+from mcp_guard.guard.calls import UNREACHABLE, unreachable_denial
+from mcp_guard.guard.convert import advertise, offered, tool_def
 from mcp_guard.ledger.sqlite.store import CallRecord, Ledger, Window
 from mcp_guard.loading import format_duration
 from mcp_guard.manifest import Budget, Manifest
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.engine import Agent, Decision, Offer, Policy, escape_name
+from mcp_guard.policy.reasons import Reason
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
 
@@ -41,14 +43,14 @@ class Preview:
         """The guard's decision before the ledger settles budgets and approvals (server.call_tool)."""
         policy, agent = self.policy, self.agent
         decision = policy.decide(name, arguments, self.offers, agent=agent.name)
-        if decision.reason == "unknown_tool":
+        if decision.reason == Reason.UNKNOWN_TOOL:
             return (
                 pins.withheld_denial(policy, agent, self.withheld, name, arguments)
                 or unreachable_denial(policy, agent, name, arguments, self.down)
                 or decision
             )
         if decision.allowed and decision.server in self.down:
-            return replace(decision, allowed=False, reason="upstream_unavailable", detail=UNREACHABLE)
+            return replace(decision, allowed=False, reason=Reason.UPSTREAM_UNAVAILABLE, detail=UNREACHABLE)
         return decision
 
     def not_shown(self) -> list[tuple[str, Decision]]:
@@ -60,7 +62,7 @@ class Preview:
         out = []
         for name in names:
             decision = self.decide(name, {})
-            if decision.reason in ("pin_mismatch", "upstream_unavailable"):
+            if decision.reason in (Reason.PIN_MISMATCH, Reason.UPSTREAM_UNAVAILABLE):
                 out.append((name, decision))
         return out
 
@@ -186,7 +188,7 @@ def explain(
         )
     else:  # no history yet: every budget is whole, and no approval has been given
         violation = budgets.check_budgets(hold.tool, [(c, Decimal(0)) for c in hold.charges])
-        reason = violation.reason if violation else "approval_pending" if hold.approval else None
+        reason = violation.reason if violation else Reason.APPROVAL_PENDING if hold.approval else None
         detail = violation.detail if violation else None
         final = replace(record, decision="deny" if reason else "allow", reason=reason, detail=detail)
     if final.decision == "allow":
@@ -194,7 +196,7 @@ def explain(
             True,
             f"allow: {decision.server}.{decision.tool} for {agent.name!r} with {json.dumps(arguments)}",
         )
-    if final.reason == "approval_pending":
+    if final.reason == Reason.APPROVAL_PENDING:
         return (
             False,
             "denied (approval_pending): this exact call needs an operator's approval (mcp-guard approvals)",

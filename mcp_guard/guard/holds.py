@@ -18,6 +18,7 @@ from mcp_guard.manifest import Approval
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.arguments import Violation
 from mcp_guard.policy.budgets import Charge
+from mcp_guard.policy.reasons import Reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +76,15 @@ def check(window: Window, record: CallRecord, hold: Hold, tallies: Tallies) -> C
         return record
     request_id, verdict = file_request(window, hold, record.policy_hash)
     if verdict == "denied":
-        return _deny(record, "approval_denied", f"an operator denied this call (approval {request_id})")
+        return _deny(record, Reason.APPROVAL_DENIED, f"an operator denied this call (approval {request_id})")
     if verdict == "expired":
         _queue(window, hold, request_id, approvals.EXPIRED, record.policy_hash)
         return _deny(
-            record, "approval_expired", f"approval {request_id} lapsed; call again to request a new one"
+            record, Reason.APPROVAL_EXPIRED, f"approval {request_id} lapsed; call again to request a new one"
         )
     if verdict == "pending":
         detail = f"held for human approval as request {request_id}; call again with the same arguments"
-        return _deny(record, "approval_pending", f"{detail} once it is approved")
+        return _deny(record, Reason.APPROVAL_PENDING, f"{detail} once it is approved")
     _queue(window, hold, request_id, approvals.USE, record.policy_hash, call_id=record.call_id)
     return record
 

@@ -1,7 +1,7 @@
 """Pinned tool definitions (SPEC `tool_manifests/<server>.lock`): the lock files `manifest lock`
 writes, trust on first use through the ledger's `pin` entries when a server has no lock, and the
 check that withholds a tool whose live definition is not the pinned one. Digests are the ones
-`server.tool_def` computes (the one definition); no mcp types here."""
+`convert.tool_def` computes (the one definition); no mcp types here."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from mcp_guard.ledger.sqlite.store import Event, Ledger, Window
 from mcp_guard.loading import check_file_permissions
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Agent, Catalog, Decision, Policy, ToolDef
+from mcp_guard.policy.reasons import Reason
 
 LOCK_SUFFIX = ".lock"
 FIRST_USE = "first-use"
@@ -101,7 +102,7 @@ def withheld_denial(
     held = withheld.get(name)
     if held is None or policy.grant_for(agent, held.server, held.tool) is None:
         return None
-    return Decision(False, "pin_mismatch", held.detail, held.server, held.tool, arguments)
+    return Decision.refuse(Reason.PIN_MISMATCH, held.detail, held.server, held.tool, arguments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +218,7 @@ async def lock_upstreams(
 ) -> list[tuple[Path, int]]:
     """Start the upstreams, then write each one's lock from its live tools: (path, tools) each.
     An upstream that does not start is an error; no lock is written for any then."""
-    from mcp_guard.guard.app import tool_def  # the one digest; server imports this module
+    from mcp_guard.guard.convert import tool_def  # the one digest
     from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
 
     async with open_pool(manifests, log, wait=START_TIMEOUT) as pool:

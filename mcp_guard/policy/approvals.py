@@ -11,6 +11,7 @@ from typing import Any
 
 from mcp_guard.manifest import Approval
 from mcp_guard.policy.arguments import Compiled, check_schema, compile_schema
+from mcp_guard.policy.reasons import Reason
 
 # Actions recorded as approval events, in their payload's "action".
 REQUEST, APPROVE, DENY, USE, EXPIRED = "request", "approve", "deny", "use", "expired"
@@ -33,7 +34,7 @@ def needs_approval(
         return True
     if validator is None:
         validator = compile_schema({"type": "object", "properties": dict(approval.when)})
-    return not check_schema(validator, arguments, "approval")
+    return not check_schema(validator, arguments, Reason.INVALID_ARGUMENTS)  # only: does it match
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from referencing import Registry
 from referencing.exceptions import NoSuchResource
 
+from mcp_guard.policy.reasons import Reason
 from mcp_guard.policy.simple import Predicate, predicate
 
 MAX_DEPTH = 64
@@ -27,7 +28,7 @@ MAX_SAFE_INTEGER = 2**53
 class Violation:
     """Why arguments were refused: a reason code and one line saying what would pass."""
 
-    reason: str  # invalid_arguments | limit_exceeded
+    reason: Reason  # invalid_arguments | limit_exceeded | budget_exhausted
     detail: str
 
 
@@ -102,9 +103,9 @@ def check_strict(arguments: Mapping[str, Any], declared: frozenset[str], max_byt
     out: list[Violation] = []
     for name in arguments:
         if name not in declared:
-            out.append(Violation("invalid_arguments", f"{_show(name)} is not an argument of this tool"))
+            out.append(Violation(Reason.INVALID_ARGUMENTS, f"{_show(name)} is not an argument of this tool"))
     for path, problem in _walk(arguments, "", 0):
-        out.append(Violation("invalid_arguments", f"{path or 'arguments'} {problem}"))
+        out.append(Violation(Reason.INVALID_ARGUMENTS, f"{path or 'arguments'} {problem}"))
         break
     if not out:
         try:
@@ -112,7 +113,7 @@ def check_strict(arguments: Mapping[str, Any], declared: frozenset[str], max_byt
         except (ValueError, TypeError):
             size = max_bytes + 1
         if size > max_bytes:
-            out.append(Violation("invalid_arguments", f"arguments must be at most {max_bytes} bytes"))
+            out.append(Violation(Reason.INVALID_ARGUMENTS, f"arguments must be at most {max_bytes} bytes"))
     return out
 
 
@@ -140,7 +141,7 @@ def _walk(value: Any, path: str, depth: int) -> Iterator[tuple[str, str]]:
         yield path, "must be a JSON value"
 
 
-def check_schema(schema: Compiled, arguments: Mapping[str, Any], reason: str) -> list[Violation]:
+def check_schema(schema: Compiled, arguments: Mapping[str, Any], reason: Reason) -> list[Violation]:
     """Validate against a compiled schema; the first error (best match) becomes one violation.
     A simple schema's fast check may pass the arguments; only the validator refuses."""
     # An exception (a pattern that does not compile) leaves it to the validator too.

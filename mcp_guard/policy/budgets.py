@@ -13,9 +13,10 @@ from decimal import Context as _Context
 from decimal import Decimal, Inexact, InvalidOperation, Overflow
 from typing import Any
 
-from mcp_guard.loading import format_duration
 from mcp_guard.manifest import Budget, Grant
 from mcp_guard.policy.arguments import Violation
+from mcp_guard.policy.durations import format_duration
+from mcp_guard.policy.reasons import Reason
 
 # Sums of doubles as written need up to ~770 significant digits; an inexact sum raises.
 EXACT = _Context(prec=2000, Emin=-999999, Emax=999999, traps=[Inexact, InvalidOperation, Overflow])
@@ -66,10 +67,10 @@ def charges(
         amount = Decimal(1)
         if budget.sum is not None:
             if budget.sum not in arguments:
-                return Violation("invalid_arguments", f"{budget.sum} is required")
+                return Violation(Reason.INVALID_ARGUMENTS, f"{budget.sum} is required")
             found = amount_of(arguments[budget.sum])
             if found is None:
-                return Violation("invalid_arguments", f"{budget.sum} must be a finite number >= 0")
+                return Violation(Reason.INVALID_ARGUMENTS, f"{budget.sum} must be a finite number >= 0")
             amount = found
         scope = tuple((key, scope_value(key, agent, session, arguments)) for key in budget.by)
         out.append(Charge(budget, scope, amount))
@@ -97,7 +98,7 @@ def check_budgets(tool: str, pending: Iterable[tuple[Charge, Decimal]]) -> Viola
             unit = "" if budget.sum else " calls"
             amounts = f"{format_amount(left)} of {format_amount(budget.max)}"
             detail = f"{what}{amounts}{unit} left for {tool} (rolling {window})"
-            return Violation("budget_exhausted", detail)
+            return Violation(Reason.BUDGET_EXHAUSTED, detail)
     return None
 
 

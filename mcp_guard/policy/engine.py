@@ -15,7 +15,9 @@ from mcp_guard.manifest import Approval, Grant, Manifest
 from mcp_guard.policy.approvals import needs_approval
 from mcp_guard.policy.arguments import Compiled, Violation, check_schema, check_strict, compile_schema
 from mcp_guard.policy.budgets import Charge, charges
+from mcp_guard.policy.reasons import Reason
 from mcp_guard.policy.schemas import DIALECT, clean_text, merge_limits, one_dialect, typed_limit
+from mcp_guard.policy.targets import Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +59,29 @@ class Offer:
 @dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
-    reason: str | None
+    reason: Reason | None
     detail: str
-    server: str | None
-    tool: str
+    target: Target
     arguments: Mapping[str, Any]
     # What must still hold in the ledger for an allowed call: its budget charges, and the
     # approval it needs (None if none).
     charges: tuple[Charge, ...] = ()
     approval: Approval | None = None
+
+    @classmethod
+    def refuse(
+        cls, reason: Reason, detail: str, server: str | None, tool: str, arguments: Mapping[str, Any]
+    ) -> Decision:
+        """A refused tool call."""
+        return cls(False, reason, detail, Target("tool", server, tool), arguments)
+
+    @property
+    def server(self) -> str | None:
+        return self.target.server
+
+    @property
+    def tool(self) -> str:
+        return self.target.name
 
     @property
     def text(self) -> str:
@@ -182,23 +198,22 @@ class Policy:
         only prepared here (charges, the approval needed); the ledger transaction settles them."""
         offer = offers.get(name)
         if offer is None:
-            return Decision(
-                False,
-                "unknown_tool",
-                f"Unknown tool: {escape_name(name)}",
-                None,
-                escape_name(name),
-                arguments,
+            return Decision.refuse(
+                Reason.UNKNOWN_TOOL, f"Unknown tool: {escape_name(name)}", None, escape_name(name), arguments
             )
         violations = check_strict(arguments, offer.declared, self.config.limits.max_argument_bytes)
         if not violations and not self._schema_ok(offer):
-            violations = [Violation("invalid_arguments", "the upstream's schema for this tool is invalid")]
-        if not violations and check_schema(offer.merged_validator, arguments, "invalid_arguments"):
+            violations = [
+                Violation(Reason.INVALID_ARGUMENTS, "the upstream's schema for this tool is invalid")
+            ]
+        if not violations and check_schema(offer.merged_validator, arguments, Reason.INVALID_ARGUMENTS):
             # Only a refusal needs to know which schema refused: the upstream's or the grant's.
             violations = check_schema(
-                offer.upstream_validator, arguments, "invalid_arguments"
-            ) or check_schema(offer.limits_validator, arguments, "limit_exceeded")
-            violations = violations or [Violation("limit_exceeded", "arguments exceed this grant's limits")]
+                offer.upstream_validator, arguments, Reason.INVALID_ARGUMENTS
+            ) or check_schema(offer.limits_validator, arguments, Reason.LIMIT_EXCEEDED)
+            violations = violations or [
+                Violation(Reason.LIMIT_EXCEEDED, "arguments exceed this grant's limits")
+            ]
         if violations:
             return _deny(offer, violations[0], arguments)
         found = charges(offer.grant, agent, session, arguments)
@@ -209,13 +224,12 @@ class Policy:
             if needs_approval(offer.grant.approval, arguments, offer.when_validator)
             else None
         )
-        return Decision(
-            True, None, "allowed", offer.server, offer.tool.name, arguments, tuple(found), approval
-        )
+        target = Target("tool", offer.server, offer.tool.name)
+        return Decision(True, None, "allowed", target, arguments, tuple(found), approval)
 
 
 def _deny(offer: Offer, violation: Violation, arguments: Mapping[str, Any]) -> Decision:
-    return Decision(False, violation.reason, violation.detail, offer.server, offer.tool.name, arguments)
+    return Decision.refuse(violation.reason, violation.detail, offer.server, offer.tool.name, arguments)
 
 
 def _declared(schema: Mapping[str, Any]) -> frozenset[str]:

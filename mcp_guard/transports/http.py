@@ -32,8 +32,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_guard.config import HttpConfig
 from mcp_guard.errors import ListenError
-from mcp_guard.guard.app import AGENT_SCOPE_KEY, Guard, build_server
+from mcp_guard.guard.app import Guard, build_server
+from mcp_guard.guard.caller import AGENT_SCOPE_KEY, Caller
 from mcp_guard.identity.base import Verdict, authenticate
+from mcp_guard.policy.engine import Agent
 from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
 from mcp_guard.wire import StrictJSONError, parse_strict
 
@@ -211,7 +213,7 @@ class GuardMiddleware:
             return
         await self._serve(agent, scope, receive, send)
 
-    def _identify(self, scope: Scope) -> str | Response:
+    def _identify(self, scope: Scope) -> Agent | Response:
         values = [v for k, v in scope["headers"] if k == b"authorization"]
         if not values:
             return _unauthorized(None)
@@ -225,9 +227,9 @@ class GuardMiddleware:
             client = scope.get("client") or ("?", 0)
             self.guard.log(f"HTTP 401 for {client[0]}: {verdict.problem or 'agent no longer defined'}")
             return _unauthorized(verdict.problem)
-        return verdict.agent
+        return policy.agents[verdict.agent]
 
-    async def _serve(self, agent: str, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(self, agent: Agent, scope: Scope, receive: Receive, send: Send) -> None:
         sids = Request(scope).headers.getlist(SESSION_HEADER)
         if len(sids) > 1:  # we and the SDK must not read different ones
             await _rpc_error(400, types.INVALID_REQUEST, "Bad request: more than one session id")(
@@ -235,7 +237,7 @@ class GuardMiddleware:
             )
             return
         sid = sids[0] if sids else None
-        if sid is not None and self.sessions.owner(sid) != agent:
+        if sid is not None and self.sessions.owner(sid) != agent.name:
             # Another agent's session, or one we never saw opened: exactly as if it did not exist.
             await _rpc_error(404, types.INVALID_REQUEST, "Session not found")(scope, receive, send)
             return
@@ -251,14 +253,14 @@ class GuardMiddleware:
             sid is None
             and isinstance(message, dict)
             and message.get("method") == "initialize"
-            and self.sessions.count(agent) >= MAX_SESSIONS_PER_AGENT
+            and self.sessions.count(agent.name) >= MAX_SESSIONS_PER_AGENT
         ):
             await _rpc_error(503, types.INTERNAL_ERROR, "Too many open sessions")(scope, receive, send)
             return
 
         scope[AGENT_SCOPE_KEY] = agent
         # The SDK's own session binding compares this principal too (a second lock on the door).
-        token = AccessToken(token="-", client_id=agent, scopes=[], subject=agent)  # noqa: S106
+        token = AccessToken(token="-", client_id=agent.name, scopes=[], subject=agent.name)  # noqa: S106
         scope["user"] = AuthenticatedUser(token)
         opened: list[str] = []
 
@@ -267,7 +269,7 @@ class GuardMiddleware:
                 status = int(msg["status"])
                 new = next((v.decode() for k, v in msg.get("headers", []) if k == b"mcp-session-id"), None)
                 if sid is None and new is not None and status < 400:
-                    self.sessions.opened(new, agent)
+                    self.sessions.opened(new, agent.name)
                     opened.append(new)
                 elif sid is not None and (status == 404 or (scope["method"] == "DELETE" and status < 300)):
                     self.sessions.forget(sid)
@@ -335,7 +337,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def build_app(guard: Guard, host: str) -> GuardMiddleware:
     """The ASGI app: our middleware around a Starlette app serving the SDK's session manager."""
-    server = build_server(guard)
+    server = build_server(Caller(guard))
     config = guard.policy.config
     allowed, unparsable = allowed_sources(config.http, host)
     for pattern in unparsable:

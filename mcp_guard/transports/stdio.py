@@ -18,6 +18,7 @@ from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
 
 from mcp_guard.guard.app import Guard, build_server
+from mcp_guard.guard.caller import Caller
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 CHUNK = 65536
@@ -154,8 +155,9 @@ class _Open:
         await self._none.wait()
 
 
-async def serve_stdio(guard: Guard) -> None:
-    server = build_server(guard)
+async def serve_stdio(caller: Caller) -> None:
+    guard = caller.guard
+    server = build_server(caller)
     max_bytes = guard.policy.config.limits.max_message_bytes
     wire_in, wire_out = _claim_stdio()
     to_server: MemoryObjectSendStream[SessionMessage | Exception]

@@ -17,12 +17,12 @@ import pytest
 from mcp import ClientSession, MCPError
 
 from mcp_guard.guard.app import open_guard
+from mcp_guard.guard.caller import Caller
 from tests.helpers import (
     HOSTILE_TOOL_NAMES,
     TIMEOUT,
     Deployment,
     _connect,
-    agent_of,
     assert_denied,
     guard_env,
     inprocess_guard,
@@ -180,8 +180,8 @@ async def test_a_definition_changed_at_runtime_is_withheld_and_the_client_is_tol
     config, manifests = deployment.load()
     on_message, changed = list_changed_listener()
     async with (
-        open_guard(config, manifests, agent_of(deployment, "qa-bot")) as guard,
-        _connect(guard, {"message_handler": on_message}) as session,
+        open_guard(config, manifests, ("qa-bot",)) as guard,
+        _connect(Caller(guard, "qa-bot"), {"message_handler": on_message}) as session,
     ):
         assert ECHO in await listed(session)
         upstream = guard.pool.upstreams["hostile"]
@@ -225,7 +225,7 @@ async def test_tools_are_pinned_as_the_guard_starts_before_any_request(deploymen
     # The catalog (pin checks included) is built while clients connect, not on their first request.
     deployment.with_billing()
     config, manifests = deployment.load()
-    async with open_guard(config, manifests, agent_of(deployment, "support-bot")):
+    async with open_guard(config, manifests, ("support-bot",)):
         with anyio.fail_after(TIMEOUT):
             for _ in iter(int, 1):
                 if len(pin_events(deployment.ledger_path)) == 4:

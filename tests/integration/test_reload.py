@@ -15,12 +15,12 @@ import pytest
 from mcp import MCPError
 
 from mcp_guard.guard.app import open_guard
+from mcp_guard.guard.caller import Caller
 from mcp_guard.guard.reload import reload_once, watch
 from tests.helpers import (
     TIMEOUT,
     Deployment,
     _connect,
-    agent_of,
     ledger_events,
     list_changed_listener,
     text_of,
@@ -58,8 +58,8 @@ async def test_a_granted_tool_reaches_a_connected_client_with_list_changed(deplo
     config, manifests = deployment.load()
     on_message, changed = list_changed_listener()
     async with (
-        open_guard(config, manifests, agent_of(deployment, "support-bot")) as guard,
-        _connect(guard, {"message_handler": on_message}) as session,
+        open_guard(config, manifests, ("support-bot",)) as guard,
+        _connect(Caller(guard, "support-bot"), {"message_handler": on_message}) as session,
         anyio.create_task_group() as tg,
     ):
         first_hash = guard.policy.hash
@@ -93,8 +93,8 @@ async def test_a_broken_edit_keeps_the_last_policy_and_is_recorded_as_rejected(
     deployment.with_examples()
     config, manifests = deployment.load()
     async with (
-        open_guard(config, manifests, agent_of(deployment, "support-bot")) as guard,
-        _connect(guard, {}) as session,
+        open_guard(config, manifests, ("support-bot",)) as guard,
+        _connect(Caller(guard, "support-bot"), {}) as session,
         anyio.create_task_group() as tg,
     ):
         good = guard.policy
@@ -121,8 +121,8 @@ async def test_a_call_in_flight_during_a_reload_completes_under_the_policy_that_
     deployment.with_hostile()
     config, manifests = deployment.load()
     async with (
-        open_guard(config, manifests, agent_of(deployment, "qa-bot")) as guard,
-        _connect(guard, {}) as session,
+        open_guard(config, manifests, ("qa-bot",)) as guard,
+        _connect(Caller(guard, "qa-bot"), {}) as session,
         anyio.create_task_group() as tg,
     ):
         old_hash, old = guard.policy.hash, guard.pool.upstreams["hostile"]
@@ -153,8 +153,8 @@ async def test_an_agent_removed_from_guard_yaml_sees_no_tools(deployment: Deploy
     deployment.with_examples()
     config, manifests = deployment.load()
     async with (
-        open_guard(config, manifests, agent_of(deployment, "support-bot")) as guard,
-        _connect(guard, {}) as session,
+        open_guard(config, manifests, ("support-bot",)) as guard,
+        _connect(Caller(guard, "support-bot"), {}) as session,
     ):
         assert await listed(session)
         del deployment.agents["support-bot"]

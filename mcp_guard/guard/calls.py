@@ -1,0 +1,269 @@
+"""The tools/call pipeline, one way through: decide (policy) -> refuse what is withheld or
+unreachable -> record the decision with what the ledger must settle (budgets, approval) -> forward
+-> record the outcome -> relay. One policy decides a call from start to end, even if another is put
+in force meanwhile. Denials are values; only a broken ledger or upstream raises, and is caught here."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Collection, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import mcp_types as types
+from mcp import MCPError
+from mcp.server import ServerRequestContext
+
+from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from mcp_guard.guard import holds, pins
+from mcp_guard.guard.convert import refusal, relay
+from mcp_guard.ledger.entries import CallRecord
+from mcp_guard.policy import approvals, budgets
+from mcp_guard.policy.engine import Agent, Decision, Policy, escape_name
+from mcp_guard.policy.reasons import Reason
+
+if TYPE_CHECKING:
+    from mcp_guard.guard.app import Guard
+
+AFTER_FORWARD = "the call may have taken effect"
+UNREACHABLE = "the upstream server cannot be reached; try again later"
+APPROVAL_POLL = 0.25  # seconds between looks at the ledger while a call waits for an operator
+
+
+class Call:
+    """One tools/call from one agent, decided under the policy in force when it arrived."""
+
+    def __init__(
+        self,
+        guard: Guard,
+        agent: Agent,
+        session: str | None,
+        ctx: ServerRequestContext[Any, Any],
+        params: types.CallToolRequestParams,
+    ) -> None:
+        self.started = time.perf_counter()
+        self.guard, self.agent, self.session, self.ctx = guard, agent, session, ctx
+        self.name = params.name
+        self.arguments: Mapping[str, Any] = params.arguments or {}
+        self.policy, self.scrubber = guard.policy, guard.scrubber
+
+    async def run(self) -> types.CallToolResult:
+        guard, agent = self.guard, self.agent
+        decision = await self._decide()
+        record = record_of(
+            uuid.uuid4().hex, agent, self.session, self.name, decision, self.policy, self.scrubber
+        )
+        hold = hold_of(agent, decision, record)
+        try:
+            if hold is not None and hold.approval is not None:
+                await self._await_approval(hold, record.policy_hash)
+            check = (
+                None
+                if hold is None
+                else partial(holds.check, record=record, hold=hold, tallies=guard.tallies)
+            )
+            record = await guard.write(partial(guard.ledger.record_decision, record, check=check))
+        except (LedgerUnavailable, ValueError) as exc:  # no ledger, no call
+            guard.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc}")
+            if decision.reason == Reason.UNKNOWN_TOOL:
+                raise MCPError(types.INVALID_PARAMS, decision.detail) from None
+            return refusal(
+                f"denied ({Reason.LEDGER_UNAVAILABLE}): the call cannot be recorded, so it is refused"
+            )
+        if decision.reason == Reason.UNKNOWN_TOOL:
+            raise MCPError(types.INVALID_PARAMS, decision.detail)
+        if record.decision != "allow":
+            return refusal(f"denied ({record.reason}): {record.detail}")
+        return await self._forward(record.call_id, decision)
+
+    async def _decide(self) -> Decision:
+        """The policy's decision, then what only the running guard knows: a name no listed tool
+        has may be a tool withheld by its pin or one of an upstream that is down."""
+        guard, policy, agent = self.guard, self.policy, self.agent
+        offers = await guard.offers(agent, policy, self.scrubber)
+        decision = policy.decide(self.name, self.arguments, offers, agent=agent.name, session=self.session)
+        if decision.reason == Reason.UNKNOWN_TOOL and await guard.pool.settle():
+            # A client may call before a slow upstream's first start has ended: decide again.
+            offers = await guard.offers(agent, policy, self.scrubber)
+            decision = policy.decide(
+                self.name, self.arguments, offers, agent=agent.name, session=self.session
+            )
+        if decision.reason == Reason.UNKNOWN_TOOL:
+            return (
+                pins.withheld_denial(policy, agent, guard.withheld, self.name, self.arguments)
+                or unreachable_denial(policy, agent, self.name, self.arguments, guard.pool.down())
+                or decision
+            )
+        if decision.allowed:
+            return await self._check_upstream(decision)
+        return decision
+
+    async def _await_approval(self, hold: holds.Hold, policy_hash: str) -> None:
+        """File (or find) the approval request for this exact call; if it is pending, wait up to
+        `approval.wait` for an operator, with progress notifications if the client asked."""
+        assert hold.approval is not None
+        ledger, tallies = self.guard.ledger, self.guard.tallies
+        if await anyio.to_thread.run_sync(
+            ledger.peek, partial(holds.over_budget, hold=hold, tallies=tallies)
+        ):
+            return  # refused by its budget in the final check; no operator is asked
+        _, verdict = await anyio.to_thread.run_sync(
+            ledger.hold, partial(holds.file_request, hold=hold, policy_hash=policy_hash)
+        )
+        if verdict != "pending":
+            return
+        progress = progress_relay(self.ctx)
+        waited = 0.0
+        with anyio.move_on_after(hold.approval.wait):
+            while verdict == "pending":
+                await anyio.sleep(APPROVAL_POLL)
+                waited += APPROVAL_POLL
+                verdict = await anyio.to_thread.run_sync(
+                    ledger.peek, partial(holds.approval_verdict, hold=hold)
+                )
+                if progress is not None:
+                    await progress(waited, hold.approval.wait, None)
+
+    async def _check_upstream(self, decision: Decision) -> Decision:
+        """An upstream that cannot be (re)started is a denial: nothing was forwarded."""
+        assert decision.server is not None
+        pool = self.guard.pool
+        assert pool.tg is not None
+        try:
+            await pool.upstream(decision.server).ensure(pool.tg)
+        except UpstreamError as exc:
+            self.guard.log(str(exc))
+            reason = (
+                Reason.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else Reason.UPSTREAM_UNAVAILABLE
+            )
+            return Decision.refuse(reason, UNREACHABLE, decision.server, decision.tool, decision.arguments)
+        return decision
+
+    async def _forward(self, call_id: str, decision: Decision) -> types.CallToolResult:
+        assert decision.server is not None
+        guard = self.guard
+        outcome, detail, result = "upstream_error", None, None
+        try:
+            result = await guard.pool.call(
+                decision.server, decision.tool, dict(decision.arguments), progress_relay(self.ctx)
+            )
+            outcome = "error" if result.is_error else "ok"
+        except anyio.get_cancelled_exc_class():
+            outcome = "cancelled"
+            raise
+        except UpstreamTimeout as exc:
+            outcome, detail = "timeout", str(exc)
+        except (UpstreamUnavailable, UpstreamError) as exc:
+            outcome, detail = "upstream_error", str(exc)
+        except Exception as exc:  # nothing an upstream does may leak a traceback to an agent
+            outcome, detail = "upstream_error", f"{type(exc).__name__}: {exc}"
+        finally:
+            elapsed = (time.perf_counter() - self.started) * 1000
+            await guard.record_outcome(call_id, outcome, elapsed, detail, self.scrubber)
+        if result is None:
+            if detail:
+                guard.log(detail)
+            return refusal(f"error ({outcome}): {AFTER_FORWARD}")
+        return relay(result, self.scrubber)
+
+
+def hold_of(agent: Agent, decision: Decision, record: CallRecord) -> holds.Hold | None:
+    """What the ledger must settle for an allowed call: budgets and approval (None if nothing)."""
+    if not decision.allowed or (not decision.charges and decision.approval is None):
+        return None
+    assert decision.server is not None
+    # Scopes are read from the arguments as recorded, as the history's are: a value the ledger
+    # redacts cannot open a fresh budget.
+    recorded = record.arguments if isinstance(record.arguments, Mapping) else {}
+    return holds.Hold(
+        server=decision.server,
+        tool=decision.tool,
+        agent=agent.name,
+        charges=tuple(budgets.rescoped(c, agent.name, record.session, recorded) for c in decision.charges),
+        approval=decision.approval,
+        digest=approvals.digest(decision.arguments) if decision.approval else "",
+        recorded_arguments=record.arguments,
+    )
+
+
+def record_of(
+    call_id: str,
+    agent: Agent,
+    session: str | None,
+    sent: str,
+    decision: Decision,
+    policy: Policy,
+    scrubber: Any,
+) -> CallRecord:
+    """The decision as recorded. The ledger redacts every row it appends; the arguments are
+    redacted here already because budgets scope by their recorded values, and a name that
+    resolved to no tool is redacted whole before it is cut to 256 characters, so no part of a
+    secret is left at the cut."""
+    tool, detail = decision.tool, decision.detail
+    if decision.server is None:
+        tool = escape_name(scrubber.record(sent))
+        detail = f"Unknown tool: {tool}"
+    return CallRecord(
+        call_id=call_id,
+        agent=agent.name,
+        session=session,
+        server=decision.server,
+        tool=tool,
+        arguments=scrubber.json(_jsonable(decision.arguments), record=True),
+        decision="allow" if decision.allowed else "deny",
+        reason=decision.reason,
+        detail=None if decision.allowed else scrubber.record(detail),
+        policy_hash=policy.hash,
+    )
+
+
+def unreachable_denial(
+    policy: Policy, agent: Agent, name: str, arguments: Mapping[str, Any], down: Collection[str]
+) -> Decision | None:
+    """A name that no listed tool has, but that is a tool the agent is granted on an upstream
+    that is down (so its tools are unknown), is refused `upstream_unavailable`; to anyone else it
+    does not exist. The guard and `explain` both decide with this."""
+    for server in sorted(down):
+        manifest = policy.manifests.get(server)
+        if manifest is None or not name.startswith(manifest.name_prefix):
+            continue
+        tool = name[len(manifest.name_prefix) :]
+        if policy.grant_for(agent, server, tool) is not None:
+            return Decision.refuse(Reason.UPSTREAM_UNAVAILABLE, UNREACHABLE, server, tool, arguments)
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    """Arguments as recorded: JSON-safe, with non-finite numbers (which were refused) as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return repr(value)
+
+
+def progress_relay(ctx: ServerRequestContext[Any, Any]) -> Any:
+    """Relay upstream progress to the client as numbers only, if the client asked for it."""
+    token = (ctx.meta or {}).get("progress_token")
+    if token is None:
+        return None
+
+    async def relay_progress(progress: float, total: float | None, _message: str | None) -> None:
+        try:
+            await ctx.session.send_progress_notification(
+                token,
+                float(progress),
+                float(total) if total is not None else None,
+                related_request_id=str(ctx.request_id) if ctx.request_id is not None else None,
+            )
+        except Exception:  # progress is best effort
+            return
+
+    return relay_progress
