@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import sys
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from mcp_guard.errors import ConfigError
 from mcp_guard.policy.durations import format_duration as format_duration
 from mcp_guard.policy.durations import parse_duration as parse_duration
+from mcp_guard.secrets import LOGGER
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -61,7 +61,7 @@ def check_file_permissions(path: Path) -> None:
     if mode & stat.S_IWOTH:
         raise ConfigError(str(path), "", "is world-writable; refusing it (chmod o-w)")
     if mode & stat.S_IWGRP:
-        print(f"warning: {path}: is group-writable", file=sys.stderr)
+        LOGGER.warning(f"warning: {path}: is group-writable")
 
 
 def load_yaml(path: Path) -> Any:

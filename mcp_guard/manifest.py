@@ -4,7 +4,6 @@ everything that can be checked without the upstream: names, grants, JSON Schemas
 from __future__ import annotations
 
 import re
-import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from mcp_guard.errors import ConfigError
 from mcp_guard.loading import Duration, Frozen, build, expand_env, load_yaml
 from mcp_guard.policy.schemas import has_dialect, typed_limit
+from mcp_guard.secrets import LOGGER
 
 SERVER_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 _PRINCIPAL = re.compile(r"^(\*|role:[a-z0-9][a-z0-9_-]{0,63}|[a-z0-9][a-z0-9_-]{0,63})$")
@@ -142,7 +142,7 @@ def load_manifest(path: Path) -> Manifest:
                 raise ConfigError(file, key, "unknown key")
     manifest = build(Manifest, data, file)
     if path.stem != manifest.server:
-        print(f"warning: {file}: server {manifest.server!r} differs from the file name", file=sys.stderr)
+        LOGGER.warning(f"warning: {file}: server {manifest.server!r} differs from the file name")
     # Everything handed to the upstream (env, headers) and every ${VAR} value is a secret.
     handed = {*manifest.upstream.env.values(), *manifest.upstream.headers.values()}
     secrets = frozenset(v for v in injected | handed if len(v) >= 8)

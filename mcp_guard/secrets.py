@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import sys
 import unicodedata
@@ -126,13 +127,9 @@ class Scrubber:
         return self.text(data)
 
     def log(self, text: str) -> None:
-        """One line to the operator (stderr): secrets and credentials redacted, then control and
-        invisible characters escaped, so that no text an upstream or agent chose can forge a line
-        or drive the terminal. Every line the guard writes while serving goes through here."""
-        line = escape_controls(self.record(text))
-        if len(line) > MAX_LOG_CHARS:
-            line = line[:MAX_LOG_CHARS] + " [cut]"
-        print(f"mcp-guard: {line}", file=sys.stderr, flush=True)
+        """One message to the operator, with this scrubber's known secrets redacted; the
+        logger's filter then redacts credentials and escapes what could forge a line."""
+        LOGGER.warning(self.text(text))
 
     def finds(self, value: str) -> bool:
         """Whether text holds a known secret."""
@@ -206,3 +203,51 @@ def _walk(value: Any, fn: Any) -> Any:
     if isinstance(value, list):
         return [_walk(v, fn) for v in value]
     return value
+
+
+# -- the guard's own messages ---------------------------------------------------------------------
+
+LOGGER = logging.getLogger("mcp_guard")
+"""The one logger of the library: its filter scrubs every record, whoever logs it."""
+
+
+class ScrubbingFilter(logging.Filter):
+    """Every record the guard logs becomes one safe line: credential-looking values redacted,
+    then control and invisible characters escaped (so no text an upstream or agent chose can
+    forge a line or drive the terminal), and cut at MAX_LOG_CHARS. Known secrets are redacted by
+    the Scrubber of the policy in force before the record is made (`Scrubber.log`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = escape_controls(_CREDENTIAL.sub(REDACTED, record.getMessage()))
+        if len(line) > MAX_LOG_CHARS:
+            line = line[:MAX_LOG_CHARS] + " [cut]"
+        record.msg, record.args = line, None
+        return True
+
+
+LOGGER.addFilter(ScrubbingFilter())
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is when a record is emitted (a test may have replaced it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+def _default_handler() -> None:
+    """The guard's messages go to stderr as `mcp-guard: <message>`, one line each, unless the
+    embedding program gives the `mcp_guard` logger handlers of its own."""
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("mcp-guard: %(message)s"))
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO)
+    LOGGER.propagate = False
+
+
+_default_handler()

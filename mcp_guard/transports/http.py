@@ -10,7 +10,6 @@ import ipaddress
 import json
 import signal
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from mcp_guard.guard.app import Guard, build_server
 from mcp_guard.guard.caller import AGENT_SCOPE_KEY, Caller
 from mcp_guard.identity.base import Verdict, authenticate
 from mcp_guard.policy.engine import Agent
+from mcp_guard.secrets import LOGGER
 from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
 from mcp_guard.wire import StrictJSONError, parse_strict
 
@@ -406,15 +406,11 @@ async def serve_http(guard: Guard, sock: socket.socket) -> None:
     server = _Uvicorn(config)
     shown = f"[{host}]" if ":" in host else host
     if not _is_loopback(host):
-        print(
-            f"mcp-guard: warning: listening on {shown}, beyond this machine, in plain HTTP: put a TLS "
-            "proxy in front and list its names in http.allowed_hosts",
-            file=sys.stderr,
-            flush=True,
+        LOGGER.warning(
+            f"warning: listening on {shown}, beyond this machine, in plain HTTP: put a TLS "
+            "proxy in front and list its names in http.allowed_hosts"
         )
-    print(
-        f"mcp-guard: serving Streamable HTTP at http://{shown}:{port}{MCP_PATH}", file=sys.stderr, flush=True
-    )
+    LOGGER.info(f"serving Streamable HTTP at http://{shown}:{port}{MCP_PATH}")
     async with anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
