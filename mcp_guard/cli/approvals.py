@@ -1,6 +1,7 @@
 """`mcp-guard approvals [list [--json] | show ID [--json] | approve ID | deny ID]`: pending
 escalations, one request whole, and the operator's decision on them. Every decision is a ledger
-entry naming who decided (the operating-system user running the command)."""
+entry naming who decided (the operating-system user running the command). Reads and appends
+through the LedgerStore protocol."""
 
 from __future__ import annotations
 
@@ -8,15 +9,20 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
+
+import anyio
 
 from mcp_guard.cli.ledger import printable
+from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
-from mcp_guard.ledger.sqlite.store import Ledger, Window, format_ts
+from mcp_guard.ledger import ApprovalEvent, Window, open_ledger
+from mcp_guard.ledger.entries import format_ts
 from mcp_guard.policy import approvals
 
+T = TypeVar("T")
 ID_PATTERN = r"^[0-9a-f]{16}$"
 LIST_ARGUMENTS_CHARS = 120
 """The arguments column of the table is cut to this; `approvals show ID` prints them whole."""
@@ -39,18 +45,17 @@ def add_approvals_parser(subparsers: Any) -> None:
         cmd.add_argument("id", help="the request id")
 
 
-def run_approvals(args: argparse.Namespace, ledger_path: Path, out: TextIO | None = None) -> int:
+def run_approvals(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     command = args.approvals_command or "list"
+    config = ledger if isinstance(ledger, LedgerConfig) else LedgerConfig(path=Path(ledger))
     try:
         if command == "list":
-            with Ledger.open_readonly(ledger_path) as ledger:
-                rows = ledger.peek(_pending)
+            rows = anyio.run(_read, config, _pending)
             _print(rows, getattr(args, "json", False), out)
             return 0
         if command == "show":
-            with Ledger.open_readonly(ledger_path) as ledger:
-                request = ledger.peek(lambda w: _request(w, args.id))
+            request = anyio.run(_read, config, lambda w: _request(w, args.id))
             if request is None:
                 print(
                     f"mcp-guard: approvals show: no approval request {printable(args.id)!r}", file=sys.stderr
@@ -58,8 +63,7 @@ def run_approvals(args: argparse.Namespace, ledger_path: Path, out: TextIO | Non
                 return 1
             _show(request, args.json, out)
             return 0
-        with Ledger.open(ledger_path) as ledger:
-            result = ledger.hold(lambda w: _decide(w, args.id, command, getpass.getuser()))
+        result = anyio.run(_hold, config, lambda w: _decide(w, args.id, command, getpass.getuser()))
     except LedgerError as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)
         return 1
@@ -70,17 +74,23 @@ def run_approvals(args: argparse.Namespace, ledger_path: Path, out: TextIO | Non
     return 0
 
 
+async def _read(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
+    async with await open_ledger(config, readonly=True) as ledger:
+        return await ledger.read(fn)
+
+
+async def _hold(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
+    async with await open_ledger(config) as ledger:
+        return await ledger.hold(fn)
+
+
 def _pending(window: Window) -> list[dict[str, Any]]:
     found = approvals.pending(_all_events(window), format_ts(window.now))
     return [dict(e) for e in found.values()]
 
 
 def _all_events(window: Window) -> list[Mapping[str, Any]]:
-    out: list[Mapping[str, Any]] = []
-    for e in window.all_events("approval"):
-        if isinstance(e.payload, Mapping):
-            out.append({**e.payload, "agent": e.agent, "server": e.server, "tool": e.tool})
-    return out
+    return [{**e.payload, "agent": e.agent, "server": e.server, "tool": e.tool} for e in window.approvals()]
 
 
 def _request(window: Window, request_id: str) -> dict[str, Any] | None:
@@ -107,12 +117,13 @@ def _decide(window: Window, request_id: str, command: str, who: str) -> str | No
     if request is None:
         return f"no pending request {printable(request_id)!r} (unknown, already decided, or expired)"
     action = approvals.APPROVE if command == "approve" else approvals.DENY
-    window.queue_event(
-        "approval",
-        {"id": request_id, "action": action, "by": who},
-        agent=request["agent"],
-        server=request["server"],
-        tool=request["tool"],
+    window.append(
+        ApprovalEvent(
+            payload={"id": request_id, "action": action, "by": who},
+            agent=request["agent"],
+            server=request["server"],
+            tool=request["tool"],
+        )
     )
     return None
 

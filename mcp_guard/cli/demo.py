@@ -14,7 +14,8 @@ import yaml
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 
 from mcp_guard.cli.ledger import format_line
-from mcp_guard.ledger.sqlite.store import Ledger
+from mcp_guard.config import LedgerConfig
+from mcp_guard.ledger import open_ledger
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 AGENT = "support-bot"
@@ -114,12 +115,13 @@ def run_demo() -> int:
         config = _deployment(Path(tmp))
         anyio.run(_session, config)
         _say("\nThe ledger (mcp-guard ledger tail):")
-        ledger = Ledger.open(Path(tmp) / "demo-ledger.db")
-        try:
-            for inv in ledger.invocations():
-                _say("  " + format_line(inv))
-            check = ledger.verify()
-            _say(f"\nledger verify: {'ok' if check.ok else 'BROKEN'}, {check.entries} entries, hash-chained")
-        finally:
-            ledger.close()
+        anyio.run(_show_ledger, LedgerConfig(path=Path(tmp) / "demo-ledger.db"))
     return 0
+
+
+async def _show_ledger(config: LedgerConfig) -> None:
+    async with await open_ledger(config) as ledger:
+        for inv in await ledger.invocations():
+            _say("  " + format_line(inv))
+        check = await ledger.verify()
+        _say(f"\nledger verify: {'ok' if check.ok else 'BROKEN'}, {check.entries} entries, hash-chained")

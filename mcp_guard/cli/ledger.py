@@ -1,5 +1,6 @@
 """`mcp-guard ledger tail|verify|stats`: the ledger formatted for people (escaped, coloured on a tty)
-or as JSON lines. Opens the ledger read-only and never writes. Imports only ledger and errors.
+or as JSON lines. Opens the ledger read-only, through the LedgerStore protocol, and never writes.
+Imports only ledger, config, loading and errors.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO, TypedDict
 
-from mcp_guard import loading
-from mcp_guard.errors import LedgerError
-from mcp_guard.ledger.sqlite.store import Invocation, Ledger
+import anyio
 
-POLL_SECONDS = 0.2
+from mcp_guard import loading
+from mcp_guard.config import LedgerConfig
+from mcp_guard.errors import LedgerError
+from mcp_guard.ledger import Invocation, LedgerStore, open_ledger
+
 IN_FLIGHT_SECONDS = 3.0
 MAX_ARGUMENTS_CHARS = 200
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -47,7 +50,7 @@ def _count(text: str) -> int:
 
 
 def add_ledger_parser(subparsers: Any) -> None:
-    """Add `ledger tail|verify|stats` to the CLI; dispatch with `run_ledger(args, path)`."""
+    """Add `ledger tail|verify|stats` to the CLI; dispatch with `run_ledger(args, config.ledger)`."""
     ledger = subparsers.add_parser("ledger", help="read the ledger", description="Read the ledger.")
     commands = ledger.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
     tail = commands.add_parser(
@@ -72,18 +75,12 @@ def add_ledger_parser(subparsers: Any) -> None:
     stats.add_argument("--since", type=parse_duration, metavar="DURATION", help="e.g. 30s, 15m, 1h, 1d")
 
 
-def run_ledger(args: argparse.Namespace, ledger_path: Path, out: TextIO | None = None) -> int:
+def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextIO | None = None) -> int:
     """Run a parsed `ledger` command; returns the exit code (0 ok, 1 check failed or no ledger)."""
     out = out if out is not None else sys.stdout
+    config = ledger if isinstance(ledger, LedgerConfig) else LedgerConfig(path=Path(ledger))
     try:
-        with Ledger.open_readonly(ledger_path) as ledger:
-            if args.ledger_command == "verify":
-                return _verify(ledger, out)
-            if args.ledger_command == "stats":
-                since = datetime.now(UTC) - args.since if args.since else None
-                out.write(format_stats(ledger.stats(since)))
-                return 0
-            return _tail(ledger, args, out)
+        return anyio.run(_run, args, config, out)
     except LedgerError as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)
         return 1
@@ -95,8 +92,19 @@ def run_ledger(args: argparse.Namespace, ledger_path: Path, out: TextIO | None =
         return 0
 
 
-def _verify(ledger: Ledger, out: TextIO) -> int:
-    result = ledger.verify()
+async def _run(args: argparse.Namespace, config: LedgerConfig, out: TextIO) -> int:
+    async with await open_ledger(config, readonly=True) as ledger:
+        if args.ledger_command == "verify":
+            return await _verify(ledger, out)
+        if args.ledger_command == "stats":
+            since = datetime.now(UTC) - args.since if args.since else None
+            out.write(format_stats(await ledger.stats(since)))
+            return 0
+        return await _tail(ledger, args, out)
+
+
+async def _verify(ledger: LedgerStore, out: TextIO) -> int:
+    result = await ledger.verify()
     if result.ok:
         out.write(f"ok: {result.entries} entries, head {result.head}\n")
         return 0
@@ -104,7 +112,7 @@ def _verify(ledger: Ledger, out: TextIO) -> int:
     return 1
 
 
-def _tail(ledger: Ledger, args: argparse.Namespace, out: TextIO) -> int:
+async def _tail(ledger: LedgerStore, args: argparse.Namespace, out: TextIO) -> int:
     filters = Filters(agent=args.agent, tool=args.tool, decision=args.decision)
     colour = _wants_colour(out)
 
@@ -115,13 +123,14 @@ def _tail(ledger: Ledger, args: argparse.Namespace, out: TextIO) -> int:
         out.flush()
 
     if not args.follow:
-        show(ledger.invocations(limit=args.n, **filters))
+        show(await ledger.invocations(limit=args.n, **filters))
         return 0
-    follower = Follower(ledger, filters)
-    show(follower.start(args.n))
-    while True:
-        time.sleep(POLL_SECONDS)
-        show(follower.poll(time.monotonic()))
+    after = await ledger.head()
+    follower = Follower()
+    show(follower.begin(await ledger.invocations(limit=args.n, until=after, **filters) if args.n else []))
+    async for changed in ledger.follow(after, **filters):
+        show(follower.take(changed, time.monotonic()))
+    return 0
 
 
 @dataclass
@@ -132,32 +141,27 @@ class Follower:
     `in_flight` seconds is printed with a null outcome, and again, same call_id, when it ends.
     """
 
-    ledger: Ledger
-    filters: Filters
     in_flight: float = IN_FLIGHT_SECONDS
-    after_id: int = 0
     _pending: dict[str, tuple[Invocation, float]] = field(default_factory=dict, init=False)
     _printed_open: set[str] = field(default_factory=set, init=False)  # printed with a null outcome
     _printed_done: set[str] = field(
         default_factory=set, init=False
-    )  # finished ones from start(), not to repeat
+    )  # finished ones from begin(), not to repeat
 
-    def start(self, n: int) -> list[Invocation]:
-        """The last `n` invocations, as plain `tail` prints them; following begins after them."""
-        self.after_id = self.ledger.last_id()
-        shown = self.ledger.invocations(limit=n, until_id=self.after_id, **self.filters) if n else []
+    def begin(self, shown: list[Invocation]) -> list[Invocation]:
+        """The last invocations, as plain `tail` prints them; following begins after them."""
         for inv in shown:
             finished = inv.outcome is not None or inv.decision != "allow"
             (self._printed_done if finished else self._printed_open).add(inv.call_id)
         return shown
 
-    def poll(self, now: float) -> list[Invocation]:
-        self.after_id, changed = self.ledger.updates(self.after_id, **self.filters)
+    def take(self, changed: list[Invocation], now: float) -> list[Invocation]:
+        """What to print of the invocations that changed (from `LedgerStore.follow`) at `now`."""
         ready: list[Invocation] = []
         for inv in changed:
             call_id = inv.call_id
             if inv.outcome is not None or inv.decision != "allow":
-                if call_id in self._printed_done:  # its outcome landed while start() read it
+                if call_id in self._printed_done:  # its outcome landed while begin()'s read ran
                     self._printed_done.discard(call_id)
                     continue
                 self._pending.pop(call_id, None)

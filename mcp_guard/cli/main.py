@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("ledger", "approvals"):
             config = load_config(find_config(args.config))
             run = run_ledger if args.command == "ledger" else run_approvals
-            return int(run(args, config.ledger.path))
+            return int(run(args, config.ledger))
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError) as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)

@@ -355,11 +355,11 @@ async def _check_live(config: GuardConfig, manifests: tuple[Manifest, ...]) -> l
             reason = said[-1] if said else f"upstream {m.server!r} did not answer in time"
             out.append(f"{m.source}:upstream: {reason}")
     out += live_problems(policy, manifests, tools)
-    out += pin_problems(config, manifests, tools, logs.append)
+    out += await pin_problems(config, manifests, tools, logs.append)
     return [scrubber.record(line) for line in out]
 
 
-def pin_problems(
+async def pin_problems(
     config: GuardConfig,
     manifests: Sequence[Manifest],
     tools: Mapping[str, Sequence[types.Tool]],
@@ -369,7 +369,7 @@ def pin_problems(
     in the ledger. Reads only: nothing is pinned here."""
     catalog = {server: tuple(tool_def(t) for t in live) for server, live in tools.items()}
     by_server = {m.server: m for m in manifests}
-    pinned, locks = pins.peek(config.ledger.path, by_server, catalog, log)
+    pinned, locks = await pins.peek(config.ledger, by_server, catalog, log)
     out = []
     for w in pinned.withheld:
         manifest = by_server[w.server]

@@ -16,11 +16,13 @@ from typing import Any
 
 import anyio
 
+from mcp_guard import ledger as ledgers
 from mcp_guard.config import GuardConfig
 from mcp_guard.guard import holds, pins
 from mcp_guard.guard.calls import UNREACHABLE, unreachable_denial
 from mcp_guard.guard.convert import advertise, offered, tool_def
-from mcp_guard.ledger.sqlite.store import CallRecord, Ledger, Window
+from mcp_guard.ledger import Window
+from mcp_guard.ledger.entries import CallRecord
 from mcp_guard.loading import format_duration
 from mcp_guard.manifest import Budget, Manifest
 from mcp_guard.policy import approvals, budgets
@@ -80,7 +82,7 @@ async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Age
     catalog = {server: tuple(tool_def(t) for t in tools) for server, tools in live.items()}
     for problem in policy.problems(catalog):
         log(f"warning: {problem}")
-    pinned, _ = pins.peek(config.ledger.path, policy.manifests, catalog, log)
+    pinned, _ = await pins.peek(config.ledger, policy.manifests, catalog, log)
     withheld = pins.by_name(policy.manifests, pinned.withheld)
     offers = offered(policy.offers(agent, pinned.catalog), scrubber, log)
     return Preview(policy, agent, offers, scrubber, withheld, down)
@@ -92,10 +94,14 @@ def load_preview(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Ag
 
 def _with_ledger(config: GuardConfig, fn: Any, default: Any) -> Any:
     """fn(window) on the ledger's current state, or `default` if there is no ledger yet."""
-    if not config.ledger.path.exists():
+    if not ledgers.exists(config.ledger):
         return default
-    with Ledger.open_readonly(config.ledger.path) as ledger:
-        return ledger.peek(fn)
+
+    async def read() -> Any:
+        async with await ledgers.open_ledger(config.ledger, readonly=True) as ledger:
+            return await ledger.read(fn)
+
+    return anyio.run(read)
 
 
 def _budget_line(budget: Budget, left: Decimal | None) -> str:
@@ -112,7 +118,7 @@ def print_tools(preview: Preview, config: GuardConfig, as_json: bool) -> None:
             return None  # other scopes depend on the call's own values
         charge = budgets.Charge(budget, (("agent", preview.agent.name),), Decimal(0))
         hold = holds.Hold(offer.server, offer.tool.name, preview.agent.name, (charge,))
-        return holds.remaining(window, hold, holds.Tallies())[0][1]
+        return holds.remaining(window, hold)[0][1]
 
     def report(window: Window | None) -> list[str]:
         lines: list[str] = []
@@ -150,7 +156,7 @@ def print_tools(preview: Preview, config: GuardConfig, as_json: bool) -> None:
                 lines.append(f"  approval: {when}")
         return lines
 
-    lines = _with_ledger(config, report, None) if config.ledger.path.exists() else report(None)
+    lines = _with_ledger(config, report, None) if ledgers.exists(config.ledger) else report(None)
     assert lines is not None
     for line in lines:
         print(line)
@@ -182,10 +188,8 @@ def explain(
         digest=approvals.digest(arguments) if decision.approval else "",
         recorded_arguments=recorded,
     )
-    if config.ledger.path.exists():
-        final: CallRecord = _with_ledger(
-            config, partial(holds.check, record=record, hold=hold, tallies=holds.Tallies()), None
-        )
+    if ledgers.exists(config.ledger):
+        final: CallRecord = _with_ledger(config, partial(holds.check, record=record, hold=hold), None)
     else:  # no history yet: every budget is whole, and no approval has been given
         violation = budgets.check_budgets(hold.tool, [(c, Decimal(0)) for c in hold.charges])
         reason = violation.reason if violation else Reason.APPROVAL_PENDING if hold.approval else None

@@ -1,16 +1,16 @@
 """The guard process: the policy in force and everything derived from it (the pin-checked
 catalog, each agent's offers, the scrubber), the upstream pool and the ledger; reload, tool-list
-change notices, and the ledger writes every call makes. The call pipeline is calls.py; one
-connection's state is caller.py; MCP type conversion is convert.py."""
+change notices, and the ledger entries the process makes (policy, outcomes). The call pipeline is
+calls.py; one connection's state is caller.py; MCP type conversion is convert.py. Talks to the
+ledger only through its LedgerStore protocol: how and where a store commits is its own business."""
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import mcp_types as types
@@ -20,9 +20,9 @@ from mcp.server.models import InitializationOptions
 from mcp_guard import __version__
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import LedgerError
-from mcp_guard.guard import holds, pins
+from mcp_guard.guard import pins
 from mcp_guard.guard.convert import offered, tool_def
-from mcp_guard.ledger.sqlite.store import Ledger
+from mcp_guard.ledger import LedgerStore, PolicyEvent, open_ledger
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Agent, Catalog, Offer, Policy
 from mcp_guard.secrets import Scrubber
@@ -31,10 +31,6 @@ from mcp_guard.upstream.pool import Pool, Upstream, open_pool
 if TYPE_CHECKING:
     from mcp_guard.guard.caller import Caller
 
-OUTCOME_DELAY = 0.02
-"""With durability `normal`, how long an outcome may wait for the next decision's transaction
-to carry it (one transaction per call) before it is committed on its own."""
-T = TypeVar("T")
 Lists = dict[str, tuple[types.Tool, ...]]  # each upstream's tool list, by server
 
 
@@ -46,15 +42,13 @@ class Guard:
 
     policy: Policy
     pool: Pool
-    ledger: Ledger
+    ledger: LedgerStore
     served: tuple[str, ...] = ()  # agents to prepare offers for at start (stdio: its one agent)
     scrubber: Scrubber = field(init=False)
-    tallies: holds.Tallies = field(default_factory=holds.Tallies, init=False)
     # Caches for the policy in force: (policy, the upstreams' lists, the pin-checked catalog).
     _catalog: tuple[Policy, Lists, Catalog] | None = field(default=None, init=False)
     _offers: dict[str, tuple[Catalog, dict[str, Offer]]] = field(default_factory=dict, init=False)
     withheld: dict[str, pins.Withheld] = field(default_factory=dict, init=False)  # by advertised name
-    _outcomes_waiting: anyio.Event = field(default_factory=anyio.Event, init=False)
     _building: anyio.Lock = field(default_factory=anyio.Lock, init=False)  # one catalog build at a time
     # The clients' connections, to tell of tool list changes. The SDK builds a ServerSession per
     # request (a weak set of those empties at once); its connection lives as long as the client.
@@ -86,9 +80,7 @@ class Guard:
         for problem in policy.problems(catalog):
             self.log(f"warning: {problem}")
         # Pins are checked here, when the catalog or the policy changes, never per call.
-        pinned = await anyio.to_thread.run_sync(
-            pins.resolve, self.ledger, policy.manifests, catalog, self.log
-        )
+        pinned = await pins.resolve(self.ledger, policy.manifests, catalog, self.log)
         for withheld in pinned.withheld:
             self.log(withheld.warning)
         if policy is not self.policy:
@@ -143,9 +135,7 @@ class Guard:
     async def record_policy(self, payload: dict[str, Any]) -> None:
         """A `policy` entry in the ledger, stamped with the hash in force."""
         try:
-            await anyio.to_thread.run_sync(
-                partial(self.ledger.record_event, "policy", payload, self.policy.hash)
-            )
+            await self.ledger.append(PolicyEvent(payload=payload, policy_hash=self.policy.hash))
         except Exception as exc:
             self.log(f"could not record a policy entry in the ledger: {exc}")
 
@@ -164,49 +154,16 @@ class Guard:
         """Remember the client's connection, to tell it when the tools it may see change."""
         self._sessions.add(getattr(ctx.session, "_connection", ctx.session))
 
-    async def write(self, write: Callable[[], T]) -> T:
-        """A ledger write, never cut short by a cancelled call. With durability `normal` a commit
-        is a few tens of microseconds (no fsync), cheaper than a hop to a worker thread, so it
-        runs on the event loop, where nothing can interrupt it; with `full` every commit waits for
-        the disk, so it runs in a worker thread, shielded from cancellation."""
-        if self.policy.config.ledger.durability == "normal":
-            return write()
-        with anyio.CancelScope(shield=True):
-            done = await anyio.to_thread.run_sync(write)
-        return done
-
     async def record_outcome(
         self, call_id: str, outcome: str, ms: float, detail: str | None, scrubber: Scrubber
     ) -> None:
-        """With durability `normal` the outcome rides on the next decision's transaction (or is
-        committed within OUTCOME_DELAY by `commit_outcomes`); with `full` it is committed before
-        the result is relayed."""
+        """Committed before the result is relayed, or deferred onto a later transaction, as the
+        store's durability says; a failure is logged (the call has happened)."""
         try:
             text = scrubber.record(detail) if detail else None
-            if self.policy.config.ledger.durability == "normal":
-                self.ledger.record_outcome(call_id, outcome, ms, text, defer=True)
-                self._outcomes_waiting.set()
-            else:
-                await self.write(partial(self.ledger.record_outcome, call_id, outcome, ms, text))
+            await self.ledger.outcome(call_id, outcome, ms, text)
         except Exception as exc:
             self.log(f"could not record the outcome of call {call_id}: {exc}")
-
-    async def commit_outcomes(self) -> None:
-        """For as long as the guard serves: commit deferred outcomes no decision carried within
-        OUTCOME_DELAY. A failure is logged once and retried until the ledger takes them."""
-        failing = False
-        while True:
-            await self._outcomes_waiting.wait()
-            self._outcomes_waiting = anyio.Event()
-            await anyio.sleep(OUTCOME_DELAY)
-            try:
-                self.ledger.flush()
-                failing = False
-            except LedgerError as exc:
-                if not failing:
-                    self.log(f"could not record call outcomes yet; retrying: {exc}")
-                failing = True
-                self._outcomes_waiting.set()
 
 
 def _same_lists(old: Mapping[str, tuple[types.Tool, ...]], new: Mapping[str, tuple[types.Tool, ...]]) -> bool:
@@ -245,8 +202,7 @@ async def open_guard(
     whose offers are prepared at start (default: every agent)."""
     policy = Policy(config, manifests)
     scrubber = Scrubber(policy.secrets)
-    ledger = Ledger.open(config.ledger.path, config.ledger.durability)
-    ledger.checkpoint_in_background()
+    ledger = await open_ledger(config.ledger)
     guards: list[Guard] = []
 
     async def changed(up: Upstream) -> None:
@@ -264,11 +220,12 @@ async def open_guard(
             guards.append(Guard(policy=policy, pool=pool, ledger=ledger, served=served))
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
             assert pool.tg is not None
-            pool.tg.start_soon(guards[0].commit_outcomes)
+            pool.tg.start_soon(ledger.maintain, guards[0].log)
             pool.tg.start_soon(guards[0].warm)
             yield guards[0]
     finally:
         try:
-            ledger.close()  # commits the outcomes still deferred
+            with anyio.CancelScope(shield=True):
+                await ledger.close()  # commits the outcomes still deferred
         except LedgerError as exc:
             log(f"could not record the outcomes of the last calls: {exc}")

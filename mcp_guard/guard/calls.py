@@ -60,12 +60,8 @@ class Call:
         try:
             if hold is not None and hold.approval is not None:
                 await self._await_approval(hold, record.policy_hash)
-            check = (
-                None
-                if hold is None
-                else partial(holds.check, record=record, hold=hold, tallies=guard.tallies)
-            )
-            record = await guard.write(partial(guard.ledger.record_decision, record, check=check))
+            settle = None if hold is None else partial(holds.check, record=record, hold=hold)
+            record = await guard.ledger.decide(record, settle)
         except (LedgerUnavailable, ValueError) as exc:  # no ledger, no call
             guard.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc}")
             if decision.reason == Reason.UNKNOWN_TOOL:
@@ -105,14 +101,10 @@ class Call:
         """File (or find) the approval request for this exact call; if it is pending, wait up to
         `approval.wait` for an operator, with progress notifications if the client asked."""
         assert hold.approval is not None
-        ledger, tallies = self.guard.ledger, self.guard.tallies
-        if await anyio.to_thread.run_sync(
-            ledger.peek, partial(holds.over_budget, hold=hold, tallies=tallies)
-        ):
+        ledger = self.guard.ledger
+        if await ledger.read(partial(holds.over_budget, hold=hold)):
             return  # refused by its budget in the final check; no operator is asked
-        _, verdict = await anyio.to_thread.run_sync(
-            ledger.hold, partial(holds.file_request, hold=hold, policy_hash=policy_hash)
-        )
+        _, verdict = await ledger.hold(partial(holds.file_request, hold=hold, policy_hash=policy_hash))
         if verdict != "pending":
             return
         progress = progress_relay(self.ctx)
@@ -121,9 +113,7 @@ class Call:
             while verdict == "pending":
                 await anyio.sleep(APPROVAL_POLL)
                 waited += APPROVAL_POLL
-                verdict = await anyio.to_thread.run_sync(
-                    ledger.peek, partial(holds.approval_verdict, hold=hold)
-                )
+                verdict = await ledger.read(partial(holds.approval_verdict, hold=hold))
                 if progress is not None:
                     await progress(waited, hold.approval.wait, None)
 
@@ -207,6 +197,7 @@ def record_of(
         tool = escape_name(scrubber.record(sent))
         detail = f"Unknown tool: {tool}"
     return CallRecord(
+        method=decision.target.method,
         call_id=call_id,
         agent=agent.name,
         session=session,

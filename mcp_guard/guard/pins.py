@@ -1,7 +1,8 @@
 """Pinned tool definitions (SPEC `tool_manifests/<server>.lock`): the lock files `manifest lock`
 writes, trust on first use through the ledger's `pin` entries when a server has no lock, and the
 check that withholds a tool whose live definition is not the pinned one. Digests are the ones
-`convert.tool_def` computes (the one definition); no mcp types here."""
+`convert.tool_def` computes (the one definition); no mcp types here. Reads and writes pins only
+through the LedgerStore protocol."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from mcp_guard import ledger as ledgers
+from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import ConfigError, GuardError, LedgerError
-from mcp_guard.ledger.sqlite.store import Event, Ledger, Window
+from mcp_guard.ledger import LedgerStore, PinEvent, Window
 from mcp_guard.loading import check_file_permissions
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Agent, Catalog, Decision, Policy, ToolDef
@@ -123,12 +127,12 @@ class Seen:
     withheld: frozenset[tuple[str, str, str, str | None]]
 
 
-def read_pins(events: Iterable[Event]) -> Seen:
+def read_pins(events: Iterable[PinEvent]) -> Seen:
     """The pins recorded in the ledger: first-use pins (the first writer wins) and withholdings."""
     first_use: dict[tuple[str, str], str] = {}
     withheld: set[tuple[str, str, str, str | None]] = set()
     for event in events:
-        payload = event.payload if isinstance(event.payload, dict) else {}
+        payload = event.payload
         server, tool, digest = event.server or "", str(payload.get("tool")), payload.get("digest")
         if not isinstance(digest, str):
             continue
@@ -179,8 +183,8 @@ def load_locks(
     return locks
 
 
-def resolve(
-    ledger: Ledger, manifests: Mapping[str, Manifest], catalog: Catalog, log: Callable[[str], None]
+async def resolve(
+    ledger: LedgerStore, manifests: Mapping[str, Manifest], catalog: Catalog, log: Callable[[str], None]
 ) -> Pinned:
     """Check the live catalog against the locks and the ledger's pins, recording first-use pins
     and each new withholding as `pin` entries. Reads the few pin entries of the catalog's servers
@@ -188,10 +192,10 @@ def resolve(
     concurrent guards agree on one first-use pin."""
     locks = load_locks(manifests, log)
     try:
-        seen = read_pins(e for server in catalog for e in ledger.events("pin", server=server))
+        seen = read_pins(await ledger.read(partial(_pins_of, servers=tuple(catalog))))
         pinned, first = check_pins(catalog, locks, seen)
         if first or any(w.key not in seen.withheld for w in pinned.withheld):
-            pinned = ledger.hold(lambda window: _record(window, catalog, locks))
+            pinned = await ledger.hold(partial(_record, catalog=catalog, locks=locks))
     except LedgerError as exc:
         log(f"pins cannot be read from the ledger ({exc}); tools without a lock are withheld")
         pinned, _ = check_pins(catalog, locks, Seen({}, frozenset()))
@@ -200,16 +204,20 @@ def resolve(
     return pinned
 
 
+def _pins_of(window: Window, servers: tuple[str, ...]) -> list[PinEvent]:
+    return [e for server in servers for e in window.pins(server=server)]
+
+
 def _record(window: Window, catalog: Catalog, locks: Mapping[str, Mapping[str, str] | None]) -> Pinned:
-    seen = read_pins(window.all_events("pin"))
+    seen = read_pins(window.pins())
     pinned, first = check_pins(catalog, locks, seen)
     for server, tool in first:
         first_use = {"tool": tool.name, "digest": tool.digest, "source": FIRST_USE}
-        window.queue_event("pin", first_use, server=server, tool=tool.name)
+        window.append(PinEvent(payload=first_use, server=server, tool=tool.name))
     for w in pinned.withheld:
         if w.key not in seen.withheld:
             held = {"tool": w.tool, "digest": w.digest, "pinned": w.pinned, "action": WITHHELD}
-            window.queue_event("pin", held, server=w.server, tool=w.tool)
+            window.append(PinEvent(payload=held, server=w.server, tool=w.tool))
     return pinned
 
 
@@ -236,15 +244,15 @@ async def lock_upstreams(
     return written
 
 
-def peek(
-    ledger_path: Path, manifests: Mapping[str, Manifest], catalog: Catalog, log: Callable[[str], None]
+async def peek(
+    config: LedgerConfig, manifests: Mapping[str, Manifest], catalog: Catalog, log: Callable[[str], None]
 ) -> tuple[Pinned, dict[str, dict[str, str] | None]]:
     """What a serving guard would withhold now, reading only (no first-use pin is written): for
     `check --live`, `tools` and `explain`. Also returns the locks it read."""
     locks = load_locks(manifests, log)
-    events: list[Event] = []
-    if ledger_path.exists():
-        with Ledger.open_readonly(ledger_path) as ledger:
-            events = [e for server in catalog for e in ledger.events("pin", server=server)]
+    events: list[PinEvent] = []
+    if ledgers.exists(config):
+        async with await ledgers.open_ledger(config, readonly=True) as ledger:
+            events = await ledger.read(partial(_pins_of, servers=tuple(catalog)))
     pinned, _ = check_pins(catalog, locks, read_pins(events))
     return pinned, locks

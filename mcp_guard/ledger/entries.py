@@ -1,7 +1,7 @@
 """Ledger entries as rows: a call's decision, its outcome and the policy, pin and approval events,
 each checked and turned into the columns the ledger stores (and hashes), and redacted. Bounds what
 a refused call can make large, so no agent can fill the disk. Pure; imports nothing from mcp_guard
-but ledger_chain's canonical JSON."""
+but ledger.chain's canonical JSON and policy.targets (the method a target is acted on by)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from mcp_guard.ledger.chain import _JSON
+from mcp_guard.policy.targets import METHODS
 
 EVENT_KINDS = frozenset({"policy", "pin", "approval"})
 DECISIONS = frozenset({"allow", "deny"})
@@ -43,7 +44,7 @@ MAX_DETAIL_CHARS = 1024
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """One decision about one tools/call, as the request path hands it to the ledger."""
+    """One decision about one request, as the request path hands it to the ledger."""
 
     call_id: str  # uuid4 hex, minted by the caller
     agent: str
@@ -55,6 +56,7 @@ class CallRecord:
     reason: str | None  # denial code, e.g. "limit_exceeded"
     detail: str | None
     policy_hash: str  # sha256 hex of the policy in force
+    method: str = METHODS["tool"]  # the MCP method: its Target's (tools/call for a tool)
 
 
 def format_ts(ts: datetime) -> str:
@@ -124,6 +126,7 @@ def _bounded(value: str | None) -> str | None:
 def decision_fields(rec: CallRecord) -> dict[str, object]:
     return {
         "kind": "decision",
+        "method": _text(rec.method),
         "call_id": _text(rec.call_id),
         "agent": _text(rec.agent),
         "session": _opt_text(rec.session),

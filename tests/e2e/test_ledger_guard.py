@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import anyio
 
-from mcp_guard.ledger.sqlite.store import Ledger
+from mcp_guard.config import LedgerConfig
+from mcp_guard.ledger import open_ledger
 from tests.helpers import TIMEOUT, Deployment, guard_command, guard_env, ledger_bytes, ledger_calls, raw_guard
 
 REFUND = {"order_id": "ORD-1001", "amount": 40, "currency": "USD"}
@@ -43,8 +44,8 @@ async def test_a_guard_killed_during_a_forwarded_call_leaves_the_decision_with_n
         await guard.process.wait()
     (call,) = ledger_calls(deployment.ledger_path)
     assert (call["tool"], call["decision"], call["outcome"]) == ("slow", "allow", None)
-    with Ledger.open_readonly(deployment.ledger_path) as ledger:
-        assert ledger.verify().ok
+    async with await open_ledger(LedgerConfig(path=deployment.ledger_path), readonly=True) as ledger:
+        assert (await ledger.verify()).ok
 
 
 async def test_a_locked_ledger_refuses_the_call_and_forwards_nothing(deployment: Deployment) -> None:
@@ -116,5 +117,5 @@ async def test_refused_calls_of_several_mib_over_stdio_leave_the_ledger_file_sma
     ] * 2
     assert all(r["arguments"]["$truncated"]["bytes"] > 2 * 1024 * 1024 for r in rows)
     assert len(ledger_bytes(deployment.ledger_path)) < 512 * 1024  # whole, they would be 16 MiB
-    with Ledger.open_readonly(deployment.ledger_path) as ledger:
-        assert ledger.verify().ok
+    async with await open_ledger(LedgerConfig(path=deployment.ledger_path), readonly=True) as ledger:
+        assert (await ledger.verify()).ok

@@ -12,7 +12,8 @@ import textwrap
 import uuid
 from pathlib import Path
 
-from mcp_guard.ledger.sqlite.store import CallRecord, Ledger
+from mcp_guard.ledger.entries import CallRecord
+from mcp_guard.ledger.sqlite.engine import Ledger
 
 PROCESSES = 4
 PER_PROCESS = 200
@@ -22,7 +23,8 @@ APPENDER = textwrap.dedent(
     """
     import sys, uuid
     from pathlib import Path
-    from mcp_guard.ledger.sqlite.store import CallRecord, Ledger
+    from mcp_guard.ledger.entries import CallRecord
+from mcp_guard.ledger.sqlite.engine import Ledger
 
     path, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     ledger = Ledger.open(path, busy_timeout=30.0)
@@ -41,7 +43,8 @@ KILLED_MID_CALL = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from mcp_guard.ledger.sqlite.store import CallRecord, Ledger
+    from mcp_guard.ledger.entries import CallRecord
+from mcp_guard.ledger.sqlite.engine import Ledger
 
     ledger = Ledger.open(Path(sys.argv[1]))
     ledger.record_decision(CallRecord(sys.argv[2], "support-bot", None, "billing", "refund", {}, "allow",

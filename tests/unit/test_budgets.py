@@ -8,15 +8,13 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mcp_guard.guard import holds
-from mcp_guard.ledger.entries import decision_fields
-from mcp_guard.ledger.sqlite.store import CallRecord, Ledger
+from mcp_guard.ledger.entries import CallRecord, decision_fields
+from mcp_guard.ledger.sqlite.engine import Ledger
 from mcp_guard.manifest import Budget, Grant
 from mcp_guard.policy.arguments import Violation
 from mcp_guard.policy.budgets import Charge, amount_of, charges, check_budgets, scope_value
@@ -186,8 +184,7 @@ def spent(charge: Charge, history: list[Spent]) -> Decimal:
                 record = CallRecord(uuid.uuid4().hex, past.agent, past.session, "billing", "refund",
                                     past.arguments, "allow", None, None, "0" * 64)  # fmt: skip
                 ledger._append(conn, decision_fields(record), None)
-        hold = holds.Hold("billing", "refund", AGENT, (charge,))
-        return ledger.peek(partial(holds.Tallies().spent, hold=hold, charge=charge))
+        return ledger.peek(lambda w: w.spent("billing", "refund", charge.budget, charge.scope))
 
 
 def test_a_sum_budget_adds_the_amounts_of_the_calls_in_its_scope_only() -> None:

@@ -1,6 +1,6 @@
-"""The ledger's read side: invocations, updates, events and stats, as functions on a connection whose
-snapshot (and lock) the caller holds. Stdlib only: imports nothing from
-mcp_guard (the store imports this)."""
+"""The SQLite ledger's read side: invocations, updates, events and stats, as functions on a
+connection whose snapshot (and lock) the caller holds. Imports nothing from mcp_guard but the
+ledger's values (the engine imports this)."""
 
 from __future__ import annotations
 
@@ -10,41 +10,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mcp_guard.ledger.base import Invocation
+
 # SQL is only ever built from these constants; every value is a bound parameter.
 _SELECT_INVOCATIONS = (
-    "SELECT id, call_id, ts, agent, session, server, tool, arguments, decision, reason, detail, "
+    "SELECT id, call_id, ts, agent, session, method, server, tool, arguments, decision, reason, detail, "
     "outcome, duration_ms, outcome_detail, policy_hash FROM invocations WHERE "
 )
+# A file no guard has migrated to schema 2 yet (a reader never migrates): every decision is a tools/call.
+_SELECT_INVOCATIONS_V1 = _SELECT_INVOCATIONS.replace(" method,", " 'tools/call',")
 _SELECT_EVENTS = "SELECT id, ts, kind, call_id, agent, server, tool, payload, policy_hash FROM entries WHERE "
-_JSON_FIELDS = "id call_id ts agent session server tool arguments decision reason detail outcome duration_ms"
-
-
-@dataclass(frozen=True, slots=True)
-class Invocation:
-    """A decision joined with its first outcome; outcome is None when denied or never finished."""
-
-    id: int
-    call_id: str
-    ts: str
-    agent: str
-    session: str | None
-    server: str | None
-    tool: str
-    arguments: object
-    decision: str
-    reason: str | None
-    detail: str | None  # the decision's
-    outcome: str | None
-    duration_ms: float | None
-    outcome_detail: str | None
-    policy_hash: str | None
-
-    def to_json(self) -> dict[str, object]:
-        """SPEC's `ledger tail --json` fields, plus id and policy_hash."""
-        fields = {name: getattr(self, name) for name in _JSON_FIELDS.split()}
-        if self.detail is None:
-            fields["detail"] = self.outcome_detail
-        return fields | {"policy_hash": self.policy_hash}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +51,15 @@ def last_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
 
 
+def has_method(conn: sqlite3.Connection) -> bool:
+    """Whether the entries table has the method column (schema 2 on)."""
+    return any(row[1] == "method" for row in conn.execute("PRAGMA table_info(entries)"))
+
+
 def invocations(
     conn: sqlite3.Connection,
     *,
+    v1: bool = False,
     limit: int | None = None,
     agent: str | None = None,
     tool: str | None = None,
@@ -86,9 +67,9 @@ def invocations(
     after_id: int | None = None,
     until_id: int | None = None,
 ) -> list[Invocation]:
-    """What `Ledger.invocations` returns, read from `conn`."""
-    where, params = _where(*_filters(agent, tool, decision), ("id > ?", after_id), ("id <= ?", until_id))
-    sql = _SELECT_INVOCATIONS + where
+    """What `Ledger.invocations` returns, read from `conn` (`v1`: a file without the method column)."""
+    where_sql, params = where(*_filters(agent, tool, decision), ("id > ?", after_id), ("id <= ?", until_id))
+    sql = (_SELECT_INVOCATIONS_V1 if v1 else _SELECT_INVOCATIONS) + where_sql
     if limit is not None:
         sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?)"  # noqa: S608
         params.append(limit)
@@ -99,6 +80,7 @@ def updates(
     conn: sqlite3.Connection,
     after_id: int,
     *,
+    v1: bool = False,
     agent: str | None = None,
     tool: str | None = None,
     decision: str | None = None,
@@ -111,8 +93,9 @@ def updates(
         "call_id IN (SELECT call_id FROM entries WHERE id > ? AND id <= ? "
         "AND kind IN ('decision', 'outcome'))"
     )
-    where, params = _where(*_filters(agent, tool, decision), (touched, (after_id, high)))
-    rows = conn.execute(_SELECT_INVOCATIONS + where + " ORDER BY id", params)
+    where_sql, params = where(*_filters(agent, tool, decision), (touched, (after_id, high)))
+    select = _SELECT_INVOCATIONS_V1 if v1 else _SELECT_INVOCATIONS
+    rows = conn.execute(select + where_sql + " ORDER BY id", params)
     return high, [_invocation(row) for row in rows]
 
 
@@ -125,21 +108,21 @@ def events(
     after_id: int | None = None,
 ) -> list[Event]:
     """What `Ledger.events` returns, read from `conn`."""
-    where, params = _where(
+    where_sql, params = where(
         ("kind = ?", kind), ("server = ?", server), ("tool = ?", tool), ("id > ?", after_id)
     )
-    return events_where(conn, where, params)
+    return events_where(conn, where_sql, params)
 
 
-def events_where(conn: sqlite3.Connection, where: str, params: Sequence[object]) -> list[Event]:
+def events_where(conn: sqlite3.Connection, where_sql: str, params: Sequence[object]) -> list[Event]:
     """The entries matching `where` (SQL built from constants, values bound), oldest first."""
-    rows = conn.execute(_SELECT_EVENTS + where + " ORDER BY id", params)
+    rows = conn.execute(_SELECT_EVENTS + where_sql + " ORDER BY id", params)
     return [Event(i, ts, k, c, a, s, t, loads(p), h) for i, ts, k, c, a, s, t, p, h in rows]
 
 
 def stats(conn: sqlite3.Connection, since: str | None) -> dict[str, Any]:
     """What `Ledger.stats` returns, read from `conn`; `since` is a timestamp in the ledger's format."""
-    when, params = _where(("ts >= ?", since))
+    when, params = where(("ts >= ?", since))
     base = f"FROM entries WHERE kind = 'decision' AND {when}"
     groups = {
         "by_agent": "agent",
@@ -166,7 +149,7 @@ def _filters(agent: str | None, tool: str | None, decision: str | None) -> list[
     ]
 
 
-def _where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
+def where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
     """The conditions ANDed and their parameters (a tuple for several); those whose value is None left out."""
     sql: list[str] = []
     params: list[object] = []
@@ -179,7 +162,7 @@ def _where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
 
 def _invocation(row: Sequence[Any]) -> Invocation:
     values = list(row)
-    values[7] = loads(values[7])
+    values[8] = loads(values[8])
     return Invocation(*values)
 
 

@@ -1,6 +1,7 @@
-"""The ledger's SQLite file: schema and migrations, opening and configuring connections, the wording of
-SQLite errors, and the background checkpoint. Imports nothing from mcp_guard but errors and ledger_chain
-(the triggers); must not import mcp_guard.ledger.sqlite.store (which imports this)."""
+"""The ledger's SQLite file: schema and migrations (each one a step of the schema version), opening
+and configuring connections, the wording of SQLite errors, and the background checkpoint. Imports
+nothing from mcp_guard but errors and ledger.sqlite.verify (the triggers); must not import the
+engine or the store (which import this)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from urllib.parse import quote
 from sqlite_utils import Database, Migrations
 
 from mcp_guard.errors import LedgerError
-from mcp_guard.ledger.chain import TRIGGERS
+from mcp_guard.ledger.sqlite.verify import TRIGGERS
 
 CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints
 BACKSTOP_PAGES = 16384  # SQLite's own checkpoint, when the background one falls this far behind (64 MiB)
 MIGRATIONS = Migrations("mcp_guard_ledger")
-_MIGRATION_NAMES = ("0001_entries",)  # in order, one per function registered below
+_MIGRATION_NAMES = ("0001_entries", "0002_method")  # in order, one per function registered below
+SCHEMA_VERSION = len(_MIGRATION_NAMES)
+"""Kept in the file's `PRAGMA user_version` (0 in a file from before versions were kept: 1)."""
 
 
 @MIGRATIONS(name=_MIGRATION_NAMES[0])
@@ -40,10 +43,24 @@ def _create_entries(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX entries_decision ON entries (call_id) WHERE kind = 'decision'")
     for sql in TRIGGERS.values():
         db.execute(sql)
+    _create_invocations(db, "")
+
+
+@MIGRATIONS(name=_MIGRATION_NAMES[1])
+def _add_method(db: Database) -> None:
+    # The MCP method a decision was about. Rows written before it have none (no row is ever
+    # rewritten, and their hash is v1): the view reads them as tools/call, all they could be.
+    db.execute("ALTER TABLE entries ADD COLUMN method TEXT")
+    db.execute("DROP VIEW invocations")
+    _create_invocations(db, "coalesce(d.method, 'tools/call') AS method, ")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _create_invocations(db: Database, method: str) -> None:
     db.create_view(
         "invocations",
-        "SELECT d.id AS id, d.call_id AS call_id, d.ts AS ts, d.agent AS agent, d.session AS session, "
-        "d.server AS server, d.tool AS tool, d.arguments AS arguments, d.decision AS decision, "
+        "SELECT d.id AS id, d.call_id AS call_id, d.ts AS ts, d.agent AS agent, d.session AS session, "  # noqa: S608
+        f"{method}d.server AS server, d.tool AS tool, d.arguments AS arguments, d.decision AS decision, "
         "d.reason AS reason, d.detail AS detail, d.policy_hash AS policy_hash, o.id AS outcome_id, "
         "o.ts AS outcome_ts, o.outcome AS outcome, o.duration_ms AS duration_ms, o.detail AS outcome_detail "
         "FROM entries AS d LEFT JOIN entries AS o ON o.id = (SELECT min(x.id) FROM entries AS x "
@@ -164,8 +181,9 @@ def migrate(conn: sqlite3.Connection, path: Path) -> None:
 
 def refuse_newer(db: Database, path: Path) -> None:
     unknown = [m.name for m in MIGRATIONS.applied(db) if m.name not in _MIGRATION_NAMES]
-    if unknown:
-        msg = f"{path}: written by a newer mcp-guard (unknown migrations {unknown})"
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if unknown or version > SCHEMA_VERSION:
+        msg = f"{path}: written by a newer mcp-guard (schema version {version}, unknown migrations {unknown})"
         raise LedgerError(msg)
 
 

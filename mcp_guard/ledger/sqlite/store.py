@@ -1,449 +1,162 @@
-"""The SQLite ledger store: opening, appends in transactions, and the queries behind `mcp-guard ledger`.
-Synchronous (stdlib sqlite3, sqlite-utils for the schema): callers on an event loop run it in a worker
-thread. Imports nothing from mcp_guard but errors, ledger_db (the file), ledger_entries (records as
-rows), ledger_chain (the hash chain and verify) and ledger_queries (the read side), none of which
-imports this."""
+"""The SQLite LedgerStore: the engine driven from the event loop, committing by its durability.
+With `normal` a commit is a few tens of microseconds (no fsync), cheaper than a hop to a worker
+thread, so decisions commit on the event loop, where nothing can interrupt them, and outcomes ride
+on the next decision's transaction (one transaction per call). With `full` every commit waits for
+the disk, so each runs in a worker thread, shielded from cancellation. Imports nothing from
+mcp_guard but errors, the ledger's seam and its siblings in ledger.sqlite."""
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, NoReturn, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
-from sqlite_utils import Database
+import anyio
 
-from mcp_guard.errors import LedgerError, LedgerUnavailable
+from mcp_guard.errors import LedgerError
+from mcp_guard.ledger.base import POLL, Invocation, LedgerEvent, Settle, Window
+from mcp_guard.ledger.chain import VerifyResult
+from mcp_guard.ledger.entries import CallRecord, Redactor
+from mcp_guard.ledger.sqlite.engine import Ledger
 
-# Re-exported for callers that import them with the store.
-from mcp_guard.ledger.chain import HASH_DOMAIN as HASH_DOMAIN
-from mcp_guard.ledger.chain import (
-    HASHED_COLUMNS,
-    ZERO_HASH,
-    VerifyResult,
-    _verify,
-    entry_hash,
-)
-from mcp_guard.ledger.chain import _json_object as _json_object
-from mcp_guard.ledger.chain import _walk_chain as _walk_chain
-from mcp_guard.ledger.entries import DECISIONS as DECISIONS
-from mcp_guard.ledger.entries import EVENT_KINDS as EVENT_KINDS
-from mcp_guard.ledger.entries import OUTCOMES as OUTCOMES
-from mcp_guard.ledger.entries import CallRecord as CallRecord
-from mcp_guard.ledger.entries import Redactor, decision_fields, event_fields, outcome_fields, redact
-from mcp_guard.ledger.entries import canonical_json as canonical_json
-from mcp_guard.ledger.entries import format_ts as format_ts
-from mcp_guard.ledger.sqlite import queries as ledger_queries
-from mcp_guard.ledger.sqlite import schema as ledger_db
-from mcp_guard.ledger.sqlite.queries import Event as Event
-from mcp_guard.ledger.sqlite.queries import Invocation as Invocation
-from mcp_guard.ledger.sqlite.queries import loads as _loads
-
-# Re-exported likewise, from before the file and the read side moved out.
-from mcp_guard.ledger.sqlite.schema import BACKSTOP_PAGES as BACKSTOP_PAGES
-from mcp_guard.ledger.sqlite.schema import CHECKPOINT_EVERY as CHECKPOINT_EVERY
-from mcp_guard.ledger.sqlite.schema import describe as describe
-
-# SQL is only ever built from these constants; every value is a bound parameter.
-_INSERT = f"INSERT INTO entries ({', '.join(HASHED_COLUMNS)}, entry_hash) VALUES ({', '.join('?' * 17)})"  # noqa: S608
-_PREV, _TS = HASHED_COLUMNS.index("prev_hash"), HASHED_COLUMNS.index("ts")
-
-
-class Window:
-    """The history as seen from inside the transaction that records a decision."""
-
-    def __init__(self, conn: sqlite3.Connection, now: datetime) -> None:
-        self.now = now
-        self.queued: list[dict[str, object]] = []
-        self._conn = conn
-
-    def allowed(
-        self, server: str, tool: str, *, after_id: int = 0, seconds: float | None = None
-    ) -> list[tuple[int, str, str, str | None, object]]:
-        """(id, ts, agent, session, arguments) of the allow decisions for server and tool with an
-        id above `after_id` (and, with `seconds`, decided in `(now - seconds, now]`), in id order:
-        whatever the grant, agent, policy or outcome."""
-        # Without `seconds` the rows are the few appended since `after_id`: the unary `+` keeps
-        # SQLite on the id range instead of the (server, tool, ts) index, which would read every
-        # row the tool ever had and make each call slower as the ledger grows.
-        on = "server = ? AND tool = ?" if seconds is not None else "+server = ? AND +tool = ?"
-        sql = (
-            f"SELECT id, ts, agent, session, arguments FROM entries WHERE id > ? AND {on} "  # noqa: S608
-            "AND kind = 'decision' AND decision = 'allow'"
-        )
-        params: list[object] = [after_id, server, tool]
-        if seconds is not None:
-            sql += " AND ts > ?"
-            params.append(self.since(seconds))
-        rows = self._conn.execute(sql + " ORDER BY id", params)
-        return [(i, ts, a, s, _loads(args)) for i, ts, a, s, args in rows]
-
-    def since(self, seconds: float) -> str:
-        """The timestamp `seconds` before now, in the ledger's format."""
-        return format_ts(self.now - timedelta(seconds=seconds))
-
-    def last_id(self) -> int:
-        return ledger_queries.last_id(self._conn)
-
-    def events(self, kind: str, *, server: str, tool: str, agent: str) -> list[Event]:
-        """Events of one kind for one agent, server and tool, oldest first."""
-        where = "kind = ? AND server = ? AND tool = ? AND agent = ?"
-        return ledger_queries.events_where(self._conn, where, (kind, server, tool, agent))
-
-    def all_events(self, kind: str) -> list[Event]:
-        """Every event of one kind, oldest first."""
-        return ledger_queries.events_where(self._conn, "kind = ?", (kind,))
-
-    def queue_event(self, kind: str, payload: dict[str, Any], **columns: str | None) -> None:
-        """Append an event right after the decision, in the same transaction."""
-        self.queued.append(event_fields(kind, payload, columns.pop("policy_hash", None), **columns))
-
-
-Check = Callable[[Window], CallRecord]
 T = TypeVar("T")
+OUTCOME_DELAY = 0.02
+"""With durability `normal`, how long an outcome may wait for the next decision's transaction
+to carry it before `maintain` commits it on its own."""
 
 
-class _Transaction:
-    """BEGIN .. COMMIT on the ledger's connection under its thread lock; ROLLBACK on any error,
-    and a sqlite3.Error becomes `error` with a message for the person who must fix it. A class
-    rather than a generator: it runs twice on every call."""
+class SQLiteStore:
+    """A LedgerStore on one SQLite file (WAL), shared by the guards and readers of one machine."""
 
-    __slots__ = ("_error", "_flushing", "_ledger", "_write")
-
-    def __init__(self, ledger: Ledger, *, write: bool) -> None:
-        self._ledger, self._write = ledger, write
-        self._error = LedgerUnavailable if write else LedgerError
-        self._flushing = 0  # deferred outcomes appended in this transaction
-
-    def __enter__(self) -> sqlite3.Connection:
-        ledger = self._ledger
-        # Waiting for another thread of this process counts against the same busy_timeout.
-        if not ledger._lock.acquire(blocking=False):
-            started = time.monotonic()
-            if not ledger._lock.acquire(timeout=ledger._busy_timeout):
-                msg = f"{ledger._path}: {ledger_db.locked(ledger._busy_timeout)}"
-                raise self._error(msg)
-            waited = time.monotonic() - started
-        else:
-            waited = 0.0
-        conn = ledger._conn
-        try:
-            if waited > 0.001 or ledger._shortened:
-                # Only after a noticeable wait for the thread lock: the pragma costs ~20 us a call.
-                left = max(1, int((ledger._busy_timeout - waited) * 1000))
-                conn.execute(f"PRAGMA busy_timeout = {left}")
-                ledger._shortened = left < int(ledger._busy_timeout * 1000)
-            if self._write:
-                conn.execute("BEGIN IMMEDIATE")
-                ledger._head = None
-                self._flushing = ledger._append_deferred(conn)
-            else:
-                conn.execute("BEGIN")
-        except BaseException as exc:
-            self._fail(exc)
-        return conn
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is not None:
-            self._fail(exc)
-        ledger = self._ledger
-        try:
-            ledger._conn.execute("COMMIT")
-        except BaseException as failed:
-            self._fail(failed)
-        try:
-            if self._flushing:
-                del ledger._deferred[: self._flushing]
-        finally:
-            ledger._lock.release()
-
-    def _fail(self, exc: BaseException) -> NoReturn:
-        ledger = self._ledger
-        try:
-            ledger_db.rollback(ledger._conn)
-        finally:
-            ledger._lock.release()
-        if isinstance(exc, sqlite3.Error):
-            msg = f"{ledger._path}: {ledger_db.describe(exc, ledger._busy_timeout)}"
-            raise self._error(msg) from exc
-        raise exc
-
-
-class Ledger:
-    """One connection to the ledger file, shared by threads (calls are serialised)."""
-
-    def __init__(self, conn: sqlite3.Connection, path: Path, busy_timeout: float) -> None:
-        self._conn = conn
-        self._path = path  # as given, for messages
-        self._file = path.absolute()  # for connections opened later, whatever the cwd by then
-        self._busy_timeout = busy_timeout
-        self._lock = threading.Lock()
-        self._shortened = False  # the connection's busy_timeout is below the full bound
-        self._checkpointer: ledger_db.Checkpointer | None = None
-        # Outcomes recorded with defer=True, committed by the next write transaction (or flush).
-        # Appended from any thread (list.append is atomic); removed only under the lock, once
-        # committed.
-        self._deferred: list[tuple[dict[str, object], str]] = []
-        self._head: str | None = None  # the chain head within the write transaction in progress
-        self.redactor: Redactor | None = None
-        """Applied to every row appended, whoever built it (the guard sets its policy's scrubber)."""
+    def __init__(self, engine: Ledger, durability: Literal["normal", "full"] = "normal") -> None:
+        self.engine = engine  # for the SQLite store's own tests and tools; the guard never uses it
+        self._full = durability == "full"
+        self._outcomes_waiting: anyio.Event | None = None  # made on the event loop, when first needed
 
     @classmethod
     def open(
-        cls, path: Path, durability: Literal["normal", "full"] = "normal", *, busy_timeout: float = 2.0
+        cls, path: Path, durability: Literal["normal", "full"] = "normal", *, readonly: bool = False
     ) -> Self:
-        """Open for appending, creating or migrating the file; LedgerError if that fails."""
-        synchronous = {"normal": 1, "full": 2}.get(durability)
-        if synchronous is None:
-            msg = f"durability must be 'normal' or 'full', not {durability!r}"
-            raise ValueError(msg)
-        path = Path(path)
-        conn = ledger_db.connect(path, str(path), busy_timeout, uri=False)
-        with ledger_db.closing_on_error(conn, path, busy_timeout):
-            ledger_db.configure(conn, path, synchronous, busy_timeout)
-            ledger_db.migrate(conn, path)
-        return cls(conn, path, busy_timeout)
-
-    @classmethod
-    def open_readonly(cls, path: Path, *, busy_timeout: float = 2.0) -> Self:
-        """Open for reading only (works while guards append); every write raises LedgerUnavailable."""
-        path = Path(path)
-        if not path.is_file():
-            msg = f"{path}: no ledger file"
-            raise LedgerError(msg)
-        conn = ledger_db.connect(path, ledger_db.readonly_uri(path), busy_timeout, uri=True)
-        with ledger_db.closing_on_error(conn, path, busy_timeout):
-            conn.execute("PRAGMA trusted_schema = OFF")
-            db = Database(conn, recursive_triggers=False, execute_plugins=False)
-            ledger_db.refuse_newer(db, path)
-            if ledger_db.MIGRATIONS.pending(db):
-                msg = f"{path}: not an mcp-guard ledger, or one no guard has opened yet"
-                raise LedgerError(msg)
-        return cls(conn, path, busy_timeout)
+        """Open for appending (creating or migrating the file), or read-only (LedgerError if there is
+        no ledger file)."""
+        if readonly:
+            return cls(Ledger.open_readonly(path), durability)
+        return cls(Ledger.open(path, durability), durability)
 
     @property
-    def path(self) -> Path:
-        return self._path
+    def redactor(self) -> Redactor | None:
+        return self.engine.redactor
 
-    def checkpoint_in_background(self, every: float = CHECKPOINT_EVERY) -> None:
-        """For a long-lived writer (the guard): checkpoint from a thread every `every` seconds.
-        SQLite's own checkpoint stays as a backstop, at a threshold it only reaches if the
-        thread falls far behind."""
-        if self._checkpointer is None:
-            with self._lock:
-                self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
-            self._checkpointer = ledger_db.Checkpointer(self._file, every)
+    @redactor.setter
+    def redactor(self, redactor: Redactor | None) -> None:
+        self.engine.redactor = redactor
 
-    def close(self) -> None:
-        """Commit the deferred outcomes and close; LedgerUnavailable (after closing) if they
-        could not be committed."""
-        try:
-            self.flush()
-        finally:
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-                self._checkpointer = None
-            # Bounded: a transaction cut short between taking the lock and its `try` (Ctrl-C in
-            # `ledger tail -f`) could have left it held, and closing must not hang on it.
-            held = self._lock.acquire(timeout=self._busy_timeout)
-            try:
-                self._conn.close()
-            finally:
-                if held:
-                    self._lock.release()
-
-    def __enter__(self) -> Self:
+    async def __aenter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
-    # -- writing: each method commits before it returns, or raises LedgerUnavailable --------------
+    # -- writing ----------------------------------------------------------------------------------
 
-    def record_decision(
-        self, rec: CallRecord, ts: datetime | None = None, *, check: Check | None = None
-    ) -> CallRecord:
-        """Commit a decision; ValueError for a record that is malformed (a caller bug).
+    async def decide(self, record: CallRecord, settle: Settle | None = None) -> CallRecord:
+        if not self._full:
+            return self.engine.record_decision(record, check=settle)
+        with anyio.CancelScope(shield=True):
+            done = await anyio.to_thread.run_sync(partial(self.engine.record_decision, record, check=settle))
+        return done
 
-        With `check`, the decision is made inside the write transaction: `check(window)` reads the
-        history (budgets, approvals) and returns the record to commit, and any events it queues are
-        appended after it. No other process can append in between, so concurrent calls cannot
-        overspend a budget or use one approval twice."""
-        if check is None:
-            self._record(decision_fields(rec), ts)
-            return rec
-        with self._transaction() as conn:
-            window = Window(conn, ts or datetime.now(UTC))
-            rec = check(window)
-            stamp = format_ts(window.now)
-            self._append(conn, decision_fields(rec), stamp)
-            for fields in window.queued:
-                self._append(conn, fields, stamp)
-        return rec
-
-    def hold(self, fn: Callable[[Window], T]) -> T:
-        """Run `fn` inside a write transaction and append the events it queues."""
-        with self._transaction() as conn:
-            window = Window(conn, datetime.now(UTC))
-            result = fn(window)
-            for fields in window.queued:
-                self._append(conn, fields, format_ts(window.now))
-        return result
-
-    def peek(self, fn: Callable[[Window], T]) -> T:
-        """Run `fn` on one consistent snapshot; what it queues is dropped."""
-        with self._read() as conn:
-            return fn(Window(conn, datetime.now(UTC)))
-
-    def record_outcome(
-        self,
-        call_id: str,
-        outcome: str,
-        duration_ms: float,
-        detail: str | None = None,
-        *,
-        ts: datetime | None = None,
-        defer: bool = False,
+    async def outcome(
+        self, call_id: str, outcome: str, duration_ms: float, detail: str | None = None
     ) -> None:
-        """Commit what became of an allowed call: ok, error, upstream_error, timeout or cancelled.
+        if not self._full:
+            self.engine.record_outcome(call_id, outcome, duration_ms, detail, defer=True)
+            if self._outcomes_waiting is None:
+                self._outcomes_waiting = anyio.Event()
+            self._outcomes_waiting.set()
+            return
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                partial(self.engine.record_outcome, call_id, outcome, duration_ms, detail)
+            )
 
-        With `defer`, the outcome (stamped now) is committed by the next write transaction, in
-        front of what that transaction appends, or by `flush`: one transaction per call instead of
-        two. Until then a crash loses it, and the call reads as one the guard died in."""
-        fields = outcome_fields(call_id, outcome, duration_ms, detail)
-        if defer:
-            self._deferred.append((fields, format_ts(ts or datetime.now(UTC))))
-        else:
-            self._record(fields, ts)
+    async def append(self, event: LedgerEvent) -> None:
+        await anyio.to_thread.run_sync(self._append, event)
 
-    @property
-    def deferred(self) -> int:
-        """Outcomes recorded with defer=True and not committed yet."""
-        return len(self._deferred)
-
-    def flush(self) -> None:
-        """Commit the deferred outcomes now; LedgerUnavailable if that fails (they stay deferred)."""
-        if self._deferred:
-            with self._transaction():
-                pass  # the transaction appends them
-
-    def record_event(
-        self,
-        kind: str,
-        payload: dict[str, Any],
-        policy_hash: str | None = None,
-        *,
-        call_id: str | None = None,
-        agent: str | None = None,
-        server: str | None = None,
-        tool: str | None = None,
-        ts: datetime | None = None,
-    ) -> int:
-        """Append a policy, pin or approval entry; returns its id."""
-        fields = event_fields(
-            kind, payload, policy_hash, call_id=call_id, agent=agent, server=server, tool=tool
+    def _append(self, event: LedgerEvent) -> None:
+        self.engine.record_event(
+            event.kind,
+            dict(event.payload),
+            event.policy_hash,
+            call_id=event.call_id,
+            agent=event.agent,
+            server=event.server,
+            tool=event.tool,
         )
-        return self._record(fields, ts)
 
-    def _record(self, fields: Mapping[str, object], ts: datetime | None) -> int:
-        stamp = None if ts is None else format_ts(ts)
-        with self._transaction() as conn:
-            return self._append(conn, fields, stamp)
+    async def hold(self, fn: Callable[[Window], T]) -> T:
+        return await anyio.to_thread.run_sync(self.engine.hold, fn)
 
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        """BEGIN IMMEDIATE .. COMMIT: the write lock is held, so the chain head cannot move meanwhile.
-        Deferred outcomes are appended first.
+    async def flush(self) -> None:
+        self.engine.flush()
 
-        A check that must be atomic with its append (budgets, pins) reads inside it, then `_append`s.
-        """
-        return _Transaction(self, write=True)
+    async def maintain(self, log: Callable[[str], None]) -> None:
+        """Checkpoint from a thread of its own, and commit the deferred outcomes no decision carried
+        within OUTCOME_DELAY; a failure is logged once and retried until the ledger takes them."""
+        self.engine.checkpoint_in_background()
+        if self._full:
+            return
+        failing = False
+        while True:
+            if self._outcomes_waiting is None:
+                self._outcomes_waiting = anyio.Event()
+            await self._outcomes_waiting.wait()
+            self._outcomes_waiting = anyio.Event()
+            await anyio.sleep(OUTCOME_DELAY)
+            try:
+                self.engine.flush()
+                failing = False
+            except LedgerError as exc:
+                if not failing:
+                    log(f"could not record call outcomes yet; retrying: {exc}")
+                failing = True
+                self._outcomes_waiting.set()
 
-    def _append_deferred(self, conn: sqlite3.Connection) -> int:
-        batch = self._deferred[:]
-        for fields, stamp in batch:
-            self._append(conn, fields, stamp)
-        return len(batch)
+    async def close(self) -> None:
+        self.engine.close()
 
-    def _append(self, conn: sqlite3.Connection, fields: Mapping[str, object], ts: str | None) -> int:
-        """Insert one entry chained to the current head; only inside `_transaction`. The one place
-        every row passes: it is redacted here, before it is hashed."""
-        if self.redactor is not None:
-            fields = redact(fields, self.redactor)
-        head = self._head
-        if head is None:
-            row = conn.execute("SELECT entry_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
-            head = row[0] if row else ZERO_HASH
-        values = [fields.get(name) for name in HASHED_COLUMNS]
-        values[_PREV] = head
-        values[_TS] = ts or format_ts(datetime.now(UTC))
-        self._head = entry_hash(values)
-        values.append(self._head)
-        return int(conn.execute(_INSERT, values).lastrowid or 0)
+    # -- reading ----------------------------------------------------------------------------------
 
-    # -- reading: each call reads one consistent snapshot, and raises LedgerError ------------------
+    async def read(self, fn: Callable[[Window], T]) -> T:
+        return await anyio.to_thread.run_sync(self.engine.peek, fn)
 
-    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
-        return _Transaction(self, write=False)
-
-    def last_id(self) -> int:
-        with self._read() as conn:
-            return ledger_queries.last_id(conn)
-
-    def invocations(
+    async def invocations(
         self,
         *,
         limit: int | None = None,
         agent: str | None = None,
         tool: str | None = None,
         decision: str | None = None,
-        after_id: int | None = None,
-        until_id: int | None = None,
+        until: int | None = None,
     ) -> list[Invocation]:
-        """Decisions joined with their first outcome, oldest first; `limit` keeps the most recent.
+        return self.engine.invocations(limit=limit, agent=agent, tool=tool, decision=decision, until_id=until)
 
-        `tool` matches the upstream tool name or `server.tool`; the ids bound the decision's id.
-        """
-        with self._read() as conn:
-            return ledger_queries.invocations(
-                conn,
-                limit=limit,
-                agent=agent,
-                tool=tool,
-                decision=decision,
-                after_id=after_id,
-                until_id=until_id,
-            )
+    async def head(self) -> int:
+        return self.engine.last_id()
 
-    def updates(
-        self, after_id: int, *, agent: str | None = None, tool: str | None = None, decision: str | None = None
-    ) -> tuple[int, list[Invocation]]:
-        """The new last entry id, and the invocations whose decision or outcome came after `after_id`."""
-        with self._read() as conn:
-            return ledger_queries.updates(conn, after_id, agent=agent, tool=tool, decision=decision)
+    async def follow(
+        self, after: int, *, agent: str | None = None, tool: str | None = None, decision: str | None = None
+    ) -> AsyncIterator[list[Invocation]]:
+        """Polled: another process's commits are seen by reading again."""
+        while True:
+            await anyio.sleep(POLL)
+            after, changed = self.engine.updates(after, agent=agent, tool=tool, decision=decision)
+            yield changed
 
-    def events(
-        self, kind: str, *, server: str | None = None, tool: str | None = None, after_id: int | None = None
-    ) -> list[Event]:
-        """Policy, pin or approval entries of one kind, oldest first."""
-        with self._read() as conn:
-            return ledger_queries.events(conn, kind, server=server, tool=tool, after_id=after_id)
+    async def stats(self, since: datetime | None = None) -> dict[str, Any]:
+        return self.engine.stats(since)
 
-    def stats(self, since: datetime | None = None) -> dict[str, Any]:
-        """Counts of invocations by agent, tool, decision and reason, and of allowed ones by outcome."""
-        stamp = None if since is None else format_ts(since)
-        with self._read() as conn:
-            return ledger_queries.stats(conn, stamp)
-
-    def verify(self) -> VerifyResult:
-        """Recompute the chain in id order, on a read-only connection of its own."""
-        conn = ledger_db.connect(self._file, ledger_db.readonly_uri(self._file), self._busy_timeout, uri=True)
-        with ledger_db.closing_on_error(conn, self._path, self._busy_timeout):
-            conn.execute("BEGIN")
-            result = _verify(conn)
-            conn.execute("COMMIT")
-        conn.close()
-        return result
+    async def verify(self) -> VerifyResult:
+        return await anyio.to_thread.run_sync(self.engine.verify)

@@ -1,4 +1,6 @@
-"""The ledger on real SQLite files: chain, tamper detection, failure modes, queries and the CLI view."""
+"""The SQLite store's engine on real files: chain, tamper detection, failure modes, queries and the
+CLI view. The one test module allowed to look inside mcp_guard.ledger.sqlite; what every store must
+do is tests/contract/test_ledger_store.py."""
 
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-import mcp_guard.ledger.sqlite.store as ledger_module
 from mcp_guard.cli.ledger import (
     Filters,
     Follower,
@@ -31,15 +32,12 @@ from mcp_guard.cli.ledger import (
     run_ledger,
 )
 from mcp_guard.errors import LedgerError, LedgerUnavailable
-from mcp_guard.ledger.sqlite.store import (
-    HASH_DOMAIN,
-    HASHED_COLUMNS,
-    ZERO_HASH,
-    CallRecord,
-    Invocation,
-    Ledger,
-    entry_hash,
-)
+from mcp_guard.ledger.base import ApprovalEvent, Invocation
+from mcp_guard.ledger.chain import COLUMNS, HASH_DOMAIN, HASH_DOMAIN_V2, HASHED_COLUMNS, ZERO_HASH, entry_hash
+from mcp_guard.ledger.entries import CallRecord
+from mcp_guard.ledger.sqlite import verify as ledger_verify
+from mcp_guard.ledger.sqlite.engine import Ledger
+from mcp_guard.ledger.sqlite.schema import BACKSTOP_PAGES
 from mcp_guard.secrets import Scrubber
 
 POLICY = "ab" * 32
@@ -153,7 +151,8 @@ def test_reopening_applies_each_migration_once(path: Path, raw: Raw):
     for _ in range(3):
         Ledger.open(path).close()
     rows = raw(path).execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
-    assert rows == [("mcp_guard_ledger", "0001_entries")]
+    assert rows == [("mcp_guard_ledger", "0001_entries"), ("mcp_guard_ledger", "0002_method")]
+    assert raw(path).execute("PRAGMA user_version").fetchone() == (2,)
 
 
 def test_a_ledger_from_a_newer_version_is_refused(path: Path, raw: Raw):
@@ -219,11 +218,15 @@ def test_entry_hash_is_sha256_of_the_domain_and_canonical_json_of_the_row(
     conn = raw(path)
     conn.row_factory = sqlite3.Row
     for row in conn.execute("SELECT * FROM entries"):
-        content = {name: row[name] for name in HASHED_COLUMNS}
+        content = {name: row[name] for name in COLUMNS}
         assert set(row.keys()) - set(content) == {"id", "entry_hash"}
-        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        expected = hashlib.sha256(HASH_DOMAIN + canonical.encode()).hexdigest()
-        assert row["entry_hash"] == expected == entry_hash([content[name] for name in HASHED_COLUMNS])
+        # A decision has a method and is hashed with it (v2); an outcome has none and is hashed v1.
+        assert (row["method"] is not None) == (row["kind"] == "decision")
+        domain = HASH_DOMAIN if row["method"] is None else HASH_DOMAIN_V2
+        hashed = {k: v for k, v in content.items() if k != "method" or v is not None}
+        canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        expected = hashlib.sha256(domain + canonical.encode()).hexdigest()
+        assert row["entry_hash"] == expected == entry_hash([content[name] for name in COLUMNS])
     stored = conn.execute("SELECT arguments FROM entries WHERE kind = 'decision'").fetchone()[0]
     assert stored == json.dumps(hostile, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
@@ -344,7 +347,7 @@ def test_a_value_of_the_wrong_type_is_caught(ledger: Ledger, path: Path, edit: s
 @pytest.mark.parametrize(
     "json_object",
     [
-        pytest.param(ledger_module._json_object, id="built in Python"),
+        pytest.param(ledger_verify.json_object, id="built in Python"),
         pytest.param(
             lambda *pairs: json.dumps(dict(zip(pairs[::2], pairs[1::2], strict=True))),
             id="spaced differently",
@@ -357,10 +360,10 @@ def test_the_chain_is_checked_the_defining_way_whatever_json_sqlite_builds(
     fill(ledger, 40)
     conn = raw(path)
     conn.create_function("json_object", -1, json_object)
-    assert ledger_module._walk_chain(conn) == (40, 40, ledger.verify().head, None, "")
+    assert ledger_verify.walk_chain(conn) == (40, 40, ledger.verify().head, None, "")
     drop_triggers(conn)
     conn.execute("UPDATE entries SET tool = 'payout' WHERE id = 33")
-    assert ledger_module._walk_chain(conn)[3] == 33
+    assert ledger_verify.walk_chain(conn)[3] == 33
 
 
 # -- failures -----------------------------------------------------------------------------------
@@ -541,7 +544,7 @@ def test_a_background_checkpoint_copies_the_log_into_the_file_and_stops_at_close
         while path.stat().st_size == size and time.monotonic() < deadline:
             time.sleep(0.05)
         assert path.stat().st_size > size
-        assert ledger._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == ledger_module.BACKSTOP_PAGES
+        assert ledger._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == BACKSTOP_PAGES
         assert ledger.verify().ok
     assert not [t for t in threading.enumerate() if t.name == "ledger-checkpoint"]
 
@@ -693,6 +696,7 @@ def test_invocations_join_the_outcome_and_keep_an_unfinished_call_with_a_null_ou
         "ts": "2025-05-01T10:00:00.000000Z",
         "agent": "support-bot",
         "session": None,
+        "method": "tools/call",
         "server": "billing",
         "tool": "refund",
         "arguments": {"amount": 40},
@@ -913,11 +917,27 @@ def ids(invocations: list[Invocation]) -> list[tuple[str, str | None]]:
     return [(inv.call_id, inv.outcome) for inv in invocations]
 
 
+class Following:
+    """Drives the CLI's Follower from the engine, as `tail -f` drives it from a store's `follow`."""
+
+    def __init__(self, reader: Ledger, filters: Filters) -> None:
+        self.reader, self.filters, self.follower, self.after = reader, filters, Follower(), 0
+
+    def start(self, n: int) -> list[Invocation]:
+        self.after = self.reader.last_id()
+        shown = self.reader.invocations(limit=n, until_id=self.after, **self.filters) if n else []
+        return self.follower.begin(shown)
+
+    def poll(self, now: float) -> list[Invocation]:
+        self.after, changed = self.reader.updates(self.after, **self.filters)
+        return self.follower.take(changed, now)
+
+
 def test_follow_prints_a_denial_at_once_and_an_allowed_call_when_its_outcome_lands(
     ledger: Ledger, path: Path
 ):
     with Ledger.open_readonly(path) as reader:
-        follower = Follower(reader, Filters(agent=None, tool=None, decision=None))
+        follower = Following(reader, Filters(agent=None, tool=None, decision=None))
         assert follower.start(10) == []
         allowed, denied = record(), record("deny")
         ledger.record_decision(allowed)
@@ -933,7 +953,7 @@ def test_follow_prints_a_call_in_flight_after_three_seconds_and_again_when_it_en
     ledger: Ledger, path: Path
 ):
     with Ledger.open_readonly(path) as reader:
-        follower = Follower(reader, Filters(agent=None, tool=None, decision=None))
+        follower = Following(reader, Filters(agent=None, tool=None, decision=None))
         follower.start(10)
         slow = record()
         ledger.record_decision(slow)
@@ -950,14 +970,14 @@ def test_follow_starts_with_the_last_n_and_reprints_those_that_were_still_open(l
     ledger.record_decision(finished)
     ledger.record_outcome(finished.call_id, "ok", 1)
     ledger.record_decision(open_call)
-    follower = Follower(ledger, Filters(agent=None, tool=None, decision=None))
+    follower = Following(ledger, Filters(agent=None, tool=None, decision=None))
     assert ids(follower.start(10)) == [(finished.call_id, "ok"), (open_call.call_id, None)]
     ledger.record_outcome(open_call.call_id, "cancelled", 2)
     assert ids(follower.poll(0.0)) == [(open_call.call_id, "cancelled")]
 
 
 def test_follow_applies_the_filters(ledger: Ledger):
-    follower = Follower(ledger, Filters(agent="finance-bot", tool=None, decision="deny"))
+    follower = Following(ledger, Filters(agent="finance-bot", tool=None, decision="deny"))
     follower.start(0)
     mine = record("deny", agent="finance-bot")
     ledger.record_decision(record("deny"))
@@ -980,7 +1000,7 @@ def test_every_row_appended_is_redacted_whoever_built_it_and_the_chain_still_ver
     ledger.record_decision(replace(unknown, session=f"s-{b64}", arguments={LEAKED: [b64]}))
     allowed = record(arguments={"note": "Bearer abcdefghijklmnop"})
     ledger.record_decision(
-        allowed, check=lambda window: window.queue_event("approval", {"a": b64}) or allowed
+        allowed, check=lambda window: window.append(ApprovalEvent(payload={"a": b64})) or allowed
     )
     ledger.record_outcome(allowed.call_id, "error", 3.0, f"upstream said {LEAKED}", defer=True)
     ledger.record_event("policy", {"reason": f"bad {LEAKED}"}, POLICY, agent="support-bot")
@@ -1005,3 +1025,24 @@ def test_a_resolved_tools_name_and_the_agent_are_recorded_as_named_for_budgets_t
     ledger.record_decision(record(agent="sk-bot", tool="sk_live_abcdefghijklmnop", detail=None))
     (row,) = ledger.invocations()
     assert (row.agent, row.tool) == ("sk-bot", "sk_live_abcdefghijklmnop")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE entries SET method = NULL WHERE id = 1",  # a decision passed off as written before schema 2
+        "UPDATE entries SET method = 'resources/read' WHERE id = 1",
+        "UPDATE entries SET method = 'tools/call' WHERE id = 2",  # an outcome given a method
+    ],
+)
+def test_the_method_is_covered_by_the_hash_whichever_way_it_is_edited(
+    ledger: Ledger, path: Path, edit: str, raw: Raw
+):
+    rec = record()
+    ledger.record_decision(rec)
+    ledger.record_outcome(rec.call_id, "ok", 1)
+    assert ledger.verify().ok
+    conn = raw(path)
+    drop_triggers(conn)
+    conn.execute(edit)
+    assert ledger.verify().first_bad == int(edit.rsplit("= ", 1)[1])

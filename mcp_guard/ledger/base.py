@@ -1,0 +1,241 @@
+"""The ledger's seam: `LedgerStore`, what the guard and the CLI ask of any store (SQLite now,
+PostgreSQL later), in the guard's terms; the `Window` a decision's settle step reads and appends
+through; and the typed events (policy, pin, approval) that stores record and telemetry can
+consume. No SQL, no entry ids in what the guard reads, no driver: imports nothing from mcp_guard
+but the ledger's values (entries, chain) and, for types only, the manifest's Budget."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
+
+from mcp_guard.ledger.chain import VerifyResult
+from mcp_guard.ledger.entries import CallRecord, Redactor
+
+if TYPE_CHECKING:
+    from mcp_guard.manifest import Budget
+
+T = TypeVar("T")
+Scope = tuple[tuple[str, str], ...]
+"""A budget's scope values: (("agent", "support-bot"), ("arg:order_id", "s:ord-1"), ...)."""
+
+
+# -- typed events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LedgerEvent:
+    """An entry that is not a call: what happened, to which server and tool, for whom. The payload
+    is the kind's JSON object, recorded (and hashed) as it is."""
+
+    kind: ClassVar[str]
+    payload: Mapping[str, Any]
+    agent: str | None = None
+    server: str | None = None
+    tool: str | None = None
+    call_id: str | None = None
+    policy_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyEvent(LedgerEvent):
+    """A policy put in force (`{"action": "loaded", "hash"}`) or a reload refused."""
+
+    kind: ClassVar[str] = "policy"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PinEvent(LedgerEvent):
+    """A tool definition pinned on first use, or withheld for not matching its pin."""
+
+    kind: ClassVar[str] = "pin"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalEvent(LedgerEvent):
+    """An approval request filed, approved, denied, expired or used by a call."""
+
+    kind: ClassVar[str] = "approval"
+
+
+EVENT_TYPES: dict[str, type[LedgerEvent]] = {e.kind: e for e in (PolicyEvent, PinEvent, ApprovalEvent)}
+
+
+# -- what is read ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """A decision joined with its first outcome; outcome is None when denied or never finished.
+    `id` is the store's entry id: an order for people and a position for `updates`, nothing more."""
+
+    id: int
+    call_id: str
+    ts: str
+    agent: str
+    session: str | None
+    method: str
+    server: str | None
+    tool: str
+    arguments: object
+    decision: str
+    reason: str | None
+    detail: str | None  # the decision's
+    outcome: str | None
+    duration_ms: float | None
+    outcome_detail: str | None
+    policy_hash: str | None
+
+    def to_json(self) -> dict[str, object]:
+        """SPEC's `ledger tail --json` fields, plus id, method and policy_hash."""
+        fields = {name: getattr(self, name) for name in _JSON_FIELDS}
+        if self.detail is None:
+            fields["detail"] = self.outcome_detail
+        return fields | {"policy_hash": self.policy_hash}
+
+
+_JSON_FIELDS = [
+    "id",
+    "call_id",
+    "ts",
+    "agent",
+    "session",
+    "method",
+    "server",
+    "tool",
+    "arguments",
+    "decision",
+    "reason",
+    "detail",
+    "outcome",
+    "duration_ms",
+]
+
+
+class Window(Protocol):
+    """The history as one transaction sees it: inside the one that records a decision (the settle
+    step), or one read-only snapshot. What is appended is committed with the transaction (in a
+    snapshot it is dropped)."""
+
+    @property
+    def now(self) -> datetime: ...
+
+    def spent(self, server: str, tool: str, budget: Budget, scope: Scope) -> Decimal:
+        """What the allowed calls of `server` `tool` in `scope` spent of `budget` within its rolling
+        window up to now (calls counted, or the sum of `budget.sum`); Infinity if it cannot be summed
+        exactly."""
+        ...
+
+    def approvals(
+        self, *, server: str | None = None, tool: str | None = None, agent: str | None = None
+    ) -> Sequence[ApprovalEvent]:
+        """Approval events, oldest first; each filter left None matches all."""
+        ...
+
+    def pins(self, *, server: str | None = None) -> Sequence[PinEvent]:
+        """Pin events, oldest first, of one server or of all."""
+        ...
+
+    def append(self, event: LedgerEvent) -> None:
+        """Append `event` after what the transaction records, in the same transaction."""
+        ...
+
+
+Settle = Callable[[Window], CallRecord]
+"""The check run inside a decision's transaction (budgets, approvals): returns the record to commit."""
+
+
+class LedgerStore(Protocol):
+    """A ledger: append-only, hash-chained, shared by every guard process that opens it.
+
+    Writes raise LedgerUnavailable when they cannot be committed (the guard then refuses the call);
+    reads raise LedgerError. A store decides how it commits by its durability: an outcome may be
+    deferred onto the next transaction, but `flush` and `close` commit what was deferred."""
+
+    redactor: Redactor | None
+    """Applied to every row appended, whoever built it (the guard sets its policy's scrubber)."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    async def decide(self, record: CallRecord, settle: Settle | None = None) -> CallRecord:
+        """Commit a decision before anything is forwarded, never cut short by cancellation. With
+        `settle`, the record committed is what `settle(window)` returns, read and appended in the
+        same transaction, so no number of processes can overspend a budget or use one approval twice."""
+        ...
+
+    async def outcome(
+        self, call_id: str, outcome: str, duration_ms: float, detail: str | None = None
+    ) -> None:
+        """Record what became of an allowed call: committed now, or deferred (by durability)."""
+        ...
+
+    async def append(self, event: LedgerEvent) -> None:
+        """Commit one event."""
+        ...
+
+    async def hold(self, fn: Callable[[Window], T]) -> T:
+        """Run `fn` inside a write transaction, committing what it appends (pins, approvals)."""
+        ...
+
+    async def flush(self) -> None:
+        """Commit the deferred outcomes now; LedgerUnavailable if that fails (they stay deferred)."""
+        ...
+
+    async def maintain(self, log: Callable[[str], None]) -> None:
+        """For as long as a guard serves (run it in a task): what the store does in the background,
+        such as committing deferred outcomes no decision carried. Failures are logged."""
+        ...
+
+    async def close(self) -> None:
+        """Commit the deferred outcomes and close; LedgerUnavailable (after closing) if they could not
+        be committed."""
+        ...
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def read(self, fn: Callable[[Window], T]) -> T:
+        """Run `fn` on one consistent snapshot; what it appends is dropped."""
+        ...
+
+    async def invocations(
+        self,
+        *,
+        limit: int | None = None,
+        agent: str | None = None,
+        tool: str | None = None,
+        decision: str | None = None,
+        until: int | None = None,
+    ) -> list[Invocation]:
+        """Decisions joined with their first outcome, oldest first; `limit` keeps the most recent,
+        `until` a position from `head`. `tool` matches the upstream tool name or `server.tool`."""
+        ...
+
+    async def head(self) -> int:
+        """The position of the last entry: what `follow` starts after."""
+        ...
+
+    def follow(
+        self, after: int, *, agent: str | None = None, tool: str | None = None, decision: str | None = None
+    ) -> AsyncIterator[list[Invocation]]:
+        """The invocations whose decision or outcome any process committed since `after` (then since
+        the previous batch), one batch at least every `POLL` seconds ([] when nothing landed)."""
+        ...
+
+    async def stats(self, since: datetime | None = None) -> dict[str, Any]:
+        """Counts of invocations by agent, tool, decision and reason, and of allowed ones by outcome."""
+        ...
+
+    async def verify(self) -> VerifyResult:
+        """Recompute the chain and check what keeps it append-only; name the first bad entry."""
+        ...
+
+
+POLL = 0.2
+"""How often `follow` yields, at least (a store that is told of commits may yield sooner)."""

@@ -1,0 +1,124 @@
+"""Verify for the SQLite ledger: the triggers that keep entries append-only, and the walk that
+recomputes the hash chain in id order on a connection the caller holds. Imports nothing from
+mcp_guard but ledger.chain (the hash it recomputes)."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+from mcp_guard.ledger.chain import (
+    _JSON,
+    COLUMNS,
+    HASH_DOMAIN,
+    HASH_DOMAIN_V2,
+    HASHED_COLUMNS,
+    ZERO_HASH,
+    VerifyResult,
+    chain_break,
+    entry_hash,
+)
+
+# Created by the migrations and checked by verify: one text for both.
+TRIGGERS = {
+    f"entries_no_{verb.lower()}": f"CREATE TRIGGER entries_no_{verb.lower()} BEFORE {verb} ON entries "
+    "BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END"
+    for verb in ("UPDATE", "DELETE")
+}
+
+# SQL is only ever built from these constants; every value is a bound parameter.
+_SPLIT, _KIND = HASHED_COLUMNS.index("duration_ms"), HASHED_COLUMNS.index("kind")
+_BEFORE = ", ".join(f"'{n}', {n}" for n in HASHED_COLUMNS[:_SPLIT])
+_AFTER = ", ".join(f"'{n}', {n}" for n in HASHED_COLUMNS[_KIND + 1 :])
+# duration_ms is the one REAL column (SQLite prints floats differently) and method sits between
+# kind and outcome only when it is not null (hash v2): both are spliced in by Python.
+_SELECT_CHAIN = (
+    f"SELECT id, entry_hash, prev_hash, json_object({_BEFORE}), duration_ms, json_object('kind', kind), "  # noqa: S608
+    f"method, json_object({_AFTER}) FROM entries WHERE id > ? ORDER BY id"
+)
+
+
+def verify(conn: sqlite3.Connection) -> VerifyResult:
+    """The chain, the triggers and the tail, checked inside the caller's read transaction."""
+    schema = {name: sql for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master")}
+    if "entries" not in schema:
+        return VerifyResult(False, 0, None, "there is no entries table", ZERO_HASH)
+    damage = []
+    for name, sql in TRIGGERS.items():
+        if name not in schema:
+            damage.append(f"trigger {name!r} is missing, so entries could be edited")
+        elif " ".join(str(schema[name]).split()) != sql:
+            damage.append(f"trigger {name!r} was altered")
+    count, last_id, head, first_bad, problem = walk_chain(conn)
+    if first_bad is None:
+        # The chain cannot see a cut-off tail; AUTOINCREMENT remembers the highest id ever used.
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+        if row is not None and int(row[0]) > last_id:
+            first_bad = last_id + 1
+            problem = f"entries {last_id + 1}..{row[0]} are missing (the end of the ledger was cut off)"
+    problems = [f"entry {first_bad}: {problem}"] if first_bad is not None else []
+    problems += damage
+    return VerifyResult(not problems, count, first_bad, "; ".join(problems), head)
+
+
+def walk_chain(conn: sqlite3.Connection) -> tuple[int, int, str, int | None, str]:
+    """(good entries, last good id, head hash, first bad id, problem); streams rows in id order.
+
+    For speed SQLite builds the canonical JSON (its json_object escapes text exactly as Python's json
+    does) but for duration_ms, whose float Python prints. A row whose hash does not match is rebuilt
+    the defining way, by `entry_hash`, before it is called bad.
+    """
+    try:
+        conn.execute("SELECT json_object()")
+    except sqlite3.OperationalError:  # SQLite built without JSON: the same text, built in Python
+        conn.create_function("json_object", -1, json_object, deterministic=True)
+    sha256, dumps = hashlib.sha256, _JSON
+    count, last_id, head = 0, 0, ZERO_HASH
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+    select = _SELECT_CHAIN if "method" in columns else _SELECT_CHAIN.replace(", method,", ", NULL,")
+    cur: sqlite3.Cursor | None = conn.execute(select, (last_id,))
+    while True:
+        try:
+            if cur is not None:
+                rows = cur.fetchmany(4096)
+            else:
+                rows = conn.execute(select + " LIMIT 1", (last_id,)).fetchall()
+        except sqlite3.Error as exc:  # text that is not UTF-8, a blob: written by hand
+            if cur is not None:  # go on one row a query, to check the rows before it and to name it
+                cur = None
+                continue
+            bad = conn.execute("SELECT min(id) FROM entries WHERE id > ?", (last_id,)).fetchone()[0]
+            return count, last_id, head, bad, f"cannot be read ({exc})"
+        if not rows:
+            return count, last_id, head, None, ""
+        for entry_id, stored, prev, before, duration, kind, method, after in rows:  # the hot loop
+            if prev != head:
+                return count, last_id, head, entry_id, chain_break(last_id, entry_id)
+            try:
+                number = "null" if duration is None else dumps(duration)
+                tagged = "" if method is None else f',"method":{dumps(method)}'
+            except (TypeError, ValueError):
+                return count, last_id, head, entry_id, "holds a value that is not text or a number"
+            text = f'{before[:-1]},"duration_ms":{number},{kind[1:-1]}{tagged},{after[1:]}'
+            domain = HASH_DOMAIN if method is None else HASH_DOMAIN_V2
+            if (
+                sha256(domain + text.encode("utf-8")).hexdigest() != stored
+                and row_hash(conn, entry_id, "method" in columns) != stored
+            ):
+                problem = "content does not match its entry_hash (edited, or written by hand)"
+                return count, last_id, head, entry_id, problem
+            count, last_id, head = count + 1, entry_id, stored
+
+
+def row_hash(conn: sqlite3.Connection, entry_id: int, method: bool = True) -> str:
+    """The entry's hash built the defining way, by `entry_hash` (`method`: the column exists)."""
+    sql = f"SELECT {', '.join(COLUMNS if method else HASHED_COLUMNS)} FROM entries WHERE id = ?"  # noqa: S608
+    try:
+        return entry_hash(conn.execute(sql, (entry_id,)).fetchone())
+    except (TypeError, ValueError):
+        return ""  # a value JSON cannot hold: no hash matches it
+
+
+def json_object(*pairs: object) -> str:
+    """SQLite's json_object, for a build without JSON support."""
+    return _JSON(dict(zip(pairs[::2], pairs[1::2], strict=True)))

@@ -1,0 +1,319 @@
+"""The LedgerStore contract: what every store must do, through the protocol only. Each test runs
+against every store kind the `kind` fixture yields (SQLite now); a new store joins by adding a
+kind that can open it, tamper with it, and build a ledger of the previous schema."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import uuid
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlite_utils import Database
+
+from mcp_guard.config import LedgerConfig
+from mcp_guard.errors import LedgerError
+from mcp_guard.ledger import (
+    ApprovalEvent,
+    PinEvent,
+    PolicyEvent,
+    Window,
+    exists,
+    open_ledger,
+)
+from mcp_guard.ledger.chain import HASHED_COLUMNS, ZERO_HASH, entry_hash
+from mcp_guard.ledger.entries import CallRecord
+from mcp_guard.manifest import Budget
+
+POLICY = "ab" * 32
+WAIT = 60.0
+PER_HOUR = Budget(max=Decimal(5), per="1h")
+
+
+def record(decision: str = "allow", *, agent: str = "support-bot", **changes: object) -> CallRecord:
+    rec = CallRecord(uuid.uuid4().hex, agent, None, "billing", "refund", {"amount": 40}, decision,
+                     None if decision == "allow" else "limit_exceeded", None, POLICY)  # fmt: skip
+    return replace(rec, **changes)  # type: ignore[arg-type]
+
+
+def within_budget(window: Window, rec: CallRecord) -> CallRecord:
+    """A settle step: one call each, at most PER_HOUR.max an hour per agent."""
+    spent = window.spent("billing", "refund", PER_HOUR, (("agent", rec.agent),))
+    if spent + 1 > PER_HOUR.max:
+        return replace(rec, decision="deny", reason="limit_exceeded", detail="budget spent")
+    return rec
+
+
+@dataclass
+class SQLiteKind:
+    """How the contract opens, damages and ages a SQLite ledger."""
+
+    path: Path
+
+    def config(self, durability: str = "normal") -> LedgerConfig:
+        return LedgerConfig(path=self.path, durability=durability)  # type: ignore[arg-type]
+
+    def tamper(self, nth: int) -> None:
+        """Edit the nth entry by hand, as someone with write access to the file could."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn.execute("DROP TRIGGER entries_no_update")
+        conn.execute("UPDATE entries SET agent = 'someone-else' WHERE id = ?", (nth,))
+        conn.close()
+
+    def old_ledger(self, decisions: int) -> list[str]:
+        """A ledger written before the method column (schema 1), with `decisions` allowed calls."""
+        from mcp_guard.ledger.sqlite import schema  # the one place the contract looks inside a store
+
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        schema.MIGRATIONS.apply(Database(conn), stop_before="0002_method")
+        head, call_ids = ZERO_HASH, []
+        for i in range(decisions):
+            call_ids.append(uuid.uuid4().hex)
+            row = dict.fromkeys(HASHED_COLUMNS)
+            row |= {"kind": "decision", "call_id": call_ids[-1], "agent": "support-bot", "server": "billing",
+                    "tool": "refund", "arguments": '{"amount":1}', "decision": "allow", "policy_hash": POLICY,
+                    "prev_hash": head, "ts": f"2025-05-01T10:00:0{i}.000000Z"}  # fmt: skip
+            head = entry_hash([row[name] for name in HASHED_COLUMNS])
+            names = [*HASHED_COLUMNS, "entry_hash"]
+            conn.execute(
+                f"INSERT INTO entries ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                [*(row[name] for name in HASHED_COLUMNS), head],
+            )
+        conn.close()
+        return call_ids
+
+
+@pytest.fixture(params=["sqlite"])
+def kind(request: pytest.FixtureRequest, tmp_path: Path) -> SQLiteKind:
+    return SQLiteKind(tmp_path / "ledger.db")
+
+
+@pytest.fixture(params=["normal", "full"])
+def durability(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_decisions_outcomes_and_events_form_one_chain_that_verifies(kind: SQLiteKind, durability: str):
+    async with await open_ledger(kind.config(durability)) as store:
+        first, denied = record(), record("deny")
+        assert await store.decide(first) == first
+        await store.outcome(first.call_id, "ok", 12.5)
+        await store.decide(denied)
+        await store.append(PolicyEvent(payload={"action": "loaded", "hash": POLICY}, policy_hash=POLICY))
+        await store.flush()
+        result = await store.verify()
+        assert (result.ok, result.entries, result.problem) == (True, 4, "")
+        got = await store.invocations()
+        assert [(i.call_id, i.decision, i.outcome, i.method) for i in got] == [
+            (first.call_id, "allow", "ok", "tools/call"),
+            (denied.call_id, "deny", None, "tools/call"),
+        ]
+        assert [i.call_id for i in await store.invocations(limit=1)] == [denied.call_id]
+        assert [i.call_id for i in await store.invocations(decision="deny")] == [denied.call_id]
+
+
+async def test_a_decision_is_in_the_ledger_for_every_reader_before_the_call_goes_on(kind: SQLiteKind):
+    async with await open_ledger(kind.config()) as store:
+        rec = record()
+        await store.decide(rec)
+        async with await open_ledger(kind.config(), readonly=True) as reader:
+            (inv,) = await reader.invocations()
+            assert (inv.call_id, inv.decision, inv.outcome) == (rec.call_id, "allow", None)
+
+
+async def test_a_reused_call_id_cannot_record_a_second_decision(kind: SQLiteKind):
+    async with await open_ledger(kind.config()) as store:
+        rec = record()
+        await store.decide(rec)
+        with pytest.raises(LedgerError):
+            await store.decide(rec)
+
+
+async def test_an_outcome_is_committed_by_flush_by_close_or_at_once(kind: SQLiteKind, durability: str):
+    async def outcomes() -> list[str | None]:
+        async with await open_ledger(kind.config(), readonly=True) as reader:
+            return [i.outcome for i in await reader.invocations()]
+
+    store = await open_ledger(kind.config(durability))
+    one, two = record(), record()
+    await store.decide(one)
+    await store.outcome(one.call_id, "ok", 1.0)
+    await store.flush()
+    assert await outcomes() == ["ok"]
+    await store.decide(two)
+    await store.outcome(two.call_id, "timeout", 2.0)
+    if durability == "full":
+        assert await outcomes() == ["ok", "timeout"]  # before the result is relayed
+    await store.close()
+    assert await outcomes() == ["ok", "timeout"]
+
+
+async def test_the_settle_step_decides_inside_the_transaction(kind: SQLiteKind):
+    async with await open_ledger(kind.config()) as store:
+        decided = []
+        for _ in range(7):
+            rec = record()
+            decided.append(await store.decide(rec, partial(within_budget, rec=rec)))
+        assert [d.decision for d in decided] == ["allow"] * 5 + ["deny"] * 2
+        theirs = record(agent="finance-bot")
+        other = await store.decide(theirs, partial(within_budget, rec=theirs))
+        assert other.decision == "allow"  # another scope has its own budget
+
+
+SPENDER = textwrap.dedent(
+    """
+    import sys
+    from dataclasses import replace
+    from decimal import Decimal
+    import anyio
+    from mcp_guard.config import LedgerConfig
+    from mcp_guard.ledger import open_ledger
+    from mcp_guard.ledger.entries import CallRecord
+    from mcp_guard.manifest import Budget
+
+    BUDGET = Budget(max=Decimal(10), per="1h")
+
+    def settle(window, rec):
+        if window.spent("billing", "refund", BUDGET, (("agent", rec.agent),)) + 1 > BUDGET.max:
+            return replace(rec, decision="deny", reason="limit_exceeded", detail="spent")
+        return rec
+
+    async def main():
+        async with await open_ledger(LedgerConfig(path=sys.argv[1])) as store:
+            for i in range(int(sys.argv[2])):
+                rec = CallRecord(f"{sys.argv[3]}-{i}", "support-bot", None, "billing", "refund", {}, "allow",
+                                 None, None, "ab" * 32)
+                await store.decide(rec, lambda w, rec=rec: settle(w, rec))
+
+    anyio.run(main)
+    """
+)
+
+
+def race(path: Path, processes: int, calls: int) -> None:
+    """`processes` processes deciding `calls` budgeted calls each, all at once."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SPENDER, str(path), str(calls), f"p{n}"], stderr=subprocess.PIPE
+        )
+        for n in range(processes)
+    ]
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=WAIT)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+
+
+async def test_no_number_of_processes_can_overspend_a_budget(kind: SQLiteKind):
+    async with await open_ledger(kind.config()):
+        pass  # created before the race, so the processes only append
+    await anyio.to_thread.run_sync(race, kind.path, 3, 15)
+    async with await open_ledger(kind.config(), readonly=True) as reader:
+        got = await reader.invocations()
+        assert len(got) == 45
+        assert sum(i.decision == "allow" for i in got) == 10
+        assert (await reader.verify()).ok
+
+
+async def test_events_are_read_by_kind_and_filters_and_dropped_from_a_read(kind: SQLiteKind):
+    async with await open_ledger(kind.config()) as store:
+        pin = PinEvent(
+            payload={"tool": "refund", "digest": "d1", "source": "first-use"}, server="billing", tool="refund"
+        )
+        asked = ApprovalEvent(payload={"id": "r1", "action": "request"}, agent="support-bot", server="billing",
+                              tool="refund", policy_hash=POLICY)  # fmt: skip
+        await store.append(pin)
+        await store.hold(lambda w: w.append(asked))
+        await store.append(
+            ApprovalEvent(payload={"id": "r2"}, agent="finance-bot", server="billing", tool="refund")
+        )
+        await store.read(lambda w: w.append(PinEvent(payload={"dropped": True}, server="billing")))
+        assert await store.read(lambda w: list(w.pins(server="billing"))) == [pin]
+        assert await store.read(lambda w: list(w.pins(server="tickets"))) == []
+        mine = await store.read(
+            lambda w: list(w.approvals(server="billing", tool="refund", agent="support-bot"))
+        )
+        assert mine == [asked]
+        assert len(await store.read(lambda w: list(w.approvals()))) == 2
+        assert (await store.verify()).entries == 3
+
+
+async def test_verify_names_the_first_entry_edited_by_hand(kind: SQLiteKind):
+    async with await open_ledger(kind.config()) as store:
+        for _ in range(5):
+            await store.decide(record())
+        assert (await store.verify()).ok
+        kind.tamper(3)
+        result = await store.verify()
+        assert (result.ok, result.first_bad, result.entries) == (False, 3, 2)
+
+
+FOLLOWED = textwrap.dedent(
+    """
+    import sys, anyio
+    from mcp_guard.config import LedgerConfig
+    from mcp_guard.ledger import open_ledger
+    from mcp_guard.ledger.entries import CallRecord
+
+    async def main():
+        async with await open_ledger(LedgerConfig(path=sys.argv[1])) as store:
+            rec = CallRecord(sys.argv[2], "finance-bot", None, "billing", "payout", {}, "deny", "limit_exceeded",
+                             None, "ab" * 32)
+            await store.decide(rec)
+
+    anyio.run(main)
+    """
+)
+
+
+async def test_follow_sees_what_another_process_commits(kind: SQLiteKind):
+    async with await open_ledger(kind.config()) as store:
+        await store.decide(record())
+        after = await store.head()
+        call_id = uuid.uuid4().hex
+        seen: list[str] = []
+        with anyio.fail_after(WAIT):
+            done = await anyio.run_process([sys.executable, "-c", FOLLOWED, str(kind.path), call_id])
+            assert done.returncode == 0
+            async for batch in store.follow(after, agent="finance-bot"):
+                seen += [inv.call_id for inv in batch]
+                if seen:
+                    break
+        assert seen == [call_id]
+
+
+async def test_a_ledger_of_the_previous_schema_is_read_and_migrated_with_its_chain_intact(kind: SQLiteKind):
+    old = kind.old_ledger(3)
+    assert exists(kind.config())
+    async with await open_ledger(kind.config(), readonly=True) as reader:  # a reader never migrates
+        assert [(i.call_id, i.method) for i in await reader.invocations()] == [(c, "tools/call") for c in old]
+        assert (await reader.verify()).ok
+    async with await open_ledger(kind.config()) as store:
+        new = record(method="tools/call")
+        await store.decide(new)
+        got = await store.invocations()
+        assert [(i.call_id, i.method) for i in got] == [(c, "tools/call") for c in [*old, new.call_id]]
+        got_json = got[0].to_json()
+        assert got_json["method"] == "tools/call"
+        result = await store.verify()
+        assert (result.ok, result.entries) == (True, 4)
+    kind.tamper(4)  # the new entry's hash covers what it has
+    async with await open_ledger(kind.config(), readonly=True) as reader:
+        assert (await reader.verify()).first_bad == 4
+
+
+async def test_a_missing_ledger_is_no_ledger_to_read(kind: SQLiteKind):
+    assert not exists(kind.config())
+    with pytest.raises(LedgerError):
+        await open_ledger(kind.config(), readonly=True)
