@@ -13,7 +13,6 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -37,6 +36,7 @@ from mcp_guard.guard.caller import AGENT_SCOPE_KEY, Caller
 from mcp_guard.identity.base import Verdict, authenticate
 from mcp_guard.policy.engine import Agent
 from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
+from mcp_guard.transports.sessions import SESSION_IDLE_TIMEOUT, SessionOwners
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 MCP_PATH = "/mcp"
@@ -44,7 +44,6 @@ MAX_SESSIONS = 1000
 """Open MCP sessions in this process; one more gets 503 until one ends or idles out."""
 MAX_SESSIONS_PER_AGENT = 100
 """So that one agent that never closes its sessions cannot starve the others."""
-SESSION_IDLE_TIMEOUT = 30 * 60.0
 MAX_CONNECTIONS = 1000
 """Concurrent HTTP connections (uvicorn answers 503 beyond)."""
 BODY_TIMEOUT = 30.0
@@ -94,53 +93,6 @@ def allowed_sources(http: HttpConfig, host: str) -> tuple[Allowed, list[str]]:
     if (own := _host_pattern(host)) is not None and own not in hosts:
         hosts.append(own)
     return Allowed.of(hosts, [*LOOPBACK_ORIGINS, *http.allowed_origins])
-
-
-# -- sessions and their owners --------------------------------------------------------------------
-
-
-@dataclass
-class _Owned:
-    agent: str
-    in_flight: int = 0
-    idle_since: float = 0.0
-
-
-class SessionOwners:
-    """Which agent opened each MCP session. A session id is not a credential: it only ever serves
-    the agent that opened it, and an id we did not see opened serves nobody."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._owned: dict[str, _Owned] = {}
-        self._clock = clock
-
-    def owner(self, sid: str) -> str | None:
-        entry = self._owned.get(sid)
-        return entry.agent if entry else None
-
-    def opened(self, sid: str, agent: str) -> None:
-        self._owned[sid] = _Owned(agent, in_flight=1)
-
-    def begin(self, sid: str) -> None:
-        if (entry := self._owned.get(sid)) is not None:
-            entry.in_flight += 1
-
-    def end(self, sid: str) -> None:
-        if (entry := self._owned.get(sid)) is not None:
-            entry.in_flight -= 1
-            entry.idle_since = self._clock()
-
-    def forget(self, sid: str) -> None:
-        self._owned.pop(sid, None)
-
-    def count(self, agent: str) -> int:
-        """Open sessions of `agent`, after forgetting those the SDK has surely expired: idle
-        longer than its idle timeout (it sees exactly the requests we pass it)."""
-        horizon = self._clock() - SESSION_IDLE_TIMEOUT - 60.0
-        for sid, entry in list(self._owned.items()):
-            if entry.in_flight <= 0 and entry.idle_since < horizon:
-                del self._owned[sid]
-        return sum(1 for entry in self._owned.values() if entry.agent == agent)
 
 
 # -- the middleware -------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 from mcp_guard.config import AgentConfig, TokensConfig
-from mcp_guard.errors import ListenError
 from mcp_guard.identity.base import (
     KEY_PREFIX,
     agent_for_key,
@@ -22,7 +21,6 @@ from mcp_guard.identity.base import (
     new_key,
     verify_token,
 )
-from mcp_guard.transports.http import SESSION_IDLE_TIMEOUT, SessionOwners, parse_listen
 
 NOW = 1_800_000_000.0
 SIGNING_KEY = "unit-test-signing-key-0123456789abcdef"
@@ -245,54 +243,3 @@ def test_only_a_bearer_key_or_token_names_an_agent(header: str | None, agent: st
     if agent is None:
         assert verdict.problem
         assert SUPPORT_KEY[5:15] not in verdict.problem  # no part of a credential reaches the log
-
-
-# -- [HOST:]PORT ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("8765", ("127.0.0.1", 8765)),
-        ("127.0.0.1:8765", ("127.0.0.1", 8765)),
-        ("0.0.0.0:80", ("0.0.0.0", 80)),
-        ("[::1]:9000", ("::1", 9000)),
-        ("localhost:0", ("localhost", 0)),
-    ],
-)
-def test_listen_addresses_parse_and_a_bare_port_binds_loopback(text: str, expected: tuple[str, int]) -> None:
-    assert parse_listen(text) == expected
-
-
-@pytest.mark.parametrize("text", ["", "x", "host:", ":80", "::1:80", "1.2.3.4:65536", "1.2.3.4:-1", "[::1]"])
-def test_bad_listen_addresses_are_refused(text: str) -> None:
-    with pytest.raises(ListenError, match=r"is not \[HOST:\]PORT"):
-        parse_listen(text)
-
-
-# -- session owners ------------------------------------------------------------------------------
-
-
-def test_a_session_belongs_to_the_agent_that_opened_it_until_it_ends() -> None:
-    owners = SessionOwners(clock=lambda: 0.0)
-    owners.opened("s1", "support-bot")
-    owners.end("s1")
-    assert owners.owner("s1") == "support-bot"
-    assert owners.owner("s2") is None
-    owners.forget("s1")
-    assert owners.owner("s1") is None
-
-
-def test_sessions_idle_past_the_sdks_timeout_stop_counting_but_busy_ones_do_not() -> None:
-    now = [0.0]
-    owners = SessionOwners(clock=lambda: now[0])
-    for sid in ("idle", "busy", "streaming"):
-        owners.opened(sid, "support-bot")
-    owners.end("idle")
-    owners.end("busy")
-    owners.begin("busy")  # a request in flight
-    assert owners.count("support-bot") == 3
-    now[0] = SESSION_IDLE_TIMEOUT + 61.0
-    assert owners.count("support-bot") == 2
-    assert owners.owner("idle") is None
-    assert owners.count("finance-bot") == 0
