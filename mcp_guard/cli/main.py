@@ -149,7 +149,7 @@ def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: st
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from mcp_guard.identity.base import hash_key, new_key
+    from mcp_guard.identity.keys import hash_key, new_key
     from mcp_guard.loading import NAME_PATTERN
 
     if not re.match(NAME_PATTERN, args.name):
@@ -163,7 +163,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from mcp_guard.identity.base import issue_token
+    from mcp_guard.identity.tokens import issue_token
     from mcp_guard.loading import format_duration, parse_duration
 
     config = load_config(find_config(args.config))

@@ -1,7 +1,7 @@
 """Serving Streamable HTTP at /mcp. Our own ASGI middleware stands in front of the SDK's session
-manager and, on every request: checks Host/Origin, derives the agent from `Authorization: Bearer`
-alone (identity.py), binds each MCP session to the agent that opened it, caps and strictly parses
-the body. Only then does the SDK see the request, with the agent in the ASGI scope."""
+manager and, on every request: checks Host/Origin, has the agent authenticated from
+`Authorization: Bearer` alone (identity/), binds each MCP session to the agent that opened it, caps
+and strictly parses the body. Only then does the SDK see the request, with the Agent in the scope."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import ipaddress
 import json
 import signal
 import socket
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -33,10 +31,13 @@ from mcp_guard.config import HttpConfig
 from mcp_guard.errors import ListenError
 from mcp_guard.guard.app import Guard, build_server
 from mcp_guard.guard.caller import AGENT_SCOPE_KEY, Caller
-from mcp_guard.identity.base import Verdict, authenticate
+from mcp_guard.identity.base import Authenticator, Chain, Refusal, bearer_credential
+from mcp_guard.identity.keys import StaticKeys
+from mcp_guard.identity.tokens import SignedTokens
 from mcp_guard.policy.engine import Agent
 from mcp_guard.secrets import LOGGER
 from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
+from mcp_guard.transports.sessions import SESSION_IDLE_TIMEOUT, SessionOwners
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 MCP_PATH = "/mcp"
@@ -44,13 +45,12 @@ MAX_SESSIONS = 1000
 """Open MCP sessions in this process; one more gets 503 until one ends or idles out."""
 MAX_SESSIONS_PER_AGENT = 100
 """So that one agent that never closes its sessions cannot starve the others."""
-SESSION_IDLE_TIMEOUT = 30 * 60.0
 MAX_CONNECTIONS = 1000
 """Concurrent HTTP connections (uvicorn answers 503 beyond)."""
 BODY_TIMEOUT = 30.0
 """Seconds a client may take to send a request body (slow-drip bodies are cut off)."""
 SESSION_HEADER = "mcp-session-id"
-REALM = 'Bearer realm="mcp-guard"'
+REALM = "mcp-guard"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -96,53 +96,6 @@ def allowed_sources(http: HttpConfig, host: str) -> tuple[Allowed, list[str]]:
     return Allowed.of(hosts, [*LOOPBACK_ORIGINS, *http.allowed_origins])
 
 
-# -- sessions and their owners --------------------------------------------------------------------
-
-
-@dataclass
-class _Owned:
-    agent: str
-    in_flight: int = 0
-    idle_since: float = 0.0
-
-
-class SessionOwners:
-    """Which agent opened each MCP session. A session id is not a credential: it only ever serves
-    the agent that opened it, and an id we did not see opened serves nobody."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._owned: dict[str, _Owned] = {}
-        self._clock = clock
-
-    def owner(self, sid: str) -> str | None:
-        entry = self._owned.get(sid)
-        return entry.agent if entry else None
-
-    def opened(self, sid: str, agent: str) -> None:
-        self._owned[sid] = _Owned(agent, in_flight=1)
-
-    def begin(self, sid: str) -> None:
-        if (entry := self._owned.get(sid)) is not None:
-            entry.in_flight += 1
-
-    def end(self, sid: str) -> None:
-        if (entry := self._owned.get(sid)) is not None:
-            entry.in_flight -= 1
-            entry.idle_since = self._clock()
-
-    def forget(self, sid: str) -> None:
-        self._owned.pop(sid, None)
-
-    def count(self, agent: str) -> int:
-        """Open sessions of `agent`, after forgetting those the SDK has surely expired: idle
-        longer than its idle timeout (it sees exactly the requests we pass it)."""
-        horizon = self._clock() - SESSION_IDLE_TIMEOUT - 60.0
-        for sid, entry in list(self._owned.items()):
-            if entry.in_flight <= 0 and entry.idle_since < horizon:
-                del self._owned[sid]
-        return sum(1 for entry in self._owned.values() if entry.agent == agent)
-
-
 # -- the middleware -------------------------------------------------------------------------------
 
 
@@ -156,19 +109,9 @@ def _rpc_error(status: int, code: int, message: str) -> Response:
     return _json(status, error)
 
 
-def _unauthorized(problem: str | None) -> Response:
-    if problem is None:
-        return _json(
-            401,
-            {"error": "invalid_request", "error_description": "send Authorization: Bearer <key or token>"},
-            {"WWW-Authenticate": REALM},
-        )
-    description = "the credential is invalid or expired"
-    return _json(
-        401,
-        {"error": "invalid_token", "error_description": description},
-        {"WWW-Authenticate": f'{REALM}, error="invalid_token", error_description="{description}"'},
-    )
+def _refused(refusal: Refusal) -> Response:
+    body = {"error": refusal.error or "invalid_request", "error_description": refusal.description}
+    return _json(refusal.status, body, {"WWW-Authenticate": refusal.challenge(REALM)})
 
 
 class GuardMiddleware:
@@ -179,13 +122,13 @@ class GuardMiddleware:
         app: ASGIApp,
         guard: Guard,
         allowed: Allowed,
-        clock: Callable[[], float] = time.time,
+        authenticator: Authenticator,
     ) -> None:
         self.app = app
         self.guard = guard
         self.allowed = allowed
+        self.authenticator = authenticator
         self.sessions = SessionOwners()
-        self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -207,27 +150,25 @@ class GuardMiddleware:
             }
             await _json(400, body)(scope, receive, send)
             return
-        agent = self._identify(scope)
+        agent = await self._identify(scope)
         if isinstance(agent, Response):
             await agent(scope, receive, send)
             return
         await self._serve(agent, scope, receive, send)
 
-    def _identify(self, scope: Scope) -> Agent | Response:
-        values = [v for k, v in scope["headers"] if k == b"authorization"]
-        if not values:
-            return _unauthorized(None)
-        policy = self.guard.policy
-        config = policy.config
-        if len(values) > 1:
-            verdict = Verdict(None, "more than one Authorization header")
+    async def _identify(self, scope: Scope) -> Agent | Response:
+        values = [v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"]
+        credential = bearer_credential(values)
+        if isinstance(credential, Refusal):
+            result: Agent | Refusal = credential
         else:
-            verdict = authenticate(values[0].decode("latin-1"), config.agents, config.tokens, self.clock())
-        if verdict.agent is None or verdict.agent not in policy.agents:
+            result = await self.authenticator.authenticate(credential)
+        if isinstance(result, Agent):
+            return result
+        if values:  # a request with no credential at all is not worth a log line
             client = scope.get("client") or ("?", 0)
-            self.guard.log(f"HTTP 401 for {client[0]}: {verdict.problem or 'agent no longer defined'}")
-            return _unauthorized(verdict.problem)
-        return policy.agents[verdict.agent]
+            self.guard.log(f"HTTP {result.status} for {client[0]}: {result.problem}")
+        return _refused(result)
 
     async def _serve(self, agent: Agent, scope: Scope, receive: Receive, send: Send) -> None:
         sids = Request(scope).headers.getlist(SESSION_HEADER)
@@ -360,7 +301,10 @@ def build_app(guard: Guard, host: str) -> GuardMiddleware:
             yield
 
     inner = Starlette(routes=[Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(manager))], lifespan=lifespan)
-    return GuardMiddleware(inner, guard, allowed)
+    # A key is never a JWT and a token always is, so the order changes no answer; keys go first
+    # because their check is the cheapest.
+    authenticator = Chain(StaticKeys(lambda: guard.policy), SignedTokens(lambda: guard.policy))
+    return GuardMiddleware(inner, guard, allowed, authenticator)
 
 
 class _Uvicorn(uvicorn.Server):

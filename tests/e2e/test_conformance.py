@@ -26,7 +26,7 @@ import anyio
 import pytest
 import yaml
 
-from mcp_guard.identity.base import hash_key, new_key
+from mcp_guard.identity.keys import hash_key, new_key
 from tests.helpers import drain_serving, free_port, wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -31,7 +31,7 @@ from mcp import Client, ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_guard.examples.journal import JOURNAL_ENV, read_journal
-from mcp_guard.identity.base import hash_key, new_key
+from mcp_guard.identity.keys import hash_key, new_key
 from tests.helpers import drain_serving, free_port, wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

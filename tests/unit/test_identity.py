@@ -1,62 +1,40 @@
-"""identity.py as tables: static keys and HS256 tokens, every refusal a value with a reason."""
+"""identity/ as tables: the one Bearer header, static keys, and the chain that hands a credential to
+the authenticator of its kind. Every refusal is a value with a reason; none quotes the credential."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
-import json
-from collections.abc import Callable
-from typing import Any
 
 import pytest
 
-from mcp_guard.config import AgentConfig, TokensConfig
-from mcp_guard.errors import ListenError
+from mcp_guard.config import GuardConfig
 from mcp_guard.identity.base import (
-    KEY_PREFIX,
-    agent_for_key,
-    authenticate,
-    hash_key,
-    issue_token,
-    new_key,
-    verify_token,
+    NO_CREDENTIAL,
+    Chain,
+    Refusal,
+    bearer_credential,
+    looks_like_jwt,
+    not_mine,
 )
-from mcp_guard.transports.http import SESSION_IDLE_TIMEOUT, SessionOwners, parse_listen
+from mcp_guard.identity.keys import KEY_PREFIX, StaticKeys, agent_for_key, hash_key, new_key
+from mcp_guard.identity.tokens import SignedTokens, issue_token
+from mcp_guard.policy.engine import Agent, Policy
+from tests.unit.identity_fixtures import AGENTS, FINANCE_KEY, NOW, POLICY, SUPPORT_KEY, TOKENS, claims, forge
 
-NOW = 1_800_000_000.0
-SIGNING_KEY = "unit-test-signing-key-0123456789abcdef"
-TOKENS = TokensConfig.model_validate({"signing_key": SIGNING_KEY, "max_ttl": "1h"})
-SUPPORT_KEY = "mcpg_support-static-key-for-unit-tests"
-FINANCE_KEY = "mcpg_finance-static-key-for-unit-tests"
-AGENTS = {
-    "support-bot": AgentConfig(roles=("support",), keys=(hash_key(SUPPORT_KEY),)),
-    "finance-bot": AgentConfig(roles=("finance",), keys=(hash_key(FINANCE_KEY), hash_key("mcpg_second"))),
-    "keyless-bot": AgentConfig(roles=("support",)),
-}
+CHAIN = Chain(StaticKeys(lambda: POLICY), SignedTokens(lambda: POLICY, clock=lambda: NOW))
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+async def authenticate(values: list[str]) -> Agent | Refusal:
+    """What the HTTP transport does with a request's Authorization header values."""
+    credential = bearer_credential(values)
+    if isinstance(credential, Refusal):
+        return credential
+    return await CHAIN.authenticate(credential)
 
 
-def forge(
-    claims: dict[str, Any],
-    *,
-    header: dict[str, Any] | None = None,
-    key: str = SIGNING_KEY,
-    raw: str | None = None,
-) -> str:
-    """A token built by hand (not by issue_token), so the verifier is checked against the format."""
-    head = b64(json.dumps(header if header is not None else {"alg": "HS256", "typ": "JWT"}).encode())
-    body = b64(raw.encode() if raw is not None else json.dumps(claims).encode())
-    signature = hmac.new(key.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
-    return f"{head}.{body}.{b64(signature)}"
-
-
-def claims(**changes: Any) -> dict[str, Any]:
-    base = {"sub": "support-bot", "aud": "mcp-guard", "iat": int(NOW), "exp": int(NOW) + 900, "jti": "j-1"}
-    return {k: v for k, v in (base | changes).items() if v is not None}
+def name(result: Agent | Refusal) -> str | None:
+    return result.name if isinstance(result, Agent) else None
 
 
 # -- static keys ---------------------------------------------------------------------------------
@@ -69,6 +47,7 @@ def test_new_keys_are_random_prefixed_and_hash_to_the_guard_yaml_form() -> None:
         assert key.startswith(KEY_PREFIX)
         assert len(key) >= 40
         assert "." not in key
+        assert not looks_like_jwt(key)
         assert hash_key(key) == "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -89,131 +68,76 @@ def test_a_key_names_the_agent_whose_hash_it_matches_and_nothing_else(key: str, 
     assert agent_for_key(key, AGENTS) == agent
 
 
-# -- tokens --------------------------------------------------------------------------------------
-
-
-def test_an_issued_token_verifies_and_carries_the_claims_the_spec_lists() -> None:
-    token, issued = issue_token(TOKENS, "finance-bot", 900, NOW)
-    assert set(issued) == {"sub", "aud", "iat", "exp", "jti"}
-    assert (issued["sub"], issued["aud"], issued["exp"] - issued["iat"]) == ("finance-bot", "mcp-guard", 900)
-    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
-    assert header == {"alg": "HS256", "typ": "JWT"}
-    verdict = verify_token(token, TOKENS, AGENTS, NOW + 899)
-    assert verdict.accepted
-    assert verdict.agent == "finance-bot"
-
-
-def test_two_issued_tokens_have_distinct_ids() -> None:
-    assert (
-        issue_token(TOKENS, "support-bot", 60, NOW)[1]["jti"]
-        != issue_token(TOKENS, "support-bot", 60, NOW)[1]["jti"]
-    )
-
-
-def _tamper_signature(token: str) -> str:
-    head, body, sig = token.split(".")
-    return f"{head}.{body}.{'A' if sig[0] != 'A' else 'B'}{sig[1:]}"
-
-
-def _swap_payload(token: str) -> str:
-    head, _, sig = token.split(".")
-    return f"{head}.{b64(json.dumps(claims(sub='finance-bot')).encode())}.{sig}"
-
-
-def _noncanonical_signature(token: str) -> str:
-    head, body, sig = token.split(".")
-    # The last base64url character of a 32-byte signature carries 2 unused bits: flip one.
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    last = alphabet[alphabet.index(sig[-1]) ^ 1]
-    return f"{head}.{body}.{sig[:-1]}{last}"
-
-
-REFUSED: list[tuple[str, Callable[[], str], str]] = [
-    ("expired", lambda: forge(claims(iat=int(NOW) - 900, exp=int(NOW))), "expired"),
-    ("another audience", lambda: forge(claims(aud="another-guard")), "audience"),
-    ("audience list without ours", lambda: forge(claims(aud=["a", "b"])), "audience"),
-    ("no audience", lambda: forge(claims(aud=None)), "audience"),
-    ("signed with another key", lambda: forge(claims(), key="k" * 40), "signature"),
-    ("tampered signature", lambda: _tamper_signature(forge(claims())), "signature"),
-    ("payload swapped", lambda: _swap_payload(forge(claims())), "signature"),
-    ("non-canonical signature", lambda: _noncanonical_signature(forge(claims())), "signature"),
-    (
-        "alg none, no signature",
-        lambda: forge(claims(), header={"alg": "none"}).rsplit(".", 1)[0] + ".",
-        "JWS",
-    ),
-    ("alg none, with signature", lambda: forge(claims(), header={"alg": "none", "typ": "JWT"}), "algorithm"),
-    ("alg None spelled otherwise", lambda: forge(claims(), header={"alg": "None"}), "algorithm"),
-    ("alg HS512", lambda: forge(claims(), header={"alg": "HS512"}), "algorithm"),
-    ("alg RS256", lambda: forge(claims(), header={"alg": "RS256"}), "algorithm"),
-    ("alg missing", lambda: forge(claims(), header={"typ": "JWT"}), "algorithm"),
-    ("typ not JWT", lambda: forge(claims(), header={"alg": "HS256", "typ": "at+jwt+x"}), "header"),
-    ("critical header", lambda: forge(claims(), header={"alg": "HS256", "crit": ["exp"]}), "header"),
-    ("header not an object", lambda: forge(claims(), header=["HS256"]), "algorithm"),  # type: ignore[arg-type]
-    ("iat far in the future", lambda: forge(claims(iat=int(NOW) + 300, exp=int(NOW) + 900)), "not valid yet"),
-    ("nbf in the future", lambda: forge(claims(nbf=int(NOW) + 300)), "not valid yet"),
-    ("lifetime over max_ttl", lambda: forge(claims(exp=int(NOW) + 7200)), "max_ttl"),
-    ("exp missing", lambda: forge(claims(exp=None)), "exp"),
-    ("exp a string", lambda: forge(claims(exp=str(int(NOW) + 900))), "exp"),
-    ("exp a boolean", lambda: forge(claims(exp=True)), "exp"),
-    ("jti missing", lambda: forge(claims(jti=None)), "jti"),
-    ("unknown agent", lambda: forge(claims(sub="ghost-bot")), "unknown agent"),
-    ("subject not a string", lambda: forge(claims(sub=["support-bot"])), "unknown agent"),
-    ("claims not an object", lambda: forge({}, raw='["support-bot"]'), "not an object"),
-    (
-        "duplicate sub claim",
-        lambda: forge(
-            {}, raw='{"sub":"finance-bot","sub":"support-bot","aud":"mcp-guard","iat":1,"exp":2,"jti":"x"}'
-        ),
-        "malformed",
-    ),
-    ("two parts", lambda: ".".join(forge(claims()).split(".")[:2]), "JWS"),
-    ("four parts", lambda: forge(claims()) + ".x", "JWS"),
-    ("padding in base64", lambda: forge(claims()) + "=", "signature"),
-    ("not base64", lambda: "e30!.e30.e30", "header"),
-]
-
-
-@pytest.mark.parametrize(("case", "make", "problem"), REFUSED, ids=[c[0] for c in REFUSED])
-def test_a_token_that_fails_any_check_is_refused_with_a_reason(
-    case: str, make: Callable[[], str], problem: str
-) -> None:
-    verdict = verify_token(make(), TOKENS, AGENTS, NOW)
-    assert verdict.agent is None
-    assert not verdict.accepted
-    assert problem in verdict.problem
-
-
-def test_a_token_is_refused_when_guard_yaml_has_no_tokens_section() -> None:
-    verdict = verify_token(forge(claims()), None, AGENTS, NOW)
-    assert verdict.agent is None
-    assert "tokens" in verdict.problem
-
-
 @pytest.mark.parametrize(
-    ("changes", "at"),
+    "key",
     [
-        ({}, NOW),
-        ({"aud": ["other", "mcp-guard"]}, NOW),
-        ({"iat": int(NOW) + 20, "exp": int(NOW) + 900}, NOW),  # within the clock skew
-        ({"nbf": int(NOW) - 5}, NOW),
-        ({}, NOW + 899.999),
+        SUPPORT_KEY[:-1],  # a prefix of a valid key
+        SUPPORT_KEY[:8],
+        KEY_PREFIX,
+        SUPPORT_KEY + "x",  # a valid key with more after it
+        SUPPORT_KEY.removeprefix(KEY_PREFIX),  # without our prefix
+        hash_key(SUPPORT_KEY).removeprefix("sha256:"),  # the listed hash itself
     ],
 )
-def test_a_well_formed_token_within_its_window_is_accepted(changes: dict[str, Any], at: float) -> None:
-    assert verify_token(forge(claims(**changes)), TOKENS, AGENTS, at).agent == "support-bot"
+async def test_a_key_that_only_resembles_a_valid_key_is_refused(key: str) -> None:
+    result = await StaticKeys(lambda: POLICY).authenticate(key)
+    assert isinstance(result, Refusal)
+    assert not result.not_mine
+    assert "no agent's key" in result.problem
 
 
-def test_a_token_is_refused_from_the_second_it_expires() -> None:
-    token = forge(claims())
-    assert verify_token(token, TOKENS, AGENTS, NOW + 900).agent is None
+async def test_a_key_authenticates_as_the_agent_with_its_roles_in_the_policy_in_force() -> None:
+    policies = [POLICY]
+    keys = StaticKeys(lambda: policies[-1])
+    assert await keys.authenticate(SUPPORT_KEY) == Agent("support-bot", frozenset({"support"}))
+    policies.append(Policy(GuardConfig(agents={"support-bot": AGENTS["keyless-bot"]}), []))
+    assert isinstance(await keys.authenticate(SUPPORT_KEY), Refusal)  # its hash is gone
+    policies.append(Policy(GuardConfig(agents={"finance-bot": AGENTS["finance-bot"]}), []))
+    assert isinstance(await keys.authenticate(SUPPORT_KEY), Refusal)  # the agent is gone
 
 
-def test_a_token_checks_the_audience_the_config_names() -> None:
-    tokens = TokensConfig.model_validate({"signing_key": SIGNING_KEY, "audience": "guard-eu"})
-    token, _ = issue_token(tokens, "support-bot", 60, NOW)
-    assert verify_token(token, tokens, AGENTS, NOW).agent == "support-bot"
-    assert verify_token(token, TOKENS, AGENTS, NOW).agent is None
+async def test_a_jwt_is_not_a_key_and_a_key_is_not_a_token() -> None:
+    token, _ = issue_token(TOKENS, "support-bot", 60, NOW)
+    on_token = await StaticKeys(lambda: POLICY).authenticate(token)
+    on_key = await SignedTokens(lambda: POLICY, clock=lambda: NOW).authenticate(SUPPORT_KEY)
+    assert isinstance(on_token, Refusal)
+    assert on_token.not_mine
+    assert isinstance(on_key, Refusal)
+    assert on_key.not_mine
+
+
+# -- the chain -----------------------------------------------------------------------------------
+
+
+class Fixed:
+    """An authenticator that always gives the same answer and counts its calls."""
+
+    def __init__(self, answer: Agent | Refusal) -> None:
+        self.answer = answer
+        self.calls = 0
+
+    async def authenticate(self, credential: str) -> Agent | Refusal:
+        self.calls += 1
+        return self.answer
+
+
+AGENT = Agent("support-bot", frozenset({"support"}))
+
+
+async def test_the_chain_passes_a_credential_on_only_when_it_is_not_mine() -> None:
+    later = Fixed(AGENT)
+    assert await Chain(Fixed(not_mine("a test")), later).authenticate("c") == AGENT
+    refused = Refusal("refused by the first")
+    assert await Chain(Fixed(refused), later).authenticate("c") == refused
+    assert later.calls == 1  # a refusal is final: the next authenticator never sees the credential
+
+
+@pytest.mark.parametrize("chain", [Chain(), Chain(Fixed(not_mine("a")), Fixed(not_mine("b")))])
+async def test_a_credential_no_authenticator_claims_is_refused(chain: Chain) -> None:
+    result = await chain.authenticate(SUPPORT_KEY)
+    assert isinstance(result, Refusal)
+    assert not result.not_mine
+    assert result.status == 401
 
 
 # -- the Authorization header ----------------------------------------------------------------------
@@ -235,64 +159,46 @@ HEADERS: list[tuple[str | None, str | None]] = [
     (f"Bearer {SUPPORT_KEY},Bearer {FINANCE_KEY}", None),
     (f"Bearer {'a' * 5000}", None),
     ("Bearer mcpg_nobody", None),
+    # Two kinds of credential in one value: never the one or the other.
+    (f"Bearer {SUPPORT_KEY} {forge(claims())}", None),
+    (f"Bearer {SUPPORT_KEY}.{forge(claims())}", None),
+    (f"Bearer {forge(claims())}.{SUPPORT_KEY}", None),
+    (f"Bearer {forge(claims())}{SUPPORT_KEY}", None),
 ]
 
 
 @pytest.mark.parametrize(("header", "agent"), HEADERS)
-def test_only_a_bearer_key_or_token_names_an_agent(header: str | None, agent: str | None) -> None:
-    verdict = authenticate(header, AGENTS, TOKENS, NOW)
-    assert verdict.agent == agent
-    if agent is None:
-        assert verdict.problem
-        assert SUPPORT_KEY[5:15] not in verdict.problem  # no part of a credential reaches the log
-
-
-# -- [HOST:]PORT ---------------------------------------------------------------------------------
+async def test_only_a_bearer_key_or_token_names_an_agent(header: str | None, agent: str | None) -> None:
+    result = await authenticate([] if header is None else [header])
+    assert name(result) == agent
+    if isinstance(result, Refusal):
+        assert result.problem
+        assert result.status == 401
+        assert SUPPORT_KEY[5:15] not in result.problem  # no part of a credential reaches the log
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"),
+    "values",
     [
-        ("8765", ("127.0.0.1", 8765)),
-        ("127.0.0.1:8765", ("127.0.0.1", 8765)),
-        ("0.0.0.0:80", ("0.0.0.0", 80)),
-        ("[::1]:9000", ("::1", 9000)),
-        ("localhost:0", ("localhost", 0)),
+        [f"Bearer {SUPPORT_KEY}", f"Bearer {SUPPORT_KEY}"],
+        [f"Bearer {SUPPORT_KEY}", f"Bearer {forge(claims())}"],
+        [f"Bearer {forge(claims())}", f"Bearer {FINANCE_KEY}"],
+        [f"Bearer {SUPPORT_KEY}", ""],
     ],
 )
-def test_listen_addresses_parse_and_a_bare_port_binds_loopback(text: str, expected: tuple[str, int]) -> None:
-    assert parse_listen(text) == expected
+async def test_two_authorization_headers_are_refused_whatever_they_hold(values: list[str]) -> None:
+    result = await authenticate(values)
+    assert isinstance(result, Refusal)
+    assert "more than one" in result.problem
 
 
-@pytest.mark.parametrize("text", ["", "x", "host:", ":80", "::1:80", "1.2.3.4:65536", "1.2.3.4:-1", "[::1]"])
-def test_bad_listen_addresses_are_refused(text: str) -> None:
-    with pytest.raises(ListenError, match=r"is not \[HOST:\]PORT"):
-        parse_listen(text)
-
-
-# -- session owners ------------------------------------------------------------------------------
-
-
-def test_a_session_belongs_to_the_agent_that_opened_it_until_it_ends() -> None:
-    owners = SessionOwners(clock=lambda: 0.0)
-    owners.opened("s1", "support-bot")
-    owners.end("s1")
-    assert owners.owner("s1") == "support-bot"
-    assert owners.owner("s2") is None
-    owners.forget("s1")
-    assert owners.owner("s1") is None
-
-
-def test_sessions_idle_past_the_sdks_timeout_stop_counting_but_busy_ones_do_not() -> None:
-    now = [0.0]
-    owners = SessionOwners(clock=lambda: now[0])
-    for sid in ("idle", "busy", "streaming"):
-        owners.opened(sid, "support-bot")
-    owners.end("idle")
-    owners.end("busy")
-    owners.begin("busy")  # a request in flight
-    assert owners.count("support-bot") == 3
-    now[0] = SESSION_IDLE_TIMEOUT + 61.0
-    assert owners.count("support-bot") == 2
-    assert owners.owner("idle") is None
-    assert owners.count("finance-bot") == 0
+def test_refusals_tell_the_client_what_rfc_6750_says_and_nothing_of_the_credential() -> None:
+    assert NO_CREDENTIAL.challenge("mcp-guard") == 'Bearer realm="mcp-guard"'
+    assert bearer_credential([]) == NO_CREDENTIAL
+    invalid = Refusal("the key matches no agent's key hash")
+    assert invalid.challenge("mcp-guard") == (
+        'Bearer realm="mcp-guard", error="invalid_token", '
+        'error_description="the credential is invalid or expired"'
+    )
+    scoped = Refusal("no scope", status=403, error="insufficient_scope", description="needs mcp:tools")
+    assert scoped.challenge("g").endswith('error="insufficient_scope", error_description="needs mcp:tools"')

@@ -1,0 +1,59 @@
+"""The HTTP transport's pure parts as tables: `[HOST:]PORT` and which agent owns each session."""
+
+from __future__ import annotations
+
+import pytest
+
+from mcp_guard.errors import ListenError
+from mcp_guard.transports.http import parse_listen
+from mcp_guard.transports.sessions import SESSION_IDLE_TIMEOUT, SessionOwners
+
+# -- [HOST:]PORT ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("8765", ("127.0.0.1", 8765)),
+        ("127.0.0.1:8765", ("127.0.0.1", 8765)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
+def test_listen_addresses_parse_and_a_bare_port_binds_loopback(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "x", "host:", ":80", "::1:80", "1.2.3.4:65536", "1.2.3.4:-1", "[::1]"])
+def test_bad_listen_addresses_are_refused(text: str) -> None:
+    with pytest.raises(ListenError, match=r"is not \[HOST:\]PORT"):
+        parse_listen(text)
+
+
+# -- session owners ------------------------------------------------------------------------------
+
+
+def test_a_session_belongs_to_the_agent_that_opened_it_until_it_ends() -> None:
+    owners = SessionOwners(clock=lambda: 0.0)
+    owners.opened("s1", "support-bot")
+    owners.end("s1")
+    assert owners.owner("s1") == "support-bot"
+    assert owners.owner("s2") is None
+    owners.forget("s1")
+    assert owners.owner("s1") is None
+
+
+def test_sessions_idle_past_the_sdks_timeout_stop_counting_but_busy_ones_do_not() -> None:
+    now = [0.0]
+    owners = SessionOwners(clock=lambda: now[0])
+    for sid in ("idle", "busy", "streaming"):
+        owners.opened(sid, "support-bot")
+    owners.end("idle")
+    owners.end("busy")
+    owners.begin("busy")  # a request in flight
+    assert owners.count("support-bot") == 3
+    now[0] = SESSION_IDLE_TIMEOUT + 61.0
+    assert owners.count("support-bot") == 2
+    assert owners.owner("idle") is None
+    assert owners.count("finance-bot") == 0
