@@ -19,15 +19,15 @@ import anyio
 from mcp_guard import ledger as ledgers
 from mcp_guard.config import GuardConfig
 from mcp_guard.guard import holds, pins
-from mcp_guard.guard.calls import UNREACHABLE, unreachable_denial
+from mcp_guard.guard.calls import UNREACHABLE, hold_of, record_of, unreachable_denial
 from mcp_guard.guard.convert import advertise, offered, tool_def
 from mcp_guard.ledger import Window
 from mcp_guard.ledger.entries import CallRecord
 from mcp_guard.loading import format_duration
 from mcp_guard.manifest import Budget, Manifest
-from mcp_guard.policy import approvals, budgets
+from mcp_guard.policy import budgets
 from mcp_guard.policy.engine import Agent, Decision, Offer, Policy, escape_name
-from mcp_guard.policy.reasons import Reason
+from mcp_guard.policy.reasons import Reason, denial
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
 
@@ -174,20 +174,14 @@ def explain(
     decision = preview.decide(name, arguments)
     if not decision.allowed:
         return False, decision.text
-    recorded = preview.scrubber.json(dict(arguments), record=True)
-    record = CallRecord(
-        uuid.uuid4().hex, agent.name, None, decision.server, decision.tool, recorded, "allow", None, None, ""
-    )
-    assert decision.server is not None
-    hold = holds.Hold(
-        server=decision.server,
-        tool=decision.tool,
-        agent=agent.name,
-        charges=tuple(budgets.rescoped(c, agent.name, None, recorded) for c in decision.charges),
-        approval=decision.approval,
-        digest=approvals.digest(arguments) if decision.approval else "",
-        recorded_arguments=recorded,
-    )
+    # The guard's own record and hold; the settle step runs in a read, so nothing is written.
+    record = record_of(uuid.uuid4().hex, agent, None, name, decision, preview.policy, preview.scrubber)
+    hold = hold_of(agent, decision, record)
+    if hold is None:
+        return (
+            True,
+            f"allow: {decision.server}.{decision.tool} for {agent.name!r} with {json.dumps(arguments)}",
+        )
     if ledgers.exists(config.ledger):
         final: CallRecord = _with_ledger(config, partial(holds.check, record=record, hold=hold), None)
     else:  # no history yet: every budget is whole, and no approval has been given
@@ -200,12 +194,9 @@ def explain(
             True,
             f"allow: {decision.server}.{decision.tool} for {agent.name!r} with {json.dumps(arguments)}",
         )
-    if final.reason == Reason.APPROVAL_PENDING:
-        return (
-            False,
-            "denied (approval_pending): this exact call needs an operator's approval (mcp-guard approvals)",
-        )
-    return False, f"denied ({final.reason}): {final.detail}"
+    if final.reason == Reason.APPROVAL_PENDING:  # a read files no request: there is no id to name
+        return False, denial(Reason.APPROVAL_PENDING, holds.pending_detail(None))
+    return False, denial(final.reason or "", final.detail or "")
 
 
 def _str(value: Decimal | None) -> str | None:

@@ -23,7 +23,7 @@ from mcp_guard.guard.convert import refusal, relay
 from mcp_guard.ledger.entries import CallRecord
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.engine import Agent, Decision, Policy, escape_name
-from mcp_guard.policy.reasons import Reason
+from mcp_guard.policy.reasons import Reason, denial
 
 if TYPE_CHECKING:
     from mcp_guard.guard.app import Guard
@@ -66,13 +66,11 @@ class Call:
             guard.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc}")
             if decision.reason == Reason.UNKNOWN_TOOL:
                 raise MCPError(types.INVALID_PARAMS, decision.detail) from None
-            return refusal(
-                f"denied ({Reason.LEDGER_UNAVAILABLE}): the call cannot be recorded, so it is refused"
-            )
+            return refusal(denial(Reason.LEDGER_UNAVAILABLE, "the call cannot be recorded, so it is refused"))
         if decision.reason == Reason.UNKNOWN_TOOL:
             raise MCPError(types.INVALID_PARAMS, decision.detail)
         if record.decision != "allow":
-            return refusal(f"denied ({record.reason}): {record.detail}")
+            return refusal(denial(record.reason or "", record.detail or ""))
         return await self._forward(record.call_id, decision)
 
     async def _decide(self) -> Decision:

@@ -85,10 +85,15 @@ def check(window: Window, record: CallRecord, hold: Hold) -> CallRecord:
             record, Reason.APPROVAL_EXPIRED, f"approval {request_id} lapsed; call again to request a new one"
         )
     if verdict == "pending":
-        detail = f"held for human approval as request {request_id}; call again with the same arguments"
-        return _deny(record, Reason.APPROVAL_PENDING, f"{detail} once it is approved")
+        return _deny(record, Reason.APPROVAL_PENDING, pending_detail(request_id))
     _queue(window, hold, request_id, approvals.USE, record.policy_hash, call_id=record.call_id)
     return record
+
+
+def pending_detail(request_id: str | None) -> str:
+    """What a held call says; `explain` files no request, so it has no id to name."""
+    held = "held for human approval" + (f" as request {request_id}" if request_id else "")
+    return f"{held}; call again with the same arguments once it is approved"
 
 
 def over_budget(window: Window, hold: Hold) -> Violation | None:

@@ -15,7 +15,7 @@ from mcp_guard.manifest import Approval, Grant, Manifest
 from mcp_guard.policy.approvals import needs_approval
 from mcp_guard.policy.arguments import Compiled, Violation, check_schema, check_strict, compile_schema
 from mcp_guard.policy.budgets import Charge, charges
-from mcp_guard.policy.reasons import Reason
+from mcp_guard.policy.reasons import Reason, denial
 from mcp_guard.policy.schemas import DIALECT, clean_text, merge_limits, one_dialect, typed_limit
 from mcp_guard.policy.targets import Target
 
@@ -86,7 +86,7 @@ class Decision:
     @property
     def text(self) -> str:
         """The one line a refused call returns to the model."""
-        return f"denied ({self.reason}): {self.detail}"
+        return denial(self.reason or "", self.detail)
 
 
 Catalog = Mapping[str, Sequence[ToolDef]]

@@ -25,6 +25,12 @@ class Reason(StrEnum):
         return self not in _NOT_THE_AGENTS
 
 
+def denial(reason: Reason | str, detail: str) -> str:
+    """The one line a refused call returns to the model: `denied (limit_exceeded): amount must be
+    <= 100`."""
+    return f"denied ({reason}): {detail}"
+
+
 _NOT_THE_AGENTS = frozenset(
     {Reason.APPROVAL_PENDING, Reason.LEDGER_UNAVAILABLE, Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_TIMEOUT}
 )

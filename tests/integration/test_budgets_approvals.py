@@ -580,3 +580,66 @@ async def test_approvals_show_of_an_unknown_id_exits_1_with_one_line(deployment:
         assert_refused_in_one_line(run)
         assert "no approval request" in run.stderr
         assert "\x1b" not in run.stderr
+
+
+# -- explain says what the guard would ---------------------------------------------------------------
+
+
+async def test_explain_words_a_spent_budget_and_a_held_call_as_the_guard_does_and_writes_nothing(
+    deployment: Deployment,
+) -> None:
+    from mcp_guard.cli.preview import explain, load_preview
+
+    billing(
+        deployment,
+        support={"budgets": [{"sum": "amount", "max": 100, "per": "1d"}], "approval": {"when": OVER_50}},
+    )
+    async with inprocess_guard(deployment, "support-bot") as session:
+        assert_ok(await refund(session, 40))
+        assert_ok(await refund(session, 40))
+        over = await refund(session, 30)
+        held = await refund(session, 60, order="ORD-1005")
+    config, manifests = deployment.load()
+    before = deployment.ledger()
+    preview = await anyio.to_thread.run_sync(
+        load_preview, config, manifests, config_agent(config, "support-bot")
+    )
+    arguments = {"order_id": "ORD-1004", "amount": 30, "currency": "USD"}
+    said = await anyio.to_thread.run_sync(explain, preview, config, "billing__refund", arguments)
+    assert said == (False, text_of(over))
+    assert reason_of(held) == "budget_exhausted"  # 60 > the 20 left: refused before any operator
+    small = {"order_id": "ORD-1005", "amount": 10, "currency": "USD"}
+    assert (await anyio.to_thread.run_sync(explain, preview, config, "billing__refund", small))[0] is True
+    assert deployment.ledger() == before  # explain forwards nothing and records nothing
+    assert refunds(deployment) == [40, 40]
+
+
+async def test_explain_says_a_call_needs_approval_in_the_guards_words_without_filing_a_request(
+    deployment: Deployment,
+) -> None:
+    from mcp_guard.cli.preview import explain, load_preview
+
+    with_approval(deployment)
+    config, manifests = deployment.load()
+    preview = await anyio.to_thread.run_sync(
+        load_preview, config, manifests, config_agent(config, "support-bot")
+    )
+    allowed, line = explain(
+        preview, config, "billing__refund", {"order_id": "ORD-1001", "amount": 75, "currency": "USD"}
+    )
+    assert (allowed, line) == (
+        False,
+        "denied (approval_pending): held for human approval; call again with the same arguments once it is approved",
+    )
+    async with inprocess_guard(deployment, "support-bot") as session:
+        held = await refund(session, 75, order="ORD-1001")
+    assert text_of(held).startswith("denied (approval_pending): held for human approval as request ")
+    assert text_of(held).endswith("; call again with the same arguments once it is approved")
+    assert len(requests(deployment)) == 1  # the guard's call filed one; explain filed none
+    assert refunds(deployment) == []
+
+
+def config_agent(config: Any, name: str) -> Any:
+    from mcp_guard.policy.engine import Agent
+
+    return Agent(name, frozenset(config.agents[name].roles))
