@@ -104,7 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_guard.guard.app import open_guard
     from mcp_guard.guard.caller import Caller
     from mcp_guard.guard.reload import watch
-    from mcp_guard.transports.stdio import serve_stdio, stop_on_signal
+    from mcp_guard.transports import stop_on_signal
+    from mcp_guard.transports.stdio import serve_stdio
 
     config, manifests = load(args)
     if args.http is not None:
@@ -117,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def run() -> None:
         async with open_guard(config, manifests, (agent.name,)) as guard, anyio.create_task_group() as tg:
             tg.start_soon(watch, guard)  # live reload, for as long as the guard serves
-            tg.start_soon(stop_on_signal, guard, tg.cancel_scope)
+            tg.start_soon(stop_on_signal, tg.cancel_scope.cancel)
             await serve_stdio(Caller(guard, agent.name))
             tg.cancel_scope.cancel()
 

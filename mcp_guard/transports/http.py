@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import signal
 import socket
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -36,6 +36,7 @@ from mcp_guard.identity.keys import StaticKeys
 from mcp_guard.identity.tokens import SignedTokens
 from mcp_guard.policy.engine import Agent
 from mcp_guard.secrets import LOGGER
+from mcp_guard.transports import stop_on_signal
 from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
 from mcp_guard.transports.sessions import SESSION_IDLE_TIMEOUT, SessionOwners
 from mcp_guard.wire import StrictJSONError, parse_strict
@@ -356,13 +357,6 @@ async def serve_http(guard: Guard, sock: socket.socket) -> None:
         )
     LOGGER.info(f"serving Streamable HTTP at http://{shown}:{port}{MCP_PATH}")
     async with anyio.create_task_group() as tg:
-
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    server.should_exit = True
-                    return
-
-        tg.start_soon(stop_on_signal)
+        tg.start_soon(stop_on_signal, partial(setattr, server, "should_exit", True))
         await server.serve(sockets=[sock])
         tg.cancel_scope.cancel()

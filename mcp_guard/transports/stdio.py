@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
@@ -17,7 +16,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
 
-from mcp_guard.guard.app import Guard, build_server
+from mcp_guard.guard.app import build_server
 from mcp_guard.guard.caller import Caller
 from mcp_guard.wire import StrictJSONError, parse_strict
 
@@ -120,17 +119,6 @@ async def _read_lines(read: Read, max_bytes: int, emit: Any, refuse: Any) -> Non
                 await refuse(f"message is larger than {max_bytes} bytes")
     if buffer.strip() and not skipping:
         await emit(bytes(buffer))
-
-
-async def stop_on_signal(guard: Guard, scope: anyio.CancelScope) -> None:
-    """SIGTERM or SIGINT stops serving at once: calls in flight are cancelled (and recorded so),
-    then the guard closes its upstreams and its ledger, committing every outcome, instead of
-    dying mid-write."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-        async for signum in received:
-            guard.log(f"stopping on {signal.Signals(signum).name}")
-            scope.cancel()
-            return
 
 
 class _Open:
