@@ -12,14 +12,8 @@ import mcp_types as types
 import pytest
 from mcp.shared.message import SessionMessage
 
-from mcp_guard.upstream.transports import (
-    MAX_STDERR_LINE,
-    STDERR_LINES_PER_SECOND,
-    ResponseTooLarge,
-    capped_http_client,
-    read_messages,
-    relay_lines,
-)
+from mcp_guard.upstream.framing import MAX_STDERR_LINE, STDERR_LINES_PER_SECOND, read_messages, relay_lines
+from mcp_guard.upstream.transports import ResponseTooLarge, capped_http_client
 
 CHUNK = 65536
 CAP = 64 * 1024
