@@ -1,6 +1,7 @@
 """Shared helpers for the integration and end-to-end tiers: a real deployment written into a
-temporary folder, the guard run in-process or as the real `mcp-guard` command, a raw JSON-RPC
-line client, and readers for the ledger file (plain sqlite3) and the upstream journals."""
+temporary folder, the guard run in-process (its upstreams in memory, or as processes where the
+process is the point) or as the real `mcp-guard` command, a raw JSON-RPC line client, and readers
+for the ledger file (plain sqlite3) and the upstream journals."""
 
 from __future__ import annotations
 
@@ -25,13 +26,17 @@ import yaml
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.server import Server
 from mcp.shared.message import SessionMessage
 
 from mcp_guard.config import load_config
+from mcp_guard.examples import billing, tickets
 from mcp_guard.examples.journal import JOURNAL_ENV, read_journal
 from mcp_guard.guard.app import build_server, open_guard
 from mcp_guard.guard.caller import Caller
-from mcp_guard.manifest import load_manifests
+from mcp_guard.manifest import Manifest, load_manifests
+from mcp_guard.upstream.transports import Transport, memory_transport
+from tests.upstreams import decimal_refunds, hostile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30.0
@@ -301,6 +306,19 @@ def ledger_events(path: Path, kind: str) -> list[dict[str, Any]]:
     return [{"server": s, "tool": t, "policy_hash": h, **json.loads(p)} for s, t, h, p in rows]
 
 
+async def gather(*awaitables: Awaitable[Any]) -> list[Any]:
+    """Await all at once; their results in the order given."""
+    results: list[Any] = [None] * len(awaitables)
+
+    async def one(i: int, awaitable: Awaitable[Any]) -> None:
+        results[i] = await awaitable
+
+    async with anyio.create_task_group() as tg:
+        for i, awaitable in enumerate(awaitables):
+            tg.start_soon(one, i, awaitable)
+    return results
+
+
 def list_changed_listener() -> tuple[Callable[[Any], Awaitable[None]], anyio.Event]:
     """A ClientSession message handler, and the event it sets on notifications/tools/list_changed."""
     changed = anyio.Event()
@@ -335,27 +353,76 @@ def assert_denied(result: Any, reason: str) -> None:
     assert text_of(result).startswith(f"denied ({reason}): "), text_of(result)
 
 
+# -- upstreams in memory ---------------------------------------------------------------------------
+
+Env = Mapping[str, str]
+
+
+def _journal(env: Env) -> Path | None:
+    return Path(env[JOURNAL_ENV]) if env.get(JOURNAL_ENV) else None
+
+
+IN_MEMORY: dict[str, Callable[[Env], Server[Any]]] = {
+    "mcp_guard.examples.billing": lambda env: billing.build_server(env[billing.API_KEY_ENV], _journal(env)),
+    "mcp_guard.examples.tickets": lambda env: tickets.build_server(
+        env[tickets.CREDENTIAL_ENV], _journal(env)
+    ),
+    "tests.upstreams.hostile": lambda env: hostile.build_server(
+        hostile.Settings(
+            env.get(hostile.SECRET_ENV, ""),
+            env.get(hostile.DESCRIPTION_SUFFIX_ENV, ""),
+            _journal(env),
+            in_process=True,
+        )
+    ),
+    "tests.upstreams.decimal_refunds": lambda env: decimal_refunds.build_server(_journal(env)),
+}
+"""The servers our `python -m MODULE` upstreams run, built from the environment the process gets."""
+
+
+def _module(manifest: Manifest) -> str | None:
+    args = manifest.upstream.args
+    return args[1] if manifest.upstream.command == "python" and args[:1] == ("-m",) else None
+
+
+def in_memory(manifest: Manifest) -> Server[Any]:
+    """The server the manifest's upstream block would start as a process, built in this process
+    from the same environment (its credential, its journal): a fresh one for each session."""
+    module = _module(manifest)
+    assert module in IN_MEMORY, f"{manifest.server}: no in-memory server for {module!r}"
+    return IN_MEMORY[module](manifest.upstream.env)
+
+
+def memory_transports(manifests: Sequence[Manifest]) -> dict[str, Transport]:
+    """An in-memory transport for each upstream that is one of ours; any other (a command that does
+    not exist, a process that never answers) stays what its manifest says."""
+    transport = memory_transport(in_memory)
+    return {m.server: transport for m in manifests if _module(m) in IN_MEMORY}
+
+
 # -- the guard in-process and over real stdio ------------------------------------------------------
 
 
 @asynccontextmanager
 async def inprocess_guard(
-    deployment: Deployment, agent: str, **session_args: Any
+    deployment: Deployment, agent: str, *, processes: bool = False, **session_args: Any
 ) -> AsyncIterator[ClientSession]:
     """The guard's own Server, in this process, connected to a ClientSession by memory streams;
-    the upstreams are real subprocesses."""
-    async with inprocess_guards(deployment, [agent], **session_args) as sessions:
+    the upstreams run in memory too (`processes=True`: as real subprocesses)."""
+    async with inprocess_guards(deployment, [agent], processes=processes, **session_args) as sessions:
         yield sessions[agent]
 
 
 @asynccontextmanager
 async def inprocess_guards(
-    deployment: Deployment, agents: Sequence[str], **session_args: Any
+    deployment: Deployment, agents: Sequence[str], *, processes: bool = False, **session_args: Any
 ) -> AsyncIterator[dict[str, ClientSession]]:
     """One client session per agent, each a caller with its own MCP server, all on one guard: one
-    set of upstream processes and one ledger connection (as HTTP serves many agents)."""
+    set of upstreams and one ledger connection (as HTTP serves many agents). The upstreams run in
+    memory unless `processes` is set."""
     config, manifests = deployment.load()
-    async with open_guard(config, manifests, tuple(agents)) as guard, AsyncExitStack() as stack:
+    transports = None if processes else memory_transports(manifests)
+    async with open_guard(config, manifests, tuple(agents), transports) as guard, AsyncExitStack() as stack:
         sessions: dict[str, ClientSession] = {}
         for name in agents:
             caller = Caller(guard, name)

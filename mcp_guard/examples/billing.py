@@ -10,6 +10,7 @@ import itertools
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mcp.types as types
@@ -196,9 +197,9 @@ HANDLERS = {
 }
 
 
-def build_server(api_key: str) -> Server[Any]:
-    """A low-level MCP server over a freshly seeded billing state."""
-    return tool_server(SERVER_NAME, TOOLS, HANDLERS, seed(api_key))
+def build_server(api_key: str, journal: Path | None = None) -> Server[Any]:
+    """A low-level MCP server over a freshly seeded billing state, journaling to `journal`."""
+    return tool_server(SERVER_NAME, TOOLS, HANDLERS, seed(api_key), journal)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Call journal for the example upstreams: one JSON line per tools/call, written before the tool runs.
 
-Tests read it to prove what reached an upstream (or that nothing did).
+Tests read it to prove what reached an upstream (or that nothing did). A server run as a process
+finds its journal in the environment; one built in-process is handed its path.
 """
 
 from __future__ import annotations
@@ -39,14 +40,13 @@ def _as_received(
 
 
 def record_call(
-    server: str, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    path: Path | None, server: str, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
 ) -> None:
-    """Append one line for this tools/call to the journal, if one is configured.
+    """Append one line for this tools/call to the journal at `path` (None: no journal).
 
     Synchronous on purpose: the line is written and flushed before the tool runs, so a
     tool that crashes or hangs has still been recorded.
     """
-    path = journal_path()
     if path is None:
         return
     name, arguments, meta = _as_received(ctx, params)

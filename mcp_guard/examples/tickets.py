@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mcp.types as types
@@ -163,9 +164,9 @@ HANDLERS = {
 }
 
 
-def build_server(_credential: str = "") -> Server[Any]:
-    """A low-level MCP server over a freshly seeded help-desk."""
-    return tool_server(SERVER_NAME, TOOLS, HANDLERS, seed())
+def build_server(_credential: str = "", journal: Path | None = None) -> Server[Any]:
+    """A low-level MCP server over a freshly seeded help-desk, journaling to `journal`."""
+    return tool_server(SERVER_NAME, TOOLS, HANDLERS, seed(), journal)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Agent, Catalog, Offer, Policy
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import Pool, Upstream, open_pool
+from mcp_guard.upstream.transports import Transport
 
 if TYPE_CHECKING:
     from mcp_guard.guard.caller import Caller
@@ -196,10 +197,13 @@ def build_server(caller: Caller) -> GuardServer:
 
 @asynccontextmanager
 async def open_guard(
-    config: GuardConfig, manifests: tuple[Manifest, ...], served: tuple[str, ...] = ()
+    config: GuardConfig,
+    manifests: tuple[Manifest, ...],
+    served: tuple[str, ...] = (),
+    transports: Mapping[str, Transport] | None = None,
 ) -> AsyncIterator[Guard]:
     """Open the ledger, start every upstream, and close them all on exit. `served` names the agents
-    whose offers are prepared at start (default: every agent)."""
+    whose offers are prepared at start (default: every agent); `transports` goes to the pool."""
     policy = Policy(config, manifests)
     scrubber = Scrubber(policy.secrets)
     ledger = await open_ledger(config.ledger)
@@ -215,7 +219,11 @@ async def open_guard(
 
     try:
         async with open_pool(
-            manifests, log, on_change=changed, max_result_bytes=config.limits.max_result_bytes
+            manifests,
+            log,
+            on_change=changed,
+            max_result_bytes=config.limits.max_result_bytes,
+            transports=transports,
         ) as pool:
             guards.append(Guard(policy=policy, pool=pool, ledger=ledger, served=served))
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})

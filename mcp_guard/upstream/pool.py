@@ -1,26 +1,24 @@
-"""One pool of upstream MCP sessions, one per manifest, over stdio or Streamable HTTP. An upstream
+"""One pool of upstream MCP sessions, one per manifest, each over the transport its manifest names
+(stdio or Streamable HTTP) unless another is handed in for that server (transports.py). An upstream
 that dies, or sends a message over the cap, is restarted on the next use; nothing an upstream does
 escapes as anything but an UpstreamError. Knows nothing of agents or policy."""
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
-import httpx2
 import mcp_types as types
 from mcp import ClientSession, MCPError
-from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.dispatcher import ProgressFnT as ProgressFn
 
 from mcp_guard.config import LimitsConfig
 from mcp_guard.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.manifest import Manifest
-from mcp_guard.upstream.transports import capped_http_client, stdio_transport
+from mcp_guard.upstream.transports import Transport, Wiring, manifest_transport
 
 START_TIMEOUT = 30.0  # an upstream that has not answered initialize and tools/list by then has failed
 START_WAIT = 5.0  # how long the guard's own start waits for its upstreams before serving
@@ -34,7 +32,8 @@ class Upstream:
     """One upstream server. A background task owns its transport and session, so that their
     context managers open and close in one task; calls use the session from any task. Starting
     never holds up requests for other upstreams: a failed start is retried after a backoff. Each
-    line of its stderr goes to `errlog` (default `log`), prefixed with the server name."""
+    line of its stderr goes to `errlog` (default `log`), prefixed with the server name. Each
+    session is opened by `transport` (default: what the manifest names)."""
 
     def __init__(
         self,
@@ -44,6 +43,7 @@ class Upstream:
         *,
         max_result_bytes: int = MAX_RESULT_BYTES,
         errlog: Log | None = None,
+        transport: Transport = manifest_transport,
     ) -> None:
         self.manifest = manifest
         self.tools: tuple[types.Tool, ...] = ()
@@ -51,6 +51,7 @@ class Upstream:
         self._on_change = on_change
         self._log = log
         self._errlog = errlog or log
+        self._transport = transport
         self._too_large = False  # the session ended on a message over max_result_bytes
         self._session: ClientSession | None = None
         self._stop: anyio.Event | None = None
@@ -102,7 +103,8 @@ class Upstream:
         self._too_large = False
         try:
             async with AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(self._transport())
+                wiring = Wiring(self.max_result_bytes, self._on_stderr, self._on_too_large)
+                read, write = await stack.enter_async_context(self._transport(self.manifest, wiring))
                 session = await stack.enter_async_context(
                     ClientSession(
                         read, write, message_handler=self._on_message, logging_callback=self._on_log
@@ -138,24 +140,6 @@ class Upstream:
         self._retry_at = time.monotonic() + min(2.0 ** (self._failures - 1), MAX_BACKOFF)
         self._last_failure = reason
         self._log(f"upstream {self.name!r} could not be started: {reason}")
-
-    def _transport(self) -> Any:
-        up = self.manifest.upstream
-        if up.command is not None:
-            command = sys.executable if up.command in ("python", "python3") else up.command
-            cwd = up.cwd if up.cwd is None or up.cwd.is_absolute() else self.manifest.source.parent / up.cwd
-            return stdio_transport(
-                command,
-                up.args,
-                up.env,
-                cwd,
-                max_message_bytes=self.max_result_bytes,
-                on_stderr=self._on_stderr,
-                on_too_large=self._on_too_large,
-            )
-        assert up.url is not None
-        client = capped_http_client(up.headers, up.timeout, self.max_result_bytes)
-        return _owned_http(up.url, client, self.max_result_bytes)
 
     def _on_stderr(self, line: str) -> None:
         self._errlog(f"{self.name}: {line}")
@@ -237,18 +221,6 @@ class Upstream:
         self.mark_dead()
 
 
-def _owned_http(url: str, client: httpx2.AsyncClient, max_result_bytes: int) -> Any:
-    @asynccontextmanager
-    async def cm() -> Any:
-        async with (
-            client,
-            streamable_http_client(url, http_client=client, max_sse_event_size=max_result_bytes) as streams,
-        ):
-            yield streams[0], streams[1]
-
-    return cm()
-
-
 async def _ignore(_: Upstream) -> None:
     return None
 
@@ -275,9 +247,11 @@ class Pool:
         *,
         max_result_bytes: int = MAX_RESULT_BYTES,
         errlog: Log | None = None,
+        transports: Mapping[str, Transport] | None = None,
     ) -> None:
         self.log = log
         self.errlog = errlog
+        self.transports = dict(transports or {})
         self.max_result_bytes = max_result_bytes
         self.tg: anyio.abc.TaskGroup | None = None
         self._on_change = on_change
@@ -285,7 +259,12 @@ class Pool:
 
     def _new(self, manifest: Manifest) -> Upstream:
         return Upstream(
-            manifest, self._on_change, self.log, max_result_bytes=self.max_result_bytes, errlog=self.errlog
+            manifest,
+            self._on_change,
+            self.log,
+            max_result_bytes=self.max_result_bytes,
+            errlog=self.errlog,
+            transport=self.transports.get(manifest.server, manifest_transport),
         )
 
     def upstream(self, server: str) -> Upstream:
@@ -383,12 +362,16 @@ async def open_pool(
     wait: float = START_WAIT,
     max_result_bytes: int = MAX_RESULT_BYTES,
     errlog: Log | None = None,
+    transports: Mapping[str, Transport] | None = None,
 ) -> AsyncIterator[Pool]:
     """Start every upstream (waiting up to `wait` seconds for them); stop them all on exit.
     `on_change` hears of an upstream whose tool list changed (a serving guard tells its clients);
-    the upstreams' stderr lines go to `errlog` (default `log`)."""
+    the upstreams' stderr lines go to `errlog` (default `log`). `transports` names, by server, a
+    transport to use instead of the manifest's (tests: `memory_transport`); it outlives reloads."""
     on_change = on_change or _ignore
-    pool = Pool(manifests, on_change, log, max_result_bytes=max_result_bytes, errlog=errlog)
+    pool = Pool(
+        manifests, on_change, log, max_result_bytes=max_result_bytes, errlog=errlog, transports=transports
+    )
     async with anyio.create_task_group() as tg:
         await pool.start(tg, wait)
         try:

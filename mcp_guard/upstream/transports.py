@@ -1,40 +1,83 @@
-"""How the guard talks to an upstream process or URL: the one I/O seam under upstream.py. Every
-message an upstream sends is read no further than the cap (`limits.max_result_bytes`), and a stdio
-upstream's stderr reaches the operator line by line, bounded, through the guard's scrubbed log.
-Knows nothing of sessions, agents or policy."""
+"""How the guard talks to an upstream: the one I/O seam under pool.py, in the manner of httpx's
+`_transports`. A `Transport` opens one session's message streams for a manifest's upstream; the
+pool uses `manifest_transport` (a process over stdio, or Streamable HTTP, as the manifest says)
+unless it is handed another per server, such as `memory_transport` (an MCP `Server` running in
+this process, for tests). Whatever the transport, every message an upstream sends is read no
+further than the cap (`limits.max_result_bytes`); a stdio upstream's stderr reaches the operator
+line by line, bounded, through the guard's scrubbed log. Knows nothing of agents or policy."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
-import mcp_types as types
-from anyio.abc import ByteReceiveStream, Process
+from anyio.abc import Process
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client.stdio import get_default_environment
+from mcp.client.streamable_http import streamable_http_client
 from mcp.os.posix.utilities import terminate_posix_process_tree
+from mcp.server import Server
 from mcp.shared.message import SessionMessage
+
+from mcp_guard.manifest import Manifest
+from mcp_guard.upstream.framing import dump, parse, read_messages, relay_lines
 
 Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
 
-MAX_STDERR_LINE = 4096  # bytes of one upstream stderr line shown; the rest of a longer line is cut
-STDERR_LINES_PER_SECOND = 100  # more than this in one second are counted, not shown
 EXIT_GRACE = 2.0  # seconds an upstream has to exit after its stdin closes, and again after SIGTERM
 KILL_WAIT = 2.0  # seconds for the event loop to see a killed upstream exit
 STDERR_TAIL_WAIT = 0.5  # seconds to relay what an exited upstream left on stderr
 
 
+@dataclass(frozen=True)
+class Wiring:
+    """What the pool asks of every transport: refuse a message over `max_message_bytes` (tell
+    `on_too_large`, and end the session as if the upstream had exited), and hand each line the
+    upstream writes to its stderr, if it has one, to `on_stderr`."""
+
+    max_message_bytes: int
+    on_stderr: Callable[[str], None]
+    on_too_large: Callable[[], None]
+
+
+Transport = Callable[[Manifest, Wiring], AbstractAsyncContextManager[Streams]]
+"""Opens the streams of one session with a manifest's upstream, and closes everything it started on
+exit. The session ends when the read stream ends: that is how an upstream that exited, crashed or
+sent too much looks to the pool, which starts a new session on the next call."""
+
+
 class ResponseTooLarge(httpx2.StreamError):
     """An HTTP upstream's response over the cap. A StreamError, so that the SDK answers the one
     request it belongs to with an error and the session goes on."""
+
+
+def manifest_transport(manifest: Manifest, wiring: Wiring) -> AbstractAsyncContextManager[Streams]:
+    """The transport the manifest's `upstream` block names: a command over stdio (`python` is this
+    interpreter; `cwd` is relative to the manifest), or a URL over Streamable HTTP."""
+    up = manifest.upstream
+    if up.command is not None:
+        command = sys.executable if up.command in ("python", "python3") else up.command
+        cwd = up.cwd if up.cwd is None or up.cwd.is_absolute() else manifest.source.parent / up.cwd
+        return stdio_transport(
+            command,
+            up.args,
+            up.env,
+            cwd,
+            max_message_bytes=wiring.max_message_bytes,
+            on_stderr=wiring.on_stderr,
+            on_too_large=wiring.on_too_large,
+        )
+    assert up.url is not None
+    client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes)
+    return _owned_http(up.url, client, wiring.max_message_bytes)
 
 
 # -- stdio ---------------------------------------------------------------------------------------
@@ -82,8 +125,7 @@ async def stdio_transport(
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             async with from_session:
                 async for message in from_session:
-                    line = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-                    await stdin.send(line.encode() + b"\n")
+                    await stdin.send(dump(message) + b"\n")
         to_session.close()  # the upstream cannot be written to: end the session, not a hang
 
     stderr_done = anyio.Event()
@@ -111,103 +153,6 @@ async def stdio_transport(
     finally:
         with anyio.CancelScope(shield=True):
             await _release(process)
-
-
-async def read_messages(
-    stdout: ByteReceiveStream, send: MemoryObjectSendStream[SessionMessage | Exception], max_bytes: int
-) -> bool:
-    """Parse each line from `stdout` into a message for `send` until end of input (True), or until a
-    line passes `max_bytes` (False): never more than `max_bytes` plus one chunk is held."""
-    pending = bytearray()
-    async for chunk in stdout:
-        start = 0
-        while (end := chunk.find(b"\n", start)) != -1:
-            if pending:
-                pending += chunk[start:end]
-                line = bytes(pending)
-                pending.clear()
-            else:
-                line = chunk[start:end]
-            start = end + 1
-            if len(line) > max_bytes:
-                return False
-            if line.strip():
-                await send.send(_parse(line))
-        pending += chunk[start:]
-        if len(pending) > max_bytes:
-            return False
-    return True
-
-
-def _parse(line: bytes) -> SessionMessage | Exception:
-    """A parse error is a value, as in the SDK: the session surfaces it and goes on."""
-    try:
-        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-    except ValueError as exc:
-        return exc
-
-
-async def relay_lines(stream: ByteReceiveStream, emit: Callable[[str], None]) -> None:
-    """Each line of `stream` to `emit`, decoded, at most MAX_STDERR_LINE bytes (a longer one is cut
-    and says so) and at most STDERR_LINES_PER_SECOND a second (the rest are counted): an upstream
-    that floods stderr costs the guard a bounded amount of memory and output. The stream is read to
-    its end whatever is shown, so that the upstream never blocks on a full pipe."""
-    lines = _LineCutter(MAX_STDERR_LINE)
-    window, shown, dropped = time.monotonic(), 0, 0
-    try:
-        async for chunk in stream:
-            for line in lines.feed(chunk):
-                now = time.monotonic()
-                if now - window >= 1.0:
-                    if dropped:
-                        emit(f"({dropped} more stderr lines not shown)")
-                    window, shown, dropped = now, 0, 0
-                if shown < STDERR_LINES_PER_SECOND:
-                    shown += 1
-                    emit(line)
-                else:
-                    dropped += 1
-    finally:  # at the end of the stream, or cut short when the guard stops
-        for line in lines.flush():
-            emit(line)
-        if dropped:
-            emit(f"({dropped} more stderr lines not shown)")
-
-
-class _LineCutter:
-    """Splits bytes into decoded lines of at most `limit` bytes; the rest of a longer line is
-    dropped as it arrives, and the line ends with ` [cut]`."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._part = bytearray()
-        self._cut = False
-
-    def feed(self, chunk: bytes) -> list[str]:
-        *complete, rest = chunk.split(b"\n")
-        out = [self._line(piece) for piece in complete]
-        self._take(rest)
-        return out
-
-    def flush(self) -> list[str]:
-        return [self._line(b"")] if self._part or self._cut else []
-
-    def _take(self, piece: bytes) -> None:
-        room = self._limit - len(self._part)
-        if len(piece) > room:
-            self._part += piece[: max(room, 0)]
-            self._cut = True
-        else:
-            self._part += piece
-
-    def _line(self, piece: bytes) -> str:
-        self._take(piece)
-        text = self._part.decode("utf-8", "replace").removesuffix("\r")
-        if self._cut:
-            text += " [cut]"
-        self._part.clear()
-        self._cut = False
-        return text
 
 
 def _kill_now(process: Process) -> None:
@@ -301,3 +246,85 @@ class _CappedBody(httpx2.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+@asynccontextmanager
+async def _owned_http(url: str, client: httpx2.AsyncClient, max_result_bytes: int) -> AsyncIterator[Any]:
+    """The SDK's Streamable HTTP streams (typed by its own stream protocols, which the session takes
+    as it takes ours), over a client this transport owns and closes."""
+    async with (
+        client,
+        streamable_http_client(url, http_client=client, max_sse_event_size=max_result_bytes) as streams,
+    ):
+        yield streams[0], streams[1]
+
+
+# -- in memory -----------------------------------------------------------------------------------
+
+
+def memory_transport(build: Callable[[Manifest], Server[Any]]) -> Transport:
+    """A transport to an MCP `Server` run as a task in this process, for tests and embedding (no
+    manifest can name it). `build(manifest)` makes a fresh server for each session, as a process
+    starts afresh. Each message is framed as on stdio, both ways, so the upstream receives what a
+    wire would carry and the guard refuses a message over the cap as it would from a process: the
+    server is stopped at once and the session ends. It has no stderr. A server task that ends,
+    however it ends, is an upstream that exited: its session ends, and the pool restarts it."""
+
+    def connect(manifest: Manifest, wiring: Wiring) -> AbstractAsyncContextManager[Streams]:
+        return _in_memory(build(manifest), wiring)
+
+    return connect
+
+
+@asynccontextmanager
+async def _in_memory(server: Server[Any], wiring: Wiring) -> AsyncIterator[Streams]:
+    to_session, from_upstream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    to_upstream, from_session = anyio.create_memory_object_stream[SessionMessage](0)
+    to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    server_out, from_server = anyio.create_memory_object_stream[SessionMessage](0)
+    running = anyio.CancelScope()  # cancelled: the server is killed
+    exited = anyio.Event()
+
+    async def serve() -> None:
+        try:
+            with running:
+                async with server_in, server_out:
+                    await server.run(server_in, server_out, server.create_initialization_options())
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException:  # whatever ended the task, to the session the upstream exited
+            return
+        finally:
+            exited.set()
+
+    async def read_server() -> None:
+        async with to_session, from_server:  # closing to_session is how the session learns it ended
+            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                async for message in from_server:
+                    line = dump(message)
+                    if len(line) > wiring.max_message_bytes:
+                        wiring.on_too_large()
+                        running.cancel()
+                        return
+                    await to_session.send(parse(line))
+
+    async def write_server() -> None:
+        async with to_server, from_session:
+            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                async for message in from_session:
+                    await to_server.send(parse(dump(message)))
+        to_session.close()  # the upstream cannot be written to: end the session, not a hang
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve)
+        tg.start_soon(read_server)
+        tg.start_soon(write_server)
+        try:
+            yield from_upstream, to_upstream
+        finally:
+            with anyio.CancelScope(shield=True):
+                from_upstream.close()
+                to_upstream.close()  # the server reads the end of its input and returns
+                with anyio.move_on_after(EXIT_GRACE):
+                    await exited.wait()
+            tg.cancel_scope.cancel()

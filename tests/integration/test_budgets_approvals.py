@@ -1,5 +1,5 @@
 """Budgets and approvals through the guard's own Server, driven in-process by a real ClientSession,
-with the real example upstreams as subprocesses and a real SQLite ledger file. The upstream journals
+with the real example upstreams in memory and a real SQLite ledger file. The upstream journals
 prove what was forwarded; the ledger file, read with plain sqlite3, what was decided; the operator
 decides with the real `mcp-guard approvals` command."""
 
@@ -24,6 +24,7 @@ from tests.helpers import (
     TIMEOUT,
     Deployment,
     assert_denied,
+    gather,
     guard_env,
     inprocess_guard,
     text_of,
@@ -311,19 +312,6 @@ async def test_a_credential_looking_value_does_not_dodge_an_arg_scope(deployment
 
 def with_approval(deployment: Deployment, **approval: Any) -> Deployment:
     return billing(deployment, support={"approval": {"when": OVER_50, "wait": "1s", **approval}})
-
-
-async def gather(*awaitables: Awaitable[Any]) -> list[Any]:
-    """Await all at once; their results in the order given."""
-    results: list[Any] = [None] * len(awaitables)
-
-    async def one(i: int, awaitable: Awaitable[Any]) -> None:
-        results[i] = await awaitable
-
-    async with anyio.create_task_group() as tg:
-        for i, awaitable in enumerate(awaitables):
-            tg.start_soon(one, i, awaitable)
-    return results
 
 
 def decided_by(deployment: Deployment, rid: str) -> list[Any]:

@@ -1,6 +1,7 @@
 """The guard's own MCP Server driven in-process through memory streams by a real ClientSession;
-the upstreams are the real example servers (and the hostile one) as subprocesses. The journals
-prove what reached an upstream; the ledger file, read with plain sqlite3, what was decided."""
+the upstreams are the real example servers (and the hostile one) in memory, or as subprocesses
+where the process is the point (a crash, a cap that stops a process, stderr). The journals prove
+what reached an upstream; the ledger file, read with plain sqlite3, what was decided."""
 
 from __future__ import annotations
 
@@ -376,11 +377,16 @@ async def test_secrets_are_scrubbed_from_results_and_from_the_ledger_file(deploy
             assert form.encode() not in data, form
 
 
+UPSTREAM_KINDS = pytest.mark.parametrize("processes", [True, False], ids=["process", "in-memory"])
+
+
+@UPSTREAM_KINDS
 async def test_an_upstream_crash_is_an_error_that_may_have_taken_effect_and_the_next_call_restarts_it(
-    deployment: Deployment,
+    deployment: Deployment, processes: bool
 ) -> None:
+    # A process that exits, or an in-memory server whose task dies: the same dead upstream.
     deployment.with_hostile()
-    async with inprocess_guard(deployment, "qa-bot") as session:
+    async with inprocess_guard(deployment, "qa-bot", processes=processes) as session:
         crashed = await call(session, "hostile__crash", {})
         again = await call(session, "hostile__echo", {"text": "after the crash"})
         once_more = await call(session, "hostile__echo", {"text": "and again"})
@@ -405,7 +411,7 @@ async def test_an_upstream_crash_is_an_error_that_may_have_taken_effect_and_the_
 
 
 async def test_a_hanging_upstream_times_out_while_other_calls_still_work(deployment: Deployment) -> None:
-    deployment.with_billing().with_hostile(timeout="2s")
+    deployment.with_billing().with_hostile(timeout="1s")
     finished: list[str] = []
     hung: list[Any] = []
 
@@ -464,12 +470,13 @@ RESULT_CAP = 64 * 1024
     ],
     ids=["just over the cap", "1 MiB", "20 MiB"],
 )
+@UPSTREAM_KINDS
 async def test_a_result_over_max_result_bytes_is_an_upstream_error_the_agent_sees_none_of_and_the_next_call_works(
-    deployment: Deployment, tool: str, arguments: dict[str, Any]
+    deployment: Deployment, tool: str, arguments: dict[str, Any], processes: bool
 ) -> None:
     deployment.limits["max_result_bytes"] = RESULT_CAP
     deployment.with_hostile()
-    async with inprocess_guard(deployment, "qa-bot") as session:
+    async with inprocess_guard(deployment, "qa-bot", processes=processes) as session:
         under = await call(session, "hostile__sized", {"kib": 32})
         over = await call(session, f"hostile__{tool}", arguments)
         after = await call(session, "hostile__echo", {"text": "still serving"})
@@ -500,7 +507,7 @@ async def test_upstream_stderr_reaches_the_operator_prefixed_scrubbed_escaped_an
         f"debug key=sk_live_0123456789abcdefgh secret={HOSTILE_SECRET}\n"
         "mcp-guard: upstream 'billing' stopped\x1b[2J\r\x9b31m\u202eforged"
     )
-    async with inprocess_guard(deployment, "qa-bot") as session:
+    async with inprocess_guard(deployment, "qa-bot", processes=True) as session:  # a process's stderr
         written = await call(session, "hostile__stderr", {"text": lines, "long_line": 1024 * 1024})
         flood = await call(session, "hostile__stderr", {"text": "flood", "repeat": 5000})
         logged = await call(session, "hostile__log", {"text": "ok\nmcp-guard: forged line\x1b[2J"})

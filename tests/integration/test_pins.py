@@ -1,7 +1,9 @@
 """Pinned tool definitions: a changed definition (a "rug pull") is withheld with a lock and
 without one (trust on first use, shared by guard processes through the ledger); its calls are
-refused `pin_mismatch` and never forwarded; `manifest lock` restores it. Real upstream processes;
-the ledger is read with plain sqlite3 and the upstream's journal proves what was forwarded."""
+refused `pin_mismatch` and never forwarded; `manifest lock` restores it. The guards in this process
+run their upstreams in memory; another guard process and the real `mcp-guard` commands run real
+upstream processes. The ledger is read with plain sqlite3 and the upstream's journal proves what was
+forwarded."""
 
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ from tests.helpers import (
     Deployment,
     _connect,
     assert_denied,
+    gather,
     guard_env,
     inprocess_guard,
     inprocess_guards,
     ledger_events,
     list_changed_listener,
+    memory_transports,
     stdio_guard,
     text_of,
 )
@@ -180,7 +184,7 @@ async def test_a_definition_changed_at_runtime_is_withheld_and_the_client_is_tol
     config, manifests = deployment.load()
     on_message, changed = list_changed_listener()
     async with (
-        open_guard(config, manifests, ("qa-bot",)) as guard,
+        open_guard(config, manifests, ("qa-bot",), memory_transports(manifests)) as guard,
         _connect(Caller(guard, "qa-bot"), {"message_handler": on_message}) as session,
     ):
         assert ECHO in await listed(session)
@@ -225,7 +229,7 @@ async def test_tools_are_pinned_as_the_guard_starts_before_any_request(deploymen
     # The catalog (pin checks included) is built while clients connect, not on their first request.
     deployment.with_billing()
     config, manifests = deployment.load()
-    async with open_guard(config, manifests, ("support-bot",)):
+    async with open_guard(config, manifests, ("support-bot",), memory_transports(manifests)):
         with anyio.fail_after(TIMEOUT):
             for _ in iter(int, 1):
                 if len(pin_events(deployment.ledger_path)) == 4:
@@ -265,17 +269,20 @@ async def test_explain_and_tools_say_pin_mismatch_for_a_withheld_tool_exactly_as
     assert served.startswith("denied (pin_mismatch): ")
     before = deployment.ledger()
 
-    explained = await preview(deployment, "explain", "--agent", "qa-bot", ECHO, '{"text": "hi"}')
+    # Four read-only commands, each starting its own upstream: run at once.
+    explained, hidden, tools, for_finance = await gather(
+        preview(deployment, "explain", "--agent", "qa-bot", ECHO, '{"text": "hi"}'),
+        preview(deployment, "explain", "--agent", "finance-bot", ECHO, '{"text": "hi"}'),
+        preview(deployment, "tools", "--agent", "qa-bot"),
+        preview(deployment, "tools", "--agent", "finance-bot"),
+    )
     assert explained.returncode == 1, explained.stderr
     assert explained.stdout.decode().strip() == served
-    hidden = await preview(deployment, "explain", "--agent", "finance-bot", ECHO, '{"text": "hi"}')
     assert hidden.stdout.decode().strip() == f"denied (unknown_tool): Unknown tool: {ECHO}"
 
-    tools = await preview(deployment, "tools", "--agent", "qa-bot")
     assert tools.returncode == 0, tools.stderr
     assert ECHO not in tools.stdout.decode()
     assert f"mcp-guard: {ECHO} is not shown: {served}" in tools.stderr.decode().splitlines()
-    for_finance = await preview(deployment, "tools", "--agent", "finance-bot")
     assert ECHO not in for_finance.stderr.decode()  # withholding reveals no hidden tool
 
     assert echo_calls(deployment) == 0

@@ -1,7 +1,7 @@
 """Live reload: a valid change to guard.yaml or a manifest is put in force and clients are told;
 a broken one keeps the last good policy and says why in the ledger; a call in flight completes
-under the policy that decided it; an upstream whose manifest did not change keeps its process.
-Real upstream processes; the ledger is read with plain sqlite3."""
+under the policy that decided it; an upstream whose manifest did not change keeps its session.
+The upstreams run in memory; the ledger is read with plain sqlite3."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tests.helpers import (
     _connect,
     ledger_events,
     list_changed_listener,
+    memory_transports,
     text_of,
 )
 
@@ -58,7 +59,7 @@ async def test_a_granted_tool_reaches_a_connected_client_with_list_changed(deplo
     config, manifests = deployment.load()
     on_message, changed = list_changed_listener()
     async with (
-        open_guard(config, manifests, ("support-bot",)) as guard,
+        open_guard(config, manifests, ("support-bot",), memory_transports(manifests)) as guard,
         _connect(Caller(guard, "support-bot"), {"message_handler": on_message}) as session,
         anyio.create_task_group() as tg,
     ):
@@ -93,7 +94,7 @@ async def test_a_broken_edit_keeps_the_last_policy_and_is_recorded_as_rejected(
     deployment.with_examples()
     config, manifests = deployment.load()
     async with (
-        open_guard(config, manifests, ("support-bot",)) as guard,
+        open_guard(config, manifests, ("support-bot",), memory_transports(manifests)) as guard,
         _connect(Caller(guard, "support-bot"), {}) as session,
         anyio.create_task_group() as tg,
     ):
@@ -121,7 +122,7 @@ async def test_a_call_in_flight_during_a_reload_completes_under_the_policy_that_
     deployment.with_hostile()
     config, manifests = deployment.load()
     async with (
-        open_guard(config, manifests, ("qa-bot",)) as guard,
+        open_guard(config, manifests, ("qa-bot",), memory_transports(manifests)) as guard,
         _connect(Caller(guard, "qa-bot"), {}) as session,
         anyio.create_task_group() as tg,
     ):
@@ -153,7 +154,7 @@ async def test_an_agent_removed_from_guard_yaml_sees_no_tools(deployment: Deploy
     deployment.with_examples()
     config, manifests = deployment.load()
     async with (
-        open_guard(config, manifests, ("support-bot",)) as guard,
+        open_guard(config, manifests, ("support-bot",), memory_transports(manifests)) as guard,
         _connect(Caller(guard, "support-bot"), {}) as session,
     ):
         assert await listed(session)

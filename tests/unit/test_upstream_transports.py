@@ -1,25 +1,24 @@
 """The upstream I/O seam on its own: a stdio upstream's lines are read no further than the cap, its
-stderr is cut into bounded lines at a bounded rate, and an HTTP upstream's body stops at the cap."""
+stderr is cut into bounded lines at a bounded rate, an HTTP upstream's body stops at the cap, and
+an in-memory upstream is capped and ends its session as a process would."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
 import mcp_types as types
 import pytest
+from mcp import ClientSession, MCPError
 from mcp.shared.message import SessionMessage
 
-from mcp_guard.upstream.transports import (
-    MAX_STDERR_LINE,
-    STDERR_LINES_PER_SECOND,
-    ResponseTooLarge,
-    capped_http_client,
-    read_messages,
-    relay_lines,
-)
+from mcp_guard.upstream.framing import MAX_STDERR_LINE, STDERR_LINES_PER_SECOND, read_messages, relay_lines
+from mcp_guard.upstream.transports import ResponseTooLarge, Wiring, capped_http_client, memory_transport
+from tests.helpers import Deployment, in_memory
 
 CHUNK = 65536
 CAP = 64 * 1024
@@ -182,3 +181,56 @@ async def test_an_http_body_within_the_cap_and_an_event_stream_are_read_whole() 
             with anyio.fail_after(10):
                 async with client.stream("GET", f"http://upstream.test{path}") as response:
                     assert len(await response.aread()) == CAP
+
+
+# -- in memory -------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def memory_session(tmp_path: Path, wiring: Wiring) -> AsyncIterator[tuple[ClientSession, Deployment]]:
+    """The hostile upstream behind the in-memory transport, with a client session on it."""
+    deployment = Deployment(tmp_path).with_hostile()
+    _, (manifest,) = deployment.load()
+    async with (
+        memory_transport(in_memory)(manifest, wiring) as (read, write),
+        ClientSession(read, write, read_timeout_seconds=10.0) as session,
+    ):
+        with anyio.fail_after(10):
+            await session.initialize()
+        yield session, deployment
+
+
+async def test_an_in_memory_upstream_over_the_cap_is_stopped_and_its_session_ends(tmp_path: Path) -> None:
+    too_large: list[bool] = []
+    stderr: list[str] = []
+    wiring = Wiring(CAP, stderr.append, lambda: too_large.append(True))
+    async with memory_session(tmp_path, wiring) as (session, deployment):
+        with anyio.fail_after(10):
+            under = await session.call_tool("sized", {"kib": 32})
+            assert too_large == []
+            with pytest.raises(MCPError) as refused:
+                await session.call_tool("sized", {"kib": 65})
+            with pytest.raises(MCPError):  # the session is over, as with a process that was killed
+                await session.call_tool("echo", {"text": "after"})
+    assert len("".join(getattr(b, "text", "") for b in under.content)) == 32 * 1024
+    assert refused.value.error.code == types.CONNECTION_CLOSED
+    assert too_large == [True]
+    assert stderr == []  # an in-memory upstream has no stderr
+    assert [e["tool"] for e in deployment.journal("hostile")] == ["sized", "sized"]
+
+
+async def test_an_in_memory_server_whose_task_dies_ends_its_session_like_an_exited_process(
+    tmp_path: Path,
+) -> None:
+    too_large: list[bool] = []
+    wiring = Wiring(CAP, lambda line: None, lambda: too_large.append(True))
+    async with memory_session(tmp_path, wiring) as (session, deployment):
+        with anyio.fail_after(10):
+            with pytest.raises(MCPError) as failed:  # a handler's exception is only an error reply
+                await session.call_tool("fail", {})
+            with pytest.raises(MCPError) as crashed:
+                await session.call_tool("crash", {})
+    assert failed.value.error.code != types.CONNECTION_CLOSED
+    assert crashed.value.error.code == types.CONNECTION_CLOSED
+    assert too_large == []
+    assert [e["tool"] for e in deployment.journal("hostile")] == ["fail", "crash"]

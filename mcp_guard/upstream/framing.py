@@ -1,0 +1,119 @@
+"""The bytes between the guard and an upstream: JSON-RPC messages framed one a line and read no
+further than the cap, and an upstream's stderr cut into bounded lines at a bounded rate. Pure
+stream handling, shared by every transport in transports.py; knows nothing of processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import mcp_types as types
+from anyio.abc import ByteReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
+from mcp.shared.message import SessionMessage
+
+MAX_STDERR_LINE = 4096  # bytes of one upstream stderr line shown; the rest of a longer line is cut
+STDERR_LINES_PER_SECOND = 100  # more than this in one second are counted, not shown
+
+
+def dump(message: SessionMessage) -> bytes:
+    """One message as the wire carries it (as the SDK's stdio transports write it), without the
+    newline; what the message's in-process metadata says does not cross."""
+    return message.message.model_dump_json(by_alias=True, exclude_unset=True).encode()
+
+
+async def read_messages(
+    stdout: ByteReceiveStream, send: MemoryObjectSendStream[SessionMessage | Exception], max_bytes: int
+) -> bool:
+    """Parse each line from `stdout` into a message for `send` until end of input (True), or until a
+    line passes `max_bytes` (False): never more than `max_bytes` plus one chunk is held."""
+    pending = bytearray()
+    async for chunk in stdout:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if pending:
+                pending += chunk[start:end]
+                line = bytes(pending)
+                pending.clear()
+            else:
+                line = chunk[start:end]
+            start = end + 1
+            if len(line) > max_bytes:
+                return False
+            if line.strip():
+                await send.send(parse(line))
+        pending += chunk[start:]
+        if len(pending) > max_bytes:
+            return False
+    return True
+
+
+def parse(line: bytes) -> SessionMessage | Exception:
+    """A parse error is a value, as in the SDK: the session surfaces it and goes on."""
+    try:
+        return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+    except ValueError as exc:
+        return exc
+
+
+async def relay_lines(stream: ByteReceiveStream, emit: Callable[[str], None]) -> None:
+    """Each line of `stream` to `emit`, decoded, at most MAX_STDERR_LINE bytes (a longer one is cut
+    and says so) and at most STDERR_LINES_PER_SECOND a second (the rest are counted): an upstream
+    that floods stderr costs the guard a bounded amount of memory and output. The stream is read to
+    its end whatever is shown, so that the upstream never blocks on a full pipe."""
+    lines = _LineCutter(MAX_STDERR_LINE)
+    window, shown, dropped = time.monotonic(), 0, 0
+    try:
+        async for chunk in stream:
+            for line in lines.feed(chunk):
+                now = time.monotonic()
+                if now - window >= 1.0:
+                    if dropped:
+                        emit(f"({dropped} more stderr lines not shown)")
+                    window, shown, dropped = now, 0, 0
+                if shown < STDERR_LINES_PER_SECOND:
+                    shown += 1
+                    emit(line)
+                else:
+                    dropped += 1
+    finally:  # at the end of the stream, or cut short when the guard stops
+        for line in lines.flush():
+            emit(line)
+        if dropped:
+            emit(f"({dropped} more stderr lines not shown)")
+
+
+class _LineCutter:
+    """Splits bytes into decoded lines of at most `limit` bytes; the rest of a longer line is
+    dropped as it arrives, and the line ends with ` [cut]`."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._part = bytearray()
+        self._cut = False
+
+    def feed(self, chunk: bytes) -> list[str]:
+        *complete, rest = chunk.split(b"\n")
+        out = [self._line(piece) for piece in complete]
+        self._take(rest)
+        return out
+
+    def flush(self) -> list[str]:
+        return [self._line(b"")] if self._part or self._cut else []
+
+    def _take(self, piece: bytes) -> None:
+        room = self._limit - len(self._part)
+        if len(piece) > room:
+            self._part += piece[: max(room, 0)]
+            self._cut = True
+        else:
+            self._part += piece
+
+    def _line(self, piece: bytes) -> str:
+        self._take(piece)
+        text = self._part.decode("utf-8", "replace").removesuffix("\r")
+        if self._cut:
+            text += " [cut]"
+        self._part.clear()
+        self._cut = False
+        return text
