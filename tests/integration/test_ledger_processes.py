@@ -24,7 +24,7 @@ APPENDER = textwrap.dedent(
     import sys, uuid
     from pathlib import Path
     from mcp_guard.ledger.entries import CallRecord
-from mcp_guard.ledger.sqlite.engine import Ledger
+    from mcp_guard.ledger.sqlite.engine import Ledger
 
     path, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     ledger = Ledger.open(path, busy_timeout=30.0)
@@ -44,7 +44,7 @@ KILLED_MID_CALL = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     from mcp_guard.ledger.entries import CallRecord
-from mcp_guard.ledger.sqlite.engine import Ledger
+    from mcp_guard.ledger.sqlite.engine import Ledger
 
     ledger = Ledger.open(Path(sys.argv[1]))
     ledger.record_decision(CallRecord(sys.argv[2], "support-bot", None, "billing", "refund", {}, "allow",
