@@ -4,6 +4,7 @@ manifests are loaded by manifest.py."""
 from __future__ import annotations
 
 import os
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -14,6 +15,8 @@ from mcp_guard.loading import NAME_PATTERN, Duration, Frozen, build, expand_env,
 
 AgentName = Annotated[str, Field(pattern=NAME_PATTERN)]
 KeyHash = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+# A glob over `server.tool` (fnmatch, case-sensitive): a server glob, a dot, a tool glob.
+ForbidGlob = Annotated[str, Field(pattern=r"^[A-Za-z0-9_*?\[\]!-]+\.[^\s]+$")]
 
 
 class LedgerConfig(Frozen):
@@ -70,9 +73,16 @@ class GuardConfig(Frozen):
     tokens: TokensConfig | None = None
     http: HttpConfig = HttpConfig()
     limits: LimitsConfig = LimitsConfig()
+    # The operator's hard line: tools no grant, activation or approval can make callable.
+    forbid: tuple[ForbidGlob, ...] = ()
     # Where it was loaded from and the values its ${VAR}s injected (never printed).
     source: Path = Path("guard.yaml")
     injected: frozenset[str] = frozenset()
+
+    def forbids(self, server: str, tool: str) -> str | None:
+        """The first `forbid` glob that matches `server.tool`, or None."""
+        name = f"{server}.{tool}"
+        return next((glob for glob in self.forbid if fnmatchcase(name, glob)), None)
 
 
 def find_config(explicit: str | None) -> Path:

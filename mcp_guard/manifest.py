@@ -12,6 +12,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BeforeValidator, Field, model_validator
 
+from mcp_guard.config import GuardConfig, load_config
 from mcp_guard.errors import ConfigError
 from mcp_guard.loading import Duration, Frozen, build, expand_env, load_yaml
 from mcp_guard.policy.schemas import has_dialect, typed_limit
@@ -147,6 +148,23 @@ def load_manifest(path: Path) -> Manifest:
     handed = {*manifest.upstream.env.values(), *manifest.upstream.headers.values()}
     secrets = frozenset(v for v in injected | handed if len(v) >= 8)
     return manifest.model_copy(update={"source": path.resolve(), "injected": secrets})
+
+
+def load_deployment(config_path: Path) -> tuple[GuardConfig, tuple[Manifest, ...]]:
+    """guard.yaml and the manifests it names, checked against each other: a grant that allows a
+    tool guard.yaml forbids is a load error (the operator's hard line is never contradicted)."""
+    config = load_config(config_path)
+    manifests = load_manifests(config.manifests)
+    for manifest in manifests:
+        for tool, grants in manifest.tools.items():
+            glob = config.forbids(manifest.server, tool)
+            if glob is not None and any(grant.allow for grant in grants):
+                msg = (
+                    f"{manifest.server}.{tool} is forbidden in {config.source.name} ({glob!r}); "
+                    "no grant may allow it (use allow: [])"
+                )
+                raise ConfigError(str(manifest.source), f"tools.{tool}", msg)
+    return config, manifests
 
 
 def load_manifests(folder: Path) -> tuple[Manifest, ...]:

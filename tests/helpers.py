@@ -29,12 +29,11 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.server import Server
 from mcp.shared.message import SessionMessage
 
-from mcp_guard.config import load_config
 from mcp_guard.examples import billing, tickets
 from mcp_guard.examples.journal import JOURNAL_ENV, read_journal
 from mcp_guard.guard.app import build_server, open_guard
 from mcp_guard.guard.caller import Caller
-from mcp_guard.manifest import Manifest, load_manifests
+from mcp_guard.manifest import Manifest, load_deployment
 from mcp_guard.upstream.transports import Transport, memory_transport
 from tests.upstreams import decimal_refunds, hostile
 
@@ -233,8 +232,7 @@ class Deployment:
     # -- reading ---------------------------------------------------------------------------
 
     def load(self) -> tuple[Any, Any]:
-        config = load_config(self.write())
-        return config, load_manifests(config.manifests)
+        return load_deployment(self.write())
 
     def journal(self, server: str) -> list[dict[str, Any]]:
         return read_journal(self.journal_path(server))

@@ -20,7 +20,8 @@ from mcp_guard.ledger import open_ledger
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 AGENT = "support-bot"
 AGENTS = {"support-bot": {"roles": ["support"]}, "finance-bot": {"roles": ["finance"]}}
-"""The agents of the bundled guard.yaml."""
+FORBID = ["billing.set_payout_destination"]
+"""The agents and the hard line of the bundled guard.yaml."""
 
 SCRIPT: list[tuple[str, str, dict[str, Any]]] = [
     ("look up an order", "billing__lookup_order", {"order_id": "ORD-1001"}),
@@ -54,6 +55,7 @@ def _deployment(folder: Path) -> Path:
         "manifests": str(manifests),
         "ledger": {"path": str(folder / "demo-ledger.db"), "durability": "normal"},
         "agents": AGENTS,
+        "forbid": FORBID,
     }
     target = folder / "guard.yaml"
     target.write_text(yaml.safe_dump(config))

@@ -19,7 +19,7 @@ from mcp_guard.cli.approvals import add_approvals_parser, run_approvals
 from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
 from mcp_guard.config import GuardConfig, find_config, load_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError
-from mcp_guard.manifest import Manifest, Upstream, load_manifests
+from mcp_guard.manifest import Manifest, Upstream, load_deployment
 from mcp_guard.policy.engine import Agent, Policy
 from mcp_guard.secrets import Scrubber
 from mcp_guard.wire import StrictJSONError, parse_strict
@@ -85,8 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> tuple[GuardConfig, tuple[Manifest, ...]]:
-    config = load_config(find_config(args.config))
-    return config, load_manifests(config.manifests)
+    return load_deployment(find_config(args.config))
 
 
 def agent_of(config: GuardConfig, policy: Policy, name: str | None) -> Agent:

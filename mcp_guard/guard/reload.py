@@ -11,10 +11,10 @@ from pathlib import Path
 
 import anyio
 
-from mcp_guard.config import GuardConfig, load_config
+from mcp_guard.config import GuardConfig
 from mcp_guard.errors import ConfigError
 from mcp_guard.guard.app import Guard
-from mcp_guard.manifest import Manifest, load_manifests
+from mcp_guard.manifest import Manifest, load_deployment
 
 POLL_INTERVAL = 1.0  # seconds between looks at the files
 Snapshot = dict[str, tuple[int, int]]
@@ -36,8 +36,7 @@ def snapshot(config_path: Path, folder: Path) -> Snapshot:
 
 
 def load(config_path: Path) -> tuple[GuardConfig, tuple[Manifest, ...]]:
-    config = load_config(config_path)
-    return config, load_manifests(config.manifests)
+    return load_deployment(config_path)
 
 
 async def reload_once(guard: Guard, config_path: Path) -> bool:

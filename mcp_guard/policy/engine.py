@@ -121,7 +121,10 @@ class Policy:
         self._schema_checked: dict[str, bool] = {}
 
     def grant_for(self, agent: Agent, server: str, tool: str) -> tuple[int, Grant] | None:
-        """The first grant, in file order, whose allow matches: chosen by identity alone."""
+        """The first grant, in file order, whose allow matches: chosen by identity alone. A tool
+        guard.yaml forbids has none, whatever a manifest says (loading refuses such a grant too)."""
+        if self.config.forbid and self.config.forbids(server, tool) is not None:
+            return None
         manifest = self.manifests.get(server)
         grants = manifest.tools.get(tool) if manifest else None
         for i, grant in enumerate(grants or ()):

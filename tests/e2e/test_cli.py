@@ -332,3 +332,18 @@ async def _both_of(*coros: Any) -> list[Run]:
         for i, coro in enumerate(coros):
             tg.start_soon(run, i, coro)
     return results
+
+
+async def test_check_and_serve_refuse_a_manifest_that_grants_a_tool_guard_yaml_forbids(
+    tmp_path: Path,
+) -> None:
+    deployment = Deployment(tmp_path).with_examples()
+    deployment.manifests["billing"]["tools"]["set_payout_destination"] = {"allow": ["finance-bot"]}
+    deployment.extra_config["forbid"] = ["*.set_payout_*"]
+    deployment.write()
+    config = str(deployment.config_path)
+    for args in (("check",), ("serve", "--agent", "finance-bot")):
+        run = await mcp_guard("--config", config, *args, cwd=tmp_path)
+        assert_one_clear_line(run, "billing.yaml", "tools.set_payout_destination", "'*.set_payout_*'")
+    assert not deployment.ledger_path.exists()  # refused before anything was opened or forwarded
+    assert deployment.journals() == []

@@ -164,3 +164,56 @@ async def test_an_agent_removed_from_guard_yaml_sees_no_tools(deployment: Deploy
         with pytest.raises(MCPError):
             await call(session, "billing__lookup_order", {"order_id": "ORD-1001"})
     assert [c["decision"] for c in deployment.ledger()] == ["deny"]
+
+
+async def test_a_forbid_that_a_grant_contradicts_is_rejected_on_reload_and_the_last_policy_stays(
+    deployment: Deployment,
+) -> None:
+    deployment.with_examples()
+    config, manifests = deployment.load()
+    async with (
+        open_guard(config, manifests, ("support-bot",), memory_transports(manifests)) as guard,
+        _connect(Caller(guard, "support-bot"), {}) as session,
+        anyio.create_task_group() as tg,
+    ):
+        good = guard.policy
+        await tg.start(partial(watch, guard, interval=WATCH_INTERVAL, signals=False))
+        deployment.extra_config["forbid"] = ["billing.refund"]  # support-bot is granted refund
+        deployment.write()
+        await eventually(
+            lambda: any(e["action"] == "rejected" for e in policy_events(deployment.ledger_path))
+        )
+        assert guard.policy is good
+        assert "billing__refund" in await listed(session)
+        tg.cancel_scope.cancel()
+    [rejected] = [e for e in policy_events(deployment.ledger_path) if e["action"] == "rejected"]
+    assert "billing.refund is forbidden" in rejected["reason"]
+    assert "tools.refund" in rejected["reason"]
+
+
+async def test_a_forbid_put_in_force_by_reload_withholds_the_tool_from_connected_clients(
+    deployment: Deployment,
+) -> None:
+    deployment.with_examples()
+    config, manifests = deployment.load()
+    on_message, changed = list_changed_listener()
+    async with (
+        open_guard(config, manifests, ("finance-bot",), memory_transports(manifests)) as guard,
+        _connect(Caller(guard, "finance-bot"), {"message_handler": on_message}) as session,
+        anyio.create_task_group() as tg,
+    ):
+        assert "billing__diagnostics" in await listed(session)
+        await tg.start(partial(watch, guard, interval=WATCH_INTERVAL, signals=False))
+        deployment.manifests["billing"]["tools"]["diagnostics"] = {"allow": []}
+        deployment.extra_config["forbid"] = ["*.diagnostics"]
+        deployment.write()
+        with anyio.fail_after(EFFECT):
+            await changed.wait()
+        assert "billing__diagnostics" not in await listed(session)
+        with pytest.raises(MCPError, match="Unknown tool"):
+            await call(session, "billing__diagnostics", {})
+        tg.cancel_scope.cancel()
+    assert [(c["tool"], c["decision"], c["reason"]) for c in deployment.ledger()] == [
+        ("billing__diagnostics", "deny", "unknown_tool")
+    ]
+    assert [e for e in deployment.journals() if e["tool"] == "diagnostics"] == []

@@ -43,6 +43,7 @@ def test_the_demo_uses_the_bundled_manifests_and_agents(tmp_path: Path) -> None:
     config = yaml.safe_load(demo._deployment(tmp_path).read_text())
     bundled = yaml.safe_load((REPO_ROOT / "guard.yaml").read_text())
     assert config["agents"] == bundled["agents"]
+    assert config["forbid"] == bundled["forbid"]
     assert Path(config["manifests"]).resolve() == (REPO_ROOT / "tool_manifests").resolve()
     assert sorted(p.name for p in Path(config["manifests"]).iterdir() if p.suffix == ".yaml") == [
         "billing.yaml",
