@@ -29,8 +29,7 @@ from mcp_guard.ledger.entries import (
     outcome_fields,
     redact,
 )
-from mcp_guard.ledger.sqlite import queries as ledger_queries
-from mcp_guard.ledger.sqlite import schema as ledger_db
+from mcp_guard.ledger.sqlite import queries, schema
 from mcp_guard.ledger.sqlite.queries import Event
 from mcp_guard.ledger.sqlite.schema import BACKSTOP_PAGES, CHECKPOINT_EVERY
 from mcp_guard.ledger.sqlite.tallies import Tallies
@@ -66,7 +65,7 @@ class _Transaction:
         if not ledger._lock.acquire(blocking=False):
             started = time.monotonic()
             if not ledger._lock.acquire(timeout=ledger._busy_timeout):
-                msg = f"{ledger._path}: {ledger_db.locked(ledger._busy_timeout)}"
+                msg = f"{ledger._path}: {schema.locked(ledger._busy_timeout)}"
                 raise self._error(msg)
             waited = time.monotonic() - started
         else:
@@ -105,11 +104,11 @@ class _Transaction:
     def _fail(self, exc: BaseException) -> NoReturn:
         ledger = self._ledger
         try:
-            ledger_db.rollback(ledger._conn)
+            schema.rollback(ledger._conn)
         finally:
             ledger._lock.release()
         if isinstance(exc, sqlite3.Error):
-            msg = f"{ledger._path}: {ledger_db.describe(exc, ledger._busy_timeout)}"
+            msg = f"{ledger._path}: {schema.describe(exc, ledger._busy_timeout)}"
             raise self._error(msg) from exc
         raise exc
 
@@ -119,13 +118,13 @@ class Ledger:
 
     def __init__(self, conn: sqlite3.Connection, path: Path, busy_timeout: float) -> None:
         self._conn = conn
-        self._v1 = not ledger_queries.has_method(conn)  # a reader of a file not yet migrated
+        self._v1 = not queries.has_method(conn)  # a reader of a file not yet migrated
         self._path = path  # as given, for messages
         self._file = path.absolute()  # for connections opened later, whatever the cwd by then
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._shortened = False  # the connection's busy_timeout is below the full bound
-        self._checkpointer: ledger_db.Checkpointer | None = None
+        self._checkpointer: schema.Checkpointer | None = None
         # Outcomes recorded with defer=True, committed by the next write transaction (or flush).
         # Appended from any thread (list.append is atomic); removed only under the lock, once
         # committed.
@@ -145,10 +144,10 @@ class Ledger:
             msg = f"durability must be 'normal' or 'full', not {durability!r}"
             raise ValueError(msg)
         path = Path(path)
-        conn = ledger_db.connect(path, str(path), busy_timeout, uri=False)
-        with ledger_db.closing_on_error(conn, path, busy_timeout):
-            ledger_db.configure(conn, path, synchronous, busy_timeout)
-            ledger_db.migrate(conn, path)
+        conn = schema.connect(path, str(path), busy_timeout, uri=False)
+        with schema.closing_on_error(conn, path, busy_timeout):
+            schema.configure(conn, path, synchronous, busy_timeout)
+            schema.migrate(conn, path)
         return cls(conn, path, busy_timeout)
 
     @classmethod
@@ -159,12 +158,12 @@ class Ledger:
         if not path.is_file():
             msg = f"{path}: no ledger file"
             raise LedgerError(msg)
-        conn = ledger_db.connect(path, ledger_db.readonly_uri(path), busy_timeout, uri=True)
-        with ledger_db.closing_on_error(conn, path, busy_timeout):
+        conn = schema.connect(path, schema.readonly_uri(path), busy_timeout, uri=True)
+        with schema.closing_on_error(conn, path, busy_timeout):
             conn.execute("PRAGMA trusted_schema = OFF")
             db = Database(conn, recursive_triggers=False, execute_plugins=False)
-            ledger_db.refuse_newer(db, path)
-            if ledger_db.MIGRATIONS.pending(db) and not ledger_db.MIGRATIONS.applied(db):
+            schema.refuse_newer(db, path)
+            if schema.MIGRATIONS.pending(db) and not schema.MIGRATIONS.applied(db):
                 msg = f"{path}: not an mcp-guard ledger, or one no guard has opened yet"
                 raise LedgerError(msg)
         return cls(conn, path, busy_timeout)
@@ -180,7 +179,7 @@ class Ledger:
         if self._checkpointer is None:
             with self._lock:
                 self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")
-            self._checkpointer = ledger_db.Checkpointer(self._file, every)
+            self._checkpointer = schema.Checkpointer(self._file, every)
 
     def close(self) -> None:
         """Commit the deferred outcomes and close; LedgerUnavailable (after closing) if they
@@ -335,7 +334,7 @@ class Ledger:
 
     def last_id(self) -> int:
         with self._read() as conn:
-            return ledger_queries.last_id(conn)
+            return queries.last_id(conn)
 
     def invocations(
         self,
@@ -352,7 +351,7 @@ class Ledger:
         `tool` matches the upstream tool name or `server.tool`; the ids bound the decision's id.
         """
         with self._read() as conn:
-            return ledger_queries.invocations(
+            return queries.invocations(
                 conn,
                 v1=self._v1,
                 limit=limit,
@@ -368,27 +367,25 @@ class Ledger:
     ) -> tuple[int, list[Invocation]]:
         """The new last entry id, and the invocations whose decision or outcome came after `after_id`."""
         with self._read() as conn:
-            return ledger_queries.updates(
-                conn, after_id, v1=self._v1, agent=agent, tool=tool, decision=decision
-            )
+            return queries.updates(conn, after_id, v1=self._v1, agent=agent, tool=tool, decision=decision)
 
     def events(
         self, kind: str, *, server: str | None = None, tool: str | None = None, after_id: int | None = None
     ) -> list[Event]:
         """Policy, pin or approval entries of one kind, oldest first."""
         with self._read() as conn:
-            return ledger_queries.events(conn, kind, server=server, tool=tool, after_id=after_id)
+            return queries.events(conn, kind, server=server, tool=tool, after_id=after_id)
 
     def stats(self, since: datetime | None = None) -> dict[str, Any]:
         """Counts of invocations by agent, tool, decision and reason, and of allowed ones by outcome."""
         stamp = None if since is None else format_ts(since)
         with self._read() as conn:
-            return ledger_queries.stats(conn, stamp)
+            return queries.stats(conn, stamp)
 
     def verify(self) -> VerifyResult:
         """Recompute the chain in id order, on a read-only connection of its own."""
-        conn = ledger_db.connect(self._file, ledger_db.readonly_uri(self._file), self._busy_timeout, uri=True)
-        with ledger_db.closing_on_error(conn, self._path, self._busy_timeout):
+        conn = schema.connect(self._file, schema.readonly_uri(self._file), self._busy_timeout, uri=True)
+        with schema.closing_on_error(conn, self._path, self._busy_timeout):
             conn.execute("BEGIN")
             result = verify(conn)
             conn.execute("COMMIT")
