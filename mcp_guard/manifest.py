@@ -74,6 +74,14 @@ class Budget(Frozen):
     by: tuple[Annotated[str, Field(pattern=_SCOPE.pattern)], ...] = ("agent",)
 
 
+class Unique(Frozen):
+    """At most one allowed call per `per` window with the same values of `by` (default: the whole
+    canonical arguments), across all agents, whatever its outcome."""
+
+    by: tuple[Annotated[str, Field(pattern=_SCOPE.pattern)], ...] | None = None
+    per: Duration
+
+
 class Approval(Frozen):
     when: dict[str, Condition] | None = None
     wait: Duration = 30.0
@@ -85,6 +93,7 @@ class Grant(Frozen):
     arguments: dict[str, Limit] = {}
     budgets: tuple[Budget, ...] = ()
     approval: Approval | None = None
+    unique: Unique | None = None
 
     def matches(self, agent: str, roles: frozenset[str]) -> bool:
         return any(p == "*" or p == agent or (p.startswith("role:") and p[5:] in roles) for p in self.allow)

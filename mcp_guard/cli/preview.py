@@ -138,6 +138,7 @@ def print_tools(preview: Preview, config: GuardConfig, as_json: bool) -> None:
                         for b in grant.budgets
                     ],
                     "approval": grant.approval.model_dump(mode="json") if grant.approval else None,
+                    "unique": grant.unique.model_dump(mode="json") if grant.unique else None,
                 }
                 lines.append(json.dumps(row, ensure_ascii=False))
                 continue
@@ -154,6 +155,9 @@ def print_tools(preview: Preview, config: GuardConfig, as_json: bool) -> None:
             if grant.approval is not None:
                 when = json.dumps(grant.approval.when) if grant.approval.when else "every call"
                 lines.append(f"  approval: {when}")
+            if grant.unique is not None:
+                by = ", ".join(grant.unique.by) if grant.unique.by else "the whole arguments"
+                lines.append(f"  unique: once per {format_duration(grant.unique.per)} by {by}")
         return lines
 
     lines = _with_ledger(config, report, None) if ledgers.exists(config.ledger) else report(None)

@@ -100,8 +100,8 @@ class Call:
         `approval.wait` for an operator, with progress notifications if the client asked."""
         assert hold.approval is not None
         ledger = self.guard.ledger
-        if await ledger.read(partial(holds.over_budget, hold=hold)):
-            return  # refused by its budget in the final check; no operator is asked
+        if await ledger.read(partial(holds.refused_before_approval, hold=hold)):
+            return  # refused by its budget or as a duplicate in the final check; no operator is asked
         _, verdict = await ledger.hold(partial(holds.file_request, hold=hold, policy_hash=policy_hash))
         if verdict != "pending":
             return
@@ -160,7 +160,7 @@ class Call:
 
 def hold_of(agent: Agent, decision: Decision, record: CallRecord) -> holds.Hold | None:
     """What the ledger must settle for an allowed call: budgets and approval (None if nothing)."""
-    if not decision.allowed or (not decision.charges and decision.approval is None):
+    if not decision.allowed or (not decision.charges and decision.approval is None and decision.once is None):
         return None
     assert decision.server is not None
     # Scopes are read from the arguments as recorded, as the history's are: a value the ledger
@@ -174,6 +174,9 @@ def hold_of(agent: Agent, decision: Decision, record: CallRecord) -> holds.Hold 
         approval=decision.approval,
         digest=approvals.digest(decision.arguments) if decision.approval else "",
         recorded_arguments=record.arguments,
+        once=budgets.rescoped_once(decision.once, agent.name, record.session, recorded)
+        if decision.once
+        else None,
     )
 
 

@@ -17,7 +17,8 @@ from mcp_guard.ledger.entries import CallRecord, format_ts
 from mcp_guard.manifest import Approval
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.arguments import Violation
-from mcp_guard.policy.budgets import Charge
+from mcp_guard.policy.budgets import Charge, Once
+from mcp_guard.policy.durations import format_duration
 from mcp_guard.policy.reasons import Reason
 
 
@@ -32,6 +33,7 @@ class Hold:
     approval: Approval | None = None
     digest: str = ""
     recorded_arguments: Any = None  # redacted, for the approval request
+    once: Once | None = None  # a `unique` grant's scope, read from the arguments as recorded
 
 
 def file_request(window: Window, hold: Hold, policy_hash: str) -> tuple[str, str]:
@@ -71,7 +73,7 @@ def check(window: Window, record: CallRecord, hold: Hold) -> CallRecord:
     """The record to commit: the allowed record, or a denial that says what would pass.
     Budgets first, then approval (SPEC.md's order): a call the budget refuses never reaches
     an operator."""
-    violation = over_budget(window, hold)
+    violation = refused_before_approval(window, hold)
     if violation is not None:
         return _deny(record, violation.reason, violation.detail)
     if hold.approval is None:
@@ -94,6 +96,23 @@ def pending_detail(request_id: str | None) -> str:
     """What a held call says; `explain` files no request, so it has no id to name."""
     held = "held for human approval" + (f" as request {request_id}" if request_id else "")
     return f"{held}; call again with the same arguments once it is approved"
+
+
+def refused_before_approval(window: Window, hold: Hold) -> Violation | None:
+    """What refuses a call whatever an operator would say: an overspent budget, then a repeat of
+    an allowed call that its grant's `unique` forbids. Such a call never reaches an operator."""
+    violation = over_budget(window, hold)
+    if violation is not None or hold.once is None:
+        return violation
+    earlier = window.earlier(hold.server, hold.tool, hold.once.per, hold.once.scope)
+    if earlier is None:
+        return None
+    call_id, ts = earlier
+    detail = (
+        f"an identical call was already allowed at {ts} (call {call_id}) within "
+        f"{format_duration(hold.once.per)}; it may have taken effect"
+    )
+    return Violation(Reason.DUPLICATE_CALL, detail)
 
 
 def over_budget(window: Window, hold: Hold) -> Violation | None:

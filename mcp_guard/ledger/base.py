@@ -139,6 +139,12 @@ class Window(Protocol):
         """Pin events, oldest first, of one server or of all."""
         ...
 
+    def earlier(self, server: str, tool: str, seconds: float, scope: Scope) -> tuple[str, str] | None:
+        """(call id, time) of the latest allowed call of `server` `tool` decided within the last
+        `seconds` with the same values of `scope`'s keys (as budgets compare them), whatever its
+        agent or outcome; None if there is none."""
+        ...
+
     def append(self, event: LedgerEvent) -> None:
         """Append `event` after what the transaction records, in the same transaction."""
         ...

@@ -31,6 +31,27 @@ class Charge:
     amount: Decimal
 
 
+WHOLE_ARGUMENTS = "arguments"
+"""The scope key of `unique` without `by`: the whole canonical arguments."""
+
+
+@dataclass(frozen=True, slots=True)
+class Once:
+    """What a `unique` grant asks of the ledger for one call: no allowed call of the same tool
+    within `per` seconds with the same scope values."""
+
+    per: float
+    scope: tuple[tuple[str, str], ...]
+
+
+def once(grant: Grant, agent: str, session: str | None, arguments: Mapping[str, Any]) -> Once | None:
+    """The uniqueness a call's grant asks for, scoped by the given arguments (as recorded)."""
+    if grant.unique is None:
+        return None
+    keys = grant.unique.by or (WHOLE_ARGUMENTS,)
+    return Once(grant.unique.per, tuple((k, scope_value(k, agent, session, arguments)) for k in keys))
+
+
 def scope_value(key: str, agent: str, session: str | None, arguments: Mapping[str, Any]) -> str:
     """The value a call has for one scope key. `arg:` values are compared case- and
     width-insensitively, so `ORD-1` and `ｏｒｄ-1` share one budget (over-counting is the safe side)."""
@@ -38,6 +59,8 @@ def scope_value(key: str, agent: str, session: str | None, arguments: Mapping[st
         return agent
     if key == "session":
         return session or f"agent:{agent}"
+    if key == WHOLE_ARGUMENTS:
+        return "j:" + json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return arg_scope(arguments.get(key[4:]))
 
 
@@ -81,6 +104,11 @@ def rescoped(charge: Charge, agent: str, session: str | None, arguments: Mapping
     """The same charge with its scope read from other arguments (e.g. as recorded)."""
     scope = tuple((key, scope_value(key, agent, session, arguments)) for key, _ in charge.scope)
     return Charge(charge.budget, scope, charge.amount)
+
+
+def rescoped_once(found: Once, agent: str, session: str | None, arguments: Mapping[str, Any]) -> Once:
+    """The same uniqueness with its scope read from other arguments (e.g. as recorded)."""
+    return Once(found.per, tuple((k, scope_value(k, agent, session, arguments)) for k, _ in found.scope))
 
 
 def check_budgets(tool: str, pending: Iterable[tuple[Charge, Decimal]]) -> Violation | None:

@@ -14,7 +14,7 @@ from mcp_guard.config import GuardConfig
 from mcp_guard.manifest import Approval, Grant, Manifest
 from mcp_guard.policy.approvals import needs_approval
 from mcp_guard.policy.arguments import Compiled, Violation, check_schema, check_strict, compile_schema
-from mcp_guard.policy.budgets import Charge, charges
+from mcp_guard.policy.budgets import Charge, Once, charges, once
 from mcp_guard.policy.reasons import Reason, denial
 from mcp_guard.policy.schemas import DIALECT, clean_text, merge_limits, one_dialect, typed_limit
 from mcp_guard.policy.targets import Target
@@ -67,6 +67,7 @@ class Decision:
     # approval it needs (None if none).
     charges: tuple[Charge, ...] = ()
     approval: Approval | None = None
+    once: Once | None = None  # a `unique` grant: no identical allowed call within its window
 
     @classmethod
     def refuse(
@@ -228,7 +229,8 @@ class Policy:
             else None
         )
         target = Target("tool", offer.server, offer.tool.name)
-        return Decision(True, None, "allowed", target, arguments, tuple(found), approval)
+        unique = once(offer.grant, agent, session, arguments)
+        return Decision(True, None, "allowed", target, arguments, tuple(found), approval, unique)
 
 
 def _deny(offer: Offer, violation: Violation, arguments: Mapping[str, Any]) -> Decision:

@@ -18,6 +18,7 @@ class Reason(StrEnum):
     LEDGER_UNAVAILABLE = "ledger_unavailable"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    DUPLICATE_CALL = "duplicate_call"
 
     @property
     def counts_against_agent(self) -> bool:

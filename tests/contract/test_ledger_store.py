@@ -317,3 +317,26 @@ async def test_a_missing_ledger_is_no_ledger_to_read(kind: SQLiteKind):
     assert not exists(kind.config())
     with pytest.raises(LedgerError):
         await open_ledger(kind.config(), readonly=True)
+
+
+async def test_earlier_finds_the_latest_allowed_call_in_scope_within_the_window_only(kind: SQLiteKind):
+    async with await open_ledger(kind.config()) as store:
+        first = await store.decide(record(arguments={"order_id": "ORD-1", "amount": 40}))
+        await store.decide(record(decision="deny", arguments={"order_id": "ORD-2", "amount": 40}))
+        latest = await store.decide(
+            record(agent="finance-bot", arguments={"order_id": "ord-1 ", "amount": 7})
+        )
+
+        def look(window: Window, scope: tuple[tuple[str, str], ...], seconds: float = 3600) -> object:
+            return window.earlier("billing", "refund", seconds, scope)
+
+        by_order = (("arg:order_id", "s:ord-1"),)  # as budgets compare: NFKC, case-folded, trimmed
+        found = await store.read(partial(look, scope=by_order))
+        assert found is not None
+        assert found[0] == latest.call_id  # the latest, whoever its agent
+        assert await store.read(partial(look, scope=(("arg:order_id", "s:ord-2"),))) is None  # denied
+        whole = (("arguments", 'j:{"amount":40,"order_id":"ORD-1"}'),)
+        assert (await store.read(partial(look, scope=whole)))[0] == first.call_id  # type: ignore[index]
+        assert await store.read(partial(look, scope=(("agent", "intern"),))) is None
+        # A window that ends before any of them was decided sees none of them.
+        assert await store.read(partial(look, scope=by_order, seconds=0.000001)) is None

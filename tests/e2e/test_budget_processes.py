@@ -161,3 +161,50 @@ async def test_four_guard_processes_making_six_concurrent_calls_each_forward_exa
 
 async def _append(into: list[Any], pending: Any) -> None:
     into.append(await pending)
+
+
+async def test_three_guard_processes_racing_with_identical_refunds_forward_exactly_one(
+    deployment: Deployment,
+) -> None:
+    refund_grant = [
+        {
+            "allow": ["role:support"],
+            "arguments": {"amount": {"exclusiveMinimum": 0, "maximum": 100}},
+            "unique": {"by": ["arg:order_id", "arg:amount"], "per": "1d"},
+        }
+    ]
+    deployment.with_billing({**BILLING_TOOLS, "refund": refund_grant})
+    deployment.write()
+    processes, calls_each = 3, 3
+    results: list[Any] = []
+    ready = 0
+    go = anyio.Event()
+
+    async def guard_process() -> None:
+        nonlocal ready
+        async with started_guard(deployment, "support-bot") as session:
+            ready += 1
+            if ready == processes:
+                go.set()
+            with anyio.fail_after(TIMEOUT):
+                await go.wait()
+            async with anyio.create_task_group() as calls:
+                for _ in range(calls_each):
+                    calls.start_soon(lambda: _append(results, refund(session, AMOUNT)))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(processes):
+            tg.start_soon(guard_process)
+
+    assert len(results) == processes * calls_each
+    allowed = [r for r in results if r.is_error is not True]
+    assert len(allowed) == 1, [text_of(r) for r in results]
+    for result in results:
+        if result.is_error is True:
+            assert_denied(result, "duplicate_call")
+    assert refunds(deployment) == [AMOUNT]  # a retry from any process never reached the upstream
+    calls = deployment.ledger()
+    assert sorted((c["decision"], c["reason"]) for c in calls) == sorted(
+        [("allow", None)] + [("deny", "duplicate_call")] * (processes * calls_each - 1)
+    )
+    assert len({c["session"] for c in calls}) == processes

@@ -27,6 +27,7 @@ from tests.helpers import (
     gather,
     guard_env,
     inprocess_guard,
+    inprocess_guards,
     text_of,
 )
 
@@ -631,3 +632,62 @@ def config_agent(config: Any, name: str) -> Any:
     from mcp_guard.policy.engine import Agent
 
     return Agent(name, frozenset(config.agents[name].roles))
+
+
+# -- unique: a retry or a chained call cannot repeat what was already allowed ------------------------
+
+
+async def test_an_identical_refund_is_refused_as_a_duplicate_naming_the_earlier_call(
+    deployment: Deployment,
+) -> None:
+    billing(deployment, support={"unique": {"per": "1d"}})
+    async with inprocess_guards(deployment, ["support-bot"]) as sessions:
+        session = sessions["support-bot"]
+        assert_ok(await refund(session, 40))
+        again = await refund(session, 40)
+        assert_ok(await refund(session, 41))  # other arguments: another call
+        assert_ok(await refund(session, 40, order="ORD-1001"))
+    assert_denied(again, "duplicate_call")
+    first = deployment.ledger()[0]
+    assert f"(call {first['call_id']})" in text_of(again)
+    assert first["ts"] in text_of(again)
+    assert refunds(deployment) == [40, 41, 40]  # the duplicate never reached the upstream
+    assert decisions(deployment) == [
+        ("allow", None),
+        ("deny", "duplicate_call"),
+        ("allow", None),
+        ("allow", None),
+    ]
+
+
+async def test_unique_by_an_argument_spans_agents_and_other_arguments(deployment: Deployment) -> None:
+    by_order = {"unique": {"by": ["arg:order_id"], "per": "1h"}}
+    billing(deployment, support=by_order, finance=by_order)
+    async with inprocess_guards(deployment, ["support-bot", "finance-bot"]) as sessions:
+        assert_ok(await refund(sessions["support-bot"], 40, order="ORD-1004"))
+        other_agent = await refund(sessions["finance-bot"], 900, order="ORD-1004")
+        smaller = await refund(sessions["support-bot"], 12, order="ORD-1004")
+        assert_ok(await refund(sessions["finance-bot"], 30, order="ORD-1001"))
+    assert_denied(other_agent, "duplicate_call")
+    assert_denied(smaller, "duplicate_call")
+    assert refunds(deployment) == [40, 30]
+    assert [r for _, r in decisions(deployment)] == [None, "duplicate_call", "duplicate_call", None]
+
+
+async def test_a_repeat_of_an_approved_and_forwarded_call_is_a_duplicate_and_asks_no_operator(
+    deployment: Deployment,
+) -> None:
+    billing(deployment, support={"approval": {"when": OVER_50, "wait": "1s"}, "unique": {"per": "1d"}})
+    async with inprocess_guard(deployment, "support-bot") as session:
+        rid = request_id(await refund(session, 75))
+        await decide(deployment, "approve", rid)
+        assert_ok(await refund(session, 75))  # approved: forwarded once
+        again = await refund(session, 75)
+    assert_denied(again, "duplicate_call")
+    assert len(requests(deployment)) == 1  # the repeat filed no new request
+    assert refunds(deployment) == [75]
+    assert decisions(deployment) == [
+        ("deny", "approval_pending"),
+        ("allow", None),
+        ("deny", "duplicate_call"),
+    ]

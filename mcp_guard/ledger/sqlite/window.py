@@ -16,6 +16,7 @@ from mcp_guard.ledger.entries import event_fields, format_ts
 from mcp_guard.ledger.sqlite import queries
 from mcp_guard.ledger.sqlite.queries import loads
 from mcp_guard.ledger.sqlite.tallies import Tallies
+from mcp_guard.policy import budgets
 
 if TYPE_CHECKING:
     from mcp_guard.manifest import Budget
@@ -43,6 +44,20 @@ class SQLiteWindow:
 
     def pins(self, *, server: str | None = None) -> Sequence[PinEvent]:
         return [e for e in self._events("pin", server, None, None) if isinstance(e, PinEvent)]
+
+    def earlier(self, server: str, tool: str, seconds: float, scope: Scope) -> tuple[str, str] | None:
+        # The (server, tool, ts) index bounds the read to the window; scopes compare as budgets do.
+        rows = self._conn.execute(
+            "SELECT call_id, ts, agent, session, arguments FROM entries WHERE server = ? AND tool = ? "
+            "AND ts > ? AND kind = 'decision' AND decision = 'allow' ORDER BY id DESC",
+            (server, tool, self.since(seconds)),
+        )
+        for call_id, ts, agent, session, text in rows:
+            arguments = loads(text)
+            args = arguments if type(arguments) is dict else {}
+            if all(budgets.scope_value(key, agent, session, args) == value for key, value in scope):
+                return call_id, ts
+        return None
 
     def append(self, event: LedgerEvent) -> None:
         self.queued.append(
