@@ -113,26 +113,7 @@ async def test_four_guard_processes_making_six_concurrent_calls_each_forward_exa
     deployment: Deployment,
 ) -> None:
     billing(deployment, [{"sum": "amount", "max": AMOUNT * WORTH, "per": "1d"}])
-    deployment.write()
-    results: list[Any] = []
-    ready = 0
-    go = anyio.Event()
-
-    async def guard_process() -> None:
-        nonlocal ready
-        async with started_guard(deployment, "support-bot") as session:
-            ready += 1
-            if ready == PROCESSES:
-                go.set()
-            with anyio.fail_after(TIMEOUT):
-                await go.wait()  # every process is up before any call is made
-            async with anyio.create_task_group() as calls:
-                for _ in range(CALLS_EACH):
-                    calls.start_soon(lambda: _append(results, refund(session, AMOUNT)))
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(PROCESSES):
-            tg.start_soon(guard_process)
+    results = await race(deployment, PROCESSES, CALLS_EACH)
 
     allowed = [r for r in results if r.is_error is not True]
     refused = [r for r in results if r.is_error is True]
@@ -159,6 +140,32 @@ async def test_four_guard_processes_making_six_concurrent_calls_each_forward_exa
     assert verify.returncode == 0, verify.stderr.decode()
 
 
+async def race(deployment: Deployment, processes: int, calls_each: int) -> list[Any]:
+    """`processes` guard processes on one ledger, each making `calls_each` identical refunds at
+    once, once every process is up; the results, in the order they came back."""
+    deployment.write()
+    results: list[Any] = []
+    ready = 0
+    go = anyio.Event()
+
+    async def guard_process() -> None:
+        nonlocal ready
+        async with started_guard(deployment, "support-bot") as session:
+            ready += 1
+            if ready == processes:
+                go.set()
+            with anyio.fail_after(TIMEOUT):
+                await go.wait()  # every process is up before any call is made
+            async with anyio.create_task_group() as calls:
+                for _ in range(calls_each):
+                    calls.start_soon(lambda: _append(results, refund(session, AMOUNT)))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(processes):
+            tg.start_soon(guard_process)
+    return results
+
+
 async def _append(into: list[Any], pending: Any) -> None:
     into.append(await pending)
 
@@ -174,27 +181,8 @@ async def test_three_guard_processes_racing_with_identical_refunds_forward_exact
         }
     ]
     deployment.with_billing({**BILLING_TOOLS, "refund": refund_grant})
-    deployment.write()
     processes, calls_each = 3, 3
-    results: list[Any] = []
-    ready = 0
-    go = anyio.Event()
-
-    async def guard_process() -> None:
-        nonlocal ready
-        async with started_guard(deployment, "support-bot") as session:
-            ready += 1
-            if ready == processes:
-                go.set()
-            with anyio.fail_after(TIMEOUT):
-                await go.wait()
-            async with anyio.create_task_group() as calls:
-                for _ in range(calls_each):
-                    calls.start_soon(lambda: _append(results, refund(session, AMOUNT)))
-
-    async with anyio.create_task_group() as tg:
-        for _ in range(processes):
-            tg.start_soon(guard_process)
+    results = await race(deployment, processes, calls_each)
 
     assert len(results) == processes * calls_each
     allowed = [r for r in results if r.is_error is not True]
