@@ -26,6 +26,11 @@ FORBID = ["billing.set_payout_destination"]
 SCRIPT: list[tuple[str, str, dict[str, Any]]] = [
     ("look up an order", "billing__lookup_order", {"order_id": "ORD-1001"}),
     ("refund within the cap", "billing__refund", {"order_id": "ORD-1001", "amount": 40, "currency": "USD"}),
+    (
+        "the same refund again (a retry)",
+        "billing__refund",
+        {"order_id": "ORD-1001", "amount": 40, "currency": "USD"},
+    ),
     ("refund over the cap", "billing__refund", {"order_id": "ORD-1001", "amount": 400, "currency": "USD"}),
     ("a tool it was not granted", "billing__set_payout_destination", {"account": "GB33BUKB20201555555555"}),
     (

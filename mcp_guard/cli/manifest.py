@@ -22,7 +22,7 @@ from mcp_guard.errors import UpstreamUnavailable
 from mcp_guard.guard import pins
 from mcp_guard.guard.convert import tool_def
 from mcp_guard.loading import format_duration, parse_duration
-from mcp_guard.manifest import Approval, Budget, Grant, Manifest, Upstream
+from mcp_guard.manifest import Approval, Budget, Grant, Manifest, Unique, Upstream
 from mcp_guard.policy.engine import Policy
 from mcp_guard.policy.schemas import KEYWORDS_BY_TYPE, clean_text, type_keyword, types_of
 from mcp_guard.secrets import Scrubber
@@ -41,7 +41,7 @@ def manifest_schema() -> dict[str, Any]:
     for key in _INTERNAL:
         schema["properties"].pop(key, None)
     defs = schema["$defs"]
-    for model in (Upstream, Grant, Budget, Approval):
+    for model in (Upstream, Grant, Budget, Approval, Unique):
         props = defs[model.__name__]["properties"]
         for name in _duration_fields(model):
             default = props[name].get("default")
