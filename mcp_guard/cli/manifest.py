@@ -17,12 +17,13 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel
 
+from mcp_guard import manifest as manifest_module
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import UpstreamUnavailable
 from mcp_guard.guard import pins
 from mcp_guard.guard.convert import tool_def
 from mcp_guard.loading import format_duration, parse_duration
-from mcp_guard.manifest import Approval, Budget, Grant, Manifest, Unique, Upstream
+from mcp_guard.manifest import Manifest, Upstream
 from mcp_guard.policy.engine import Policy
 from mcp_guard.policy.schemas import KEYWORDS_BY_TYPE, clean_text, type_keyword, types_of
 from mcp_guard.secrets import Scrubber
@@ -41,7 +42,11 @@ def manifest_schema() -> dict[str, Any]:
     for key in _INTERNAL:
         schema["properties"].pop(key, None)
     defs = schema["$defs"]
-    for model in (Upstream, Grant, Budget, Approval, Unique):
+    # Every model of the manifest module in the schema, so a new one's durations are not missed.
+    models = [m for m in vars(manifest_module).values() if isinstance(m, type) and m.__name__ in defs]
+    for model in models:
+        if not issubclass(model, BaseModel):
+            continue
         props = defs[model.__name__]["properties"]
         for name in _duration_fields(model):
             default = props[name].get("default")

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
 
 from mcp_guard.ledger.chain import VerifyResult
-from mcp_guard.ledger.entries import CallRecord, Redactor
+from mcp_guard.ledger.entries import CallRecord, Redactor, event_fields
 
 if TYPE_CHECKING:
     from mcp_guard.manifest import Budget
@@ -38,6 +38,18 @@ class LedgerEvent:
     tool: str | None = None
     call_id: str | None = None
     policy_hash: str | None = None
+
+    def row(self) -> dict[str, object]:
+        """The checked columns a store appends for this event."""
+        return event_fields(
+            self.kind,
+            dict(self.payload),
+            self.policy_hash,
+            call_id=self.call_id,
+            agent=self.agent,
+            server=self.server,
+            tool=self.tool,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -292,6 +292,10 @@ class Ledger:
         )
         return self._record(fields, ts)
 
+    def record_row(self, fields: Mapping[str, object]) -> int:
+        """Append an entry already made into checked columns (an event's `row()`); returns its id."""
+        return self._record(fields, None)
+
     def _record(self, fields: Mapping[str, object], ts: datetime | None) -> int:
         stamp = None if ts is None else format_ts(ts)
         with self._transaction() as conn:

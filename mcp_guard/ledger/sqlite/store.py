@@ -86,15 +86,7 @@ class SQLiteStore:
         await anyio.to_thread.run_sync(self._append, event)
 
     def _append(self, event: LedgerEvent) -> None:
-        self.engine.record_event(
-            event.kind,
-            dict(event.payload),
-            event.policy_hash,
-            call_id=event.call_id,
-            agent=event.agent,
-            server=event.server,
-            tool=event.tool,
-        )
+        self.engine.record_row(event.row())
 
     async def hold(self, fn: Callable[[Window], T]) -> T:
         return await anyio.to_thread.run_sync(self.engine.hold, fn)

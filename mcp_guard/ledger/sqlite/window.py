@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from mcp_guard.ledger.base import EVENT_TYPES, ApprovalEvent, LedgerEvent, PinEvent, Scope
-from mcp_guard.ledger.entries import event_fields, format_ts
+from mcp_guard.ledger.entries import format_ts
 from mcp_guard.ledger.sqlite import queries
 from mcp_guard.ledger.sqlite.queries import loads
 from mcp_guard.ledger.sqlite.tallies import Tallies
@@ -60,17 +60,7 @@ class SQLiteWindow:
         return None
 
     def append(self, event: LedgerEvent) -> None:
-        self.queued.append(
-            event_fields(
-                event.kind,
-                dict(event.payload),
-                event.policy_hash,
-                call_id=event.call_id,
-                agent=event.agent,
-                server=event.server,
-                tool=event.tool,
-            )
-        )
+        self.queued.append(event.row())
 
     # -- for the store's budget tallies -----------------------------------------------------------
 
