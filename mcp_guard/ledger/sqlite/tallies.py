@@ -62,12 +62,13 @@ class Tallies:
         """One line's tallies, caught up with what any process appended since the last look."""
         key = (server, tool, by, sum_of, per)
         line = self._lines.get(key)
+        last = window.last_id()  # what this look reads up to: the next one starts after it
         if line is not None:
             seen, tallies = line
-            rows = window.allowed(server, tool, after_id=seen)
+            rows = window.allowed(server, tool, after_id=seen) if seen < last else []
         else:
             # First look at this line: read its whole window once.
-            seen, tallies = window.last_id(), {}
+            tallies = {}
             rows = window.allowed(server, tool, seconds=per)
         for _, ts, call_id, agent, session, arguments in rows:
             args = arguments if type(arguments) is dict else {}
@@ -77,9 +78,9 @@ class Tallies:
             if tally is None:
                 tally = tallies[key_values] = _Tally()
             tally.add(ts, amount or _ZERO, call_id)
-        if rows:
-            seen = max(seen, rows[-1][0])  # in id order
-        self._lines[key] = (seen, tallies)
+        # Up to the last entry, whatever the rows were: a line of a tool no one calls (a `requires`)
+        # must not read every later entry again on each look.
+        self._lines[key] = (last, tallies)
         return tallies
 
 

@@ -35,12 +35,13 @@ if TYPE_CHECKING:
 class SQLiteWindow:
     """The history as seen from inside one transaction (see `Window`)."""
 
-    __slots__ = ("_conn", "_tallies", "now", "queued")
+    __slots__ = ("_conn", "_last", "_tallies", "now", "queued")
 
     def __init__(self, conn: sqlite3.Connection, now: datetime, tallies: Tallies) -> None:
         self.now = now
         self.queued: list[dict[str, object]] = []
         self._conn, self._tallies = conn, tallies
+        self._last: int | None = None
 
     # -- Window -------------------------------------------------------------------------------
 
@@ -143,7 +144,10 @@ class SQLiteWindow:
         return format_ts(self.now - timedelta(seconds=seconds))
 
     def last_id(self) -> int:
-        return queries.last_id(self._conn)
+        """The last entry's id in this transaction's view (read once: the store's lock holds it)."""
+        if self._last is None:
+            self._last = queries.last_id(self._conn)
+        return self._last
 
     def _standing(self, *conditions: tuple[str, object]) -> list[LedgerEvent]:
         """Activation, lockout, unlock or mark entries, oldest first, read through their index."""
