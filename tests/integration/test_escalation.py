@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -376,3 +377,45 @@ def _lockouts(deployment: Deployment) -> list[Any]:
         return conn.execute("SELECT payload FROM entries WHERE kind = 'lockout'").fetchall()
     finally:
         conn.close()
+
+
+# -- what the operator sees -----------------------------------------------------------------------
+
+
+async def test_tools_shows_each_rule_the_lockout_the_activations_and_the_marks_carried(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mcp_guard.cli.preview import load_preview, print_tools
+    from mcp_guard.policy.engine import Agent
+
+    deployment.with_billing(
+        {**BILLING_TOOLS, "lookup_order": LOOKUP, "refund": [ACTIVATED, *refund_grants(requires=REQUIRES)]}
+    )
+    blocked = {**TICKETS_TOOLS["add_comment"], "blocked_after": {"marks": ["customer-data"], "within": "1h"}}
+    deployment.with_tickets({**TICKETS_TOOLS, "add_comment": blocked})
+    config, manifests = deployment.load()
+    agent = Agent("support-bot", frozenset({"support"}))
+    async with sessions(deployment, "support-bot") as (_, (session,), _):
+        assert_ok(await lookup(session))  # marks its session customer-data
+    preview = await anyio.to_thread.run_sync(load_preview, config, manifests, agent)
+    await anyio.to_thread.run_sync(print_tools, preview, config, False)
+    shown = capsys.readouterr().out
+    assert "(mark customer-data carried: set by billing__lookup_order at 20" in shown
+    assert "  requires: call billing__lookup_order with the same order_id first (within 15m)" in shown
+    assert (
+        "  activation: another grant applies while activated (up to 2h): grants activate support-bot billing.refund"
+        in shown
+    )
+    assert "  marks: sets customer-data on the session" in shown
+    assert "  blocked_after: customer-data within 1h; blocked now by customer-data until 20" in shown
+
+    activate = grants_args("activate", "support-bot", "billing.refund", duration="30m", reason="ticket 9")
+    assert await anyio.to_thread.run_sync(run_grants, activate, config, manifests, io.StringIO()) == 0
+    preview = await anyio.to_thread.run_sync(load_preview, config, manifests, agent)
+    await anyio.to_thread.run_sync(print_tools, preview, config, True)
+    rows = {row["name"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["billing__refund"]["activation"]["max"] == "2h"
+    assert rows["billing__refund"]["activation"]["until"].startswith("20")
+    assert rows["billing__refund"]["inputSchema"]["properties"]["amount"]["maximum"] == 1000
+    assert rows["tickets__add_comment"]["blocked_now"][0]["by"] == "billing__lookup_order"
+    assert rows["billing__lookup_order"]["marks"] == ["customer-data"]
