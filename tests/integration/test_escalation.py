@@ -21,6 +21,7 @@ import pytest
 from mcp import ClientSession, MCPError
 
 from mcp_guard.cli.grants import run_agents, run_grants
+from mcp_guard.cli.ledger import run_ledger
 from mcp_guard.errors import UsageError
 from mcp_guard.guard.app import Guard, open_guard
 from mcp_guard.guard.caller import Caller
@@ -358,6 +359,17 @@ async def test_an_agent_refused_again_and_again_is_locked_out_until_an_operator_
     assert reasons.count("locked_out") == 2
     unlock = argparse.Namespace(name="support-bot")
     assert await anyio.to_thread.run_sync(run_agents, unlock, config, io.StringIO()) == 1  # not locked
+    events = argparse.Namespace(ledger_command="events", kind=["lockout", "unlock"], n=10, json=True)
+    out = io.StringIO()
+    assert await anyio.to_thread.run_sync(run_ledger, events, config.ledger, out) == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["kind"], r["agent"]) for r in rows] == [("lockout", "support-bot"), ("unlock", "support-bot")]
+    assert rows[0]["payload"]["denials"] == 3
+    assert rows[1]["payload"]["by"]
+    text = io.StringIO()
+    every = argparse.Namespace(ledger_command="events", kind=None, n=1, json=False)
+    assert await anyio.to_thread.run_sync(run_ledger, every, config.ledger, text) == 0
+    assert " unlock support-bot - " in text.getvalue()
 
 
 async def test_refusals_that_are_not_the_agents_doing_never_lock_it_out(deployment: Deployment) -> None:
