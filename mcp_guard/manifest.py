@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from mcp_guard.config import GuardConfig, load_config
 from mcp_guard.errors import ConfigError
@@ -133,9 +133,19 @@ class Approval(Frozen):
     timeout: Duration = 900.0
 
 
+ArgumentName = Annotated[str, Field(pattern=_ARGUMENT)]
+
+
 class Grant(Frozen):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
     allow: tuple[Annotated[str, Field(pattern=_PRINCIPAL.pattern)], ...]
     arguments: dict[str, Limit] = {}
+    required: tuple[ArgumentName, ...] = ()  # arguments a call must send (absent: invalid_arguments)
+    set_: dict[ArgumentName, Any] = Field(default={}, alias="set")  # sent by the guard, never by the agent
+    title: Annotated[str, Field(max_length=200)] | None = None  # shown instead of the upstream's
+    description: Annotated[str, Field(max_length=4000)] | None = None
+    sensitive: tuple[ArgumentName, ...] = ()  # recorded only as a digest
     budgets: tuple[Budget, ...] = ()
     approval: Approval | None = None
     unique: Unique | None = None
@@ -143,6 +153,21 @@ class Grant(Frozen):
     marks: tuple[Mark, ...] = ()
     blocked_after: BlockedAfter | None = None
     activation: Activation | None = None
+
+    @model_validator(mode="after")
+    def _arguments_agree(self) -> Grant:
+        fixed = set(self.set_)
+        for name in self.required:
+            if name in fixed:
+                msg = f"required: {name!r} is also in set (the guard sends it; the agent may not)"
+                raise ValueError(msg)
+            if self.arguments.get(name) is False:
+                msg = f"required: {name!r} is also a false argument (it may not be sent at all)"
+                raise ValueError(msg)
+        for name in sorted(fixed & self.arguments.keys()):
+            msg = f"set: {name!r} also has a limit under arguments; a value the guard sends needs none"
+            raise ValueError(msg)
+        return self
 
     def matches(self, agent: str, roles: frozenset[str]) -> bool:
         return any(p == "*" or p == agent or (p.startswith("role:") and p[5:] in roles) for p in self.allow)

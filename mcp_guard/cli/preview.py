@@ -28,7 +28,8 @@ from mcp_guard.ledger.entries import CallRecord
 from mcp_guard.loading import format_duration
 from mcp_guard.manifest import Budget, Manifest
 from mcp_guard.policy import budgets, flows
-from mcp_guard.policy.engine import Agent, Decision, Offer, Policy, escape_name
+from mcp_guard.policy.engine import Agent, Decision, Policy, escape_name
+from mcp_guard.policy.offers import Offer
 from mcp_guard.policy.reasons import Reason, denial
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import START_TIMEOUT, open_pool

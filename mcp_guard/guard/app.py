@@ -25,7 +25,8 @@ from mcp_guard.guard.convert import offered, tool_def
 from mcp_guard.guard.standing import Standing
 from mcp_guard.ledger import LedgerStore, PolicyEvent, open_ledger
 from mcp_guard.manifest import Manifest
-from mcp_guard.policy.engine import Agent, Catalog, Offer, Policy
+from mcp_guard.policy.engine import Agent, Catalog, Policy
+from mcp_guard.policy.offers import Offer
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import Pool, Upstream, open_pool
 from mcp_guard.upstream.transports import Transport
