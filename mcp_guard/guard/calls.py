@@ -233,7 +233,7 @@ def record_of(
         tool = escape_name(scrubber.record(sent))
         detail = f"Unknown tool: {tool}"
     else:
-        hidden = policy.sensitive.get((decision.server, decision.tool), ())
+        hidden = decision.sensitive
         arguments = {k: sensitive(v) if k in hidden else v for k, v in arguments.items()}
     return CallRecord(
         method=decision.target.method,

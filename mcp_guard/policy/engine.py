@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mcp_guard.config import GuardConfig
@@ -43,6 +43,7 @@ class Decision:
     blocked: BlockedAfter | None = None  # marks that refuse it
     marks: tuple[str, ...] = ()  # marks its session carries once it is allowed
     activated: bool = False  # decided by a grant that applies only while activated
+    sensitive: frozenset[str] = frozenset()  # arguments the ledger records only as a digest
 
     @classmethod
     def refuse(
@@ -94,28 +95,27 @@ class Policy:
         self.hash = hashlib.sha256(blob.encode()).hexdigest()
         self.secrets = frozenset(config.injected).union(*(m.injected for m in manifests))
         self.prefixes = {m.server: m.name_prefix for m in manifests}
-        grants = [(m, tool, g) for m in manifests for tool, gs in m.tools.items() for g in gs]
+        grants = [(m, where, g) for m in manifests for where, _, g in m.all_grants()]
         # How far back a session's marks matter: the longest `blocked_after.within`.
         self.mark_horizon = max(
             (g.blocked_after.within for _, _, g in grants if g.blocked_after), default=0.0
         )
-        # The tools with a grant that applies only while activated: whose decisions depend on it.
-        # Arguments recorded only as a digest, by (server, tool): any grant of the tool may list them.
-        sensitive: dict[tuple[str, str], set[str]] = {}
-        for m, tool, g in grants:
-            sensitive.setdefault((m.server, tool), set()).update(g.sensitive)
-        self.sensitive = {key: frozenset(names) for key, names in sensitive.items() if names}
+        # Where a grant applies only while activated: the tools whose decisions depend on it.
         self.activatable = frozenset(
-            (m.server, tool)
-            for m in manifests
-            for tool, grants in m.tools.items()
-            if any(g.activation for g in grants)
+            (m.server, where.removeprefix("tools.") if where != "select" else "*")
+            for m, where, g in grants
+            if g.activation
         )
         self._compiled: dict[tuple[str, str, int, str], Offer | None] = {}
         self._schema_checked: dict[str, bool] = {}
 
     def grant_for(
-        self, agent: Agent, server: str, tool: str, active: Collection[tuple[str, str]] = ()
+        self,
+        agent: Agent,
+        server: str,
+        tool: str,
+        active: Collection[tuple[str, str]] = (),
+        annotations: Mapping[str, Any] | None = None,
     ) -> tuple[int, Grant] | None:
         """The first grant, in file order, whose allow matches: chosen by identity alone, and by
         the agent's activations in force (`active`: (server, tool) pairs) for a grant that applies
@@ -124,8 +124,8 @@ class Policy:
         if self.config.forbid and self.config.forbids(server, tool) is not None:
             return None
         manifest = self.manifests.get(server)
-        grants = manifest.tools.get(tool) if manifest else None
-        for i, grant in enumerate(grants or ()):
+        grants = manifest.grants_for(tool, annotations) if manifest else ()
+        for i, grant in enumerate(grants):
             if grant.activation is not None and (server, tool) not in active:
                 continue
             if grant.matches(agent.name, agent.roles):
@@ -144,7 +144,7 @@ class Policy:
             if manifest is None:
                 continue
             for tool in tools:
-                found = self.grant_for(agent, server, tool.name, active)
+                found = self.grant_for(agent, server, tool.name, active, tool.annotations)
                 if found is None:
                     continue
                 offer = self._offer(manifest, tool, *found)
@@ -252,6 +252,7 @@ class Policy:
             grant.blocked_after,
             grant.marks,
             grant.activation is not None,
+            offer.sensitive,
         )
 
 
@@ -269,4 +270,5 @@ def _unsettable(offer: Offer, arguments: Mapping[str, Any]) -> list[Violation]:
 
 
 def _deny(offer: Offer, violation: Violation, arguments: Mapping[str, Any]) -> Decision:
-    return Decision.refuse(violation.reason, violation.detail, offer.server, offer.tool.name, arguments)
+    refused = Decision.refuse(violation.reason, violation.detail, offer.server, offer.tool.name, arguments)
+    return replace(refused, sensitive=offer.sensitive)

@@ -44,6 +44,7 @@ class Offer:
     merged_validator: Compiled = field(repr=False)  # the advertised schema: passing it passes both
     when_validator: Compiled | None = field(repr=False, default=None)  # the grant's approval.when
     title: str | None = None
+    sensitive: frozenset[str] = frozenset()  # of every grant of the tool: recorded only as a digest
 
     @property
     def fixed(self) -> Mapping[str, Any]:
@@ -127,6 +128,7 @@ def compile_offer(manifest: Manifest, tool: ToolDef, grant: Grant) -> Offer | No
         input_schema=_without(merged, grant.set_),
         description=_described(clean_text(tool.description), grant),
         title=clean_text(grant.title) if grant.title is not None else tool.title,
+        sensitive=frozenset().union(*(g.sensitive for g in manifest.grants_for(tool.name, tool.annotations))),
         declared=declared,
         upstream_validator=upstream_validator,
         limits_validator=limits_validator,

@@ -116,7 +116,7 @@ def test_title_and_description_can_be_overridden_and_the_upstream_text_is_not_sh
 
 def test_a_sensitive_argument_is_recorded_as_a_digest_that_compares_equal_for_equal_values() -> None:
     p = policy({"sensitive": ["note"]})
-    assert p.sensitive == {("fs", "edit_file"): frozenset({"note"})}
+    assert p.offers(BOT, {"fs": (EDIT,)})["fs__edit_file"].sensitive == {"note"}
     decision = decide(p, {"path": "a.txt", "note": "card 4111 1111"})
     record = record_of("c1", BOT, None, "fs__edit_file", decision, p, Scrubber(frozenset()))
     assert record.arguments == {"path": "a.txt", "note": sensitive("card 4111 1111")}
@@ -146,3 +146,81 @@ def test_a_const_or_enum_limit_that_the_upstream_default_escapes_is_a_problem(
     problems = p.problems({"fs": (EDIT,)})
     expected = "arguments.dryRun: the upstream's default False applies when dryRun is left out"
     assert any(expected in problem for problem in problems) is escapes, problems
+
+
+# -- grants by selector ---------------------------------------------------------------------------
+
+
+def _def(name: str, read_only: bool | None) -> ToolDef:
+    schema = {"type": "object", "properties": {"path": {"type": "string"}}}
+    annotations = None if read_only is None else {"readOnlyHint": read_only}
+    return ToolDef(name, schema, hashlib.sha256(name.encode()).hexdigest(), annotations=annotations)
+
+
+SERVER_TOOLS = (
+    _def("read_file", True),
+    _def("list_dir", True),
+    _def("write_file", False),
+    _def("read_secret", None),  # no annotations: no read_only selector picks it
+    _def("delete_file", True),  # claims read-only, but the manifest names it
+)
+
+
+def selector_policy(**manifest: Any) -> Policy:
+    body = {"server": "fs", "upstream": {"command": "x"}, **manifest}
+    return Policy(GuardConfig(agents={"bot": AgentConfig(roles=("dev",))}), [Manifest.model_validate(body)])
+
+
+def test_a_selector_grants_the_tools_it_picks_and_a_named_tool_keeps_its_own_grants() -> None:
+    p = selector_policy(
+        tools={"delete_file": {"allow": []}},
+        select=[
+            {"read_only": True, "allow": ["role:dev"], "arguments": {"path": {"pattern": "^docs/"}}},
+            {"tools": "write_*", "allow": ["nobody-else"]},
+        ],
+    )
+    offers = p.offers(BOT, {"fs": SERVER_TOOLS})
+    assert sorted(offers) == ["fs__list_dir", "fs__read_file"]  # default deny for the rest
+    assert offers["fs__read_file"].input_schema["properties"]["path"]["pattern"] == "^docs/"
+    assert (
+        p.decide("fs__read_file", {"path": "etc/passwd"}, offers, agent="bot").reason == Reason.LIMIT_EXCEEDED
+    )
+    assert p.decide("fs__write_file", {"path": "docs/a"}, offers, agent="bot").reason == Reason.UNKNOWN_TOOL
+
+
+@pytest.mark.parametrize(
+    ("selector", "picked"),
+    [
+        ({"tools": "read_*"}, ["read_file", "read_secret"]),
+        ({"tools": "read_*", "read_only": True}, ["read_file"]),
+        ({"read_only": False}, ["write_file"]),
+        ({}, ["delete_file", "list_dir", "read_file", "read_secret", "write_file"]),
+        ({"tools": "READ_*"}, []),  # case-sensitive, as names are matched
+    ],
+)
+def test_a_selector_picks_by_name_glob_and_read_only_hint(
+    selector: dict[str, Any], picked: list[str]
+) -> None:
+    manifest = Manifest.model_validate(
+        {"server": "fs", "upstream": {"command": "x"}, "select": [{"allow": ["*"], **selector}]}
+    )
+    assert sorted(t.name for t in SERVER_TOOLS if manifest.grants_for(t.name, t.annotations)) == picked
+
+
+def test_a_tools_key_no_upstream_can_have_is_a_warning(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import yaml
+
+    from mcp_guard.manifest import load_manifest
+    from tests.helpers import write_private
+
+    path = tmp_path / "fs.yaml"
+    write_private(
+        path, yaml.safe_dump({"server": "fs", "upstream": {"command": "x"}, "tools": {"*": {"allow": ["*"]}}})
+    )
+    with caplog.at_level(logging.WARNING, logger="mcp_guard"):
+        load_manifest(path)
+    assert any("no upstream can have a tool named '*'" in r.getMessage() for r in caplog.records)
