@@ -149,6 +149,10 @@ class Grant(Frozen):
     title: Annotated[str, Field(max_length=200)] | None = None  # shown instead of the upstream's
     description: Annotated[str, Field(max_length=4000)] | None = None
     sensitive: tuple[ArgumentName, ...] = ()  # recorded only as a digest
+    # Path arguments of a local upstream that must resolve, on this host, inside these folders.
+    paths: dict[
+        ArgumentName, Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+    ] = {}
     budgets: tuple[Budget, ...] = ()
     approval: Approval | None = None
     unique: Unique | None = None
@@ -229,9 +233,25 @@ class Manifest(Frozen):
     source: Path = Path()
     injected: frozenset[str] = frozenset()
 
+    @model_validator(mode="after")
+    def _paths_are_local(self) -> Manifest:
+        if self.upstream.url is not None:
+            for where, i, grant in self.all_grants():
+                if grant.paths:
+                    msg = f"{where}[{i}].paths: only for a command upstream (the guard sees no other host)"
+                    raise ValueError(msg)
+        return self
+
     @property
     def name_prefix(self) -> str:
         return f"{self.server}__" if self.prefix is None else self.prefix
+
+    def upstream_cwd(self) -> Path:
+        """The folder the upstream process runs in: its `cwd` (relative to the manifest), else ours."""
+        cwd = self.upstream.cwd
+        if cwd is None:
+            return Path.cwd()
+        return cwd if cwd.is_absolute() else self.source.parent / cwd
 
     def grants_for(self, tool: str, annotations: Mapping[str, Any] | None = None) -> tuple[Grant, ...]:
         """The grants of a tool, in file order: those `tools` names it with, else the selectors

@@ -21,6 +21,7 @@ from mcp_guard.config import LockoutConfig
 from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.guard import holds, pins
 from mcp_guard.guard.convert import refusal, relay
+from mcp_guard.guard.paths import contained
 from mcp_guard.ledger.entries import CallRecord, sensitive
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.engine import Agent, Decision, Policy, escape_name
@@ -105,6 +106,9 @@ class Call:
                 or unreachable_denial(policy, agent, self.name, self.arguments, guard.pool.down())
                 or decision
             )
+        if decision.allowed and decision.paths:
+            assert decision.server is not None
+            decision = await anyio.to_thread.run_sync(contained, decision, policy.manifests[decision.server])
         if decision.allowed:
             return await self._check_upstream(decision)
         return decision

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mcp_guard.config import GuardConfig
@@ -44,6 +44,7 @@ class Decision:
     marks: tuple[str, ...] = ()  # marks its session carries once it is allowed
     activated: bool = False  # decided by a grant that applies only while activated
     sensitive: frozenset[str] = frozenset()  # arguments the ledger records only as a digest
+    paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the grant's folders by argument
 
     @classmethod
     def refuse(
@@ -253,6 +254,7 @@ class Policy:
             grant.marks,
             grant.activation is not None,
             offer.sensitive,
+            grant.paths,
         )
 
 
