@@ -102,6 +102,26 @@ def find_config(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get("MCP_GUARD_CONFIG") or "guard.yaml")
 
 
+def load_ledger_config(path: Path) -> LedgerConfig:
+    """Only guard.yaml's `ledger` section, for the commands that only read or append to the ledger
+    (`ledger`, `approvals`, `grants list`): a `${VAR}` another section names (a signing key the
+    serving guard needs) need not be set to read it."""
+    if not path.is_file():
+        raise ConfigError(str(path), "", "no such config file (give --config or set MCP_GUARD_CONFIG)")
+    file = str(path)
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, "", "must be a mapping at the top level")
+    section = expand_env(data.get("ledger") or {}, file, set(), "ledger")
+    if not isinstance(section, dict):
+        raise ConfigError(file, "ledger", "must be a mapping")
+    try:
+        ledger = build(LedgerConfig, section, file)
+    except ConfigError as exc:
+        raise ConfigError(file, f"ledger.{exc.path}".rstrip("."), exc.reason) from None
+    return ledger.model_copy(update={"path": path.resolve().parent / ledger.path})
+
+
 def load_config(path: Path) -> GuardConfig:
     if not path.is_file():
         raise ConfigError(str(path), "", "no such config file (give --config or set MCP_GUARD_CONFIG)")

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import anyio
 from pydantic import ValidationError
@@ -18,7 +19,7 @@ from mcp_guard import __version__
 from mcp_guard.cli.approvals import add_approvals_parser, run_approvals
 from mcp_guard.cli.grants import add_grants_parsers, run_agents, run_grants
 from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
-from mcp_guard.config import GuardConfig, find_config, load_config
+from mcp_guard.config import GuardConfig, LedgerConfig, find_config, load_config, load_ledger_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError, UsageError
 from mcp_guard.manifest import Manifest, Upstream, load_deployment
 from mcp_guard.policy.engine import Agent, Policy
@@ -32,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"mcp-guard {__version__}")
     p.add_argument("--config", help="guard.yaml (default: $MCP_GUARD_CONFIG, else ./guard.yaml)")
+    p.add_argument(
+        "--ledger",
+        metavar="PATH",
+        help="for `ledger` and `approvals`: read this ledger file, no guard.yaml needed",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="serve over stdio (default) or Streamable HTTP")
@@ -323,9 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in ("ledger", "approvals"):
-            config = load_config(find_config(args.config))
+            ledger = (
+                LedgerConfig(path=Path(args.ledger))
+                if args.ledger
+                else load_ledger_config(find_config(args.config))
+            )
             run = run_ledger if args.command == "ledger" else run_approvals
-            return int(run(args, config.ledger))
+            return int(run(args, ledger))
         if args.command == "grants":
             return run_grants(args, *load(args))
         if args.command == "agents":
