@@ -4,6 +4,7 @@ failed or a runtime error, 2 bad usage or bad config (one line on stderr, no tra
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import sys
@@ -11,6 +12,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 from pydantic import ValidationError
@@ -48,11 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--live", action="store_true", help="also start each upstream and check against it")
 
     t = sub.add_parser("tools", help="the tools an agent would be shown, with their effective limits")
-    t.add_argument("--agent", required=True)
+    t.add_argument("--agent", required=True, help="the agent, as named in guard.yaml")
     t.add_argument("--json", action="store_true", help="one JSON object per tool")
 
     e = sub.add_parser("explain", help="the decision for one call and why; forwards and writes nothing")
-    e.add_argument("--agent", required=True)
+    e.add_argument("--agent", required=True, help="the agent, as named in guard.yaml")
     e.add_argument("tool", help="the advertised tool name, e.g. billing__refund")
     e.add_argument("arguments", help="the arguments as a JSON object")
 
@@ -66,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     mi.add_argument("--url", help="a Streamable HTTP upstream")
     mi.add_argument("--header", action="append", default=[], metavar="K:V", help="an HTTP header for --url")
-    mi.add_argument("upstream_command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    mi.add_argument(
+        "upstream_command",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND ...",
+        help="a stdio upstream to start",
+    )
     ml = mf_sub.add_parser("lock", help="write <server>.lock (pinned definitions) from the live upstreams")
     ml.add_argument("server", nargs="?", metavar="SERVER", help="only this server (default: every one)")
 
@@ -78,14 +85,33 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("agent", help="agent credentials for HTTP")
     a_sub = a.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
     k = a_sub.add_parser("key", help="print a new random API key once, and the sha256: line for guard.yaml")
-    k.add_argument("name", metavar="NAME")
+    k.add_argument("name", metavar="NAME", help="the agent the key is for")
 
     tk = sub.add_parser("token", help="short-lived signed tokens for HTTP")
     tk_sub = tk.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     ti = tk_sub.add_parser("issue", help="print a short-lived signed token for an agent")
-    ti.add_argument("--agent", required=True)
+    ti.add_argument("--agent", required=True, help="the agent the token names (its sub)")
     ti.add_argument("--ttl", help="lifetime: 30s, 15m, 1h (default 15m, at most tokens.max_ttl)")
+    _everywhere(p, "--config", help="guard.yaml (also accepted before the command)")
+    _everywhere(
+        p, "--ledger", metavar="PATH", help="a ledger file to read (also accepted before the command)"
+    )
     return p
+
+
+def _everywhere(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """Accept a global option after any subcommand too; given there, it wins over the global one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if flag not in sub._option_string_actions:
+                    sub.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
+                _everywhere(sub, flag, **kwargs)
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 manifest`, `2 manifests`."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
 
 
 def load(args: argparse.Namespace) -> tuple[GuardConfig, tuple[Manifest, ...]]:
@@ -159,6 +185,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if not re.match(NAME_PATTERN, args.name):
         msg = f"agent key: {args.name!r} is not an agent name (lowercase letters, digits, - and _)"
         raise UsageError(msg)
+    try:
+        defined = load_config(find_config(args.config)).agents
+    except ConfigError:
+        defined = None  # no readable guard.yaml here: nothing to compare with
+    if defined is not None and args.name not in defined:
+        note = f"{args.name!r} is not an agent in guard.yaml yet: add it under agents with this key"
+        print(f"mcp-guard: warning: {note}", file=sys.stderr)
     key = new_key()
     print(f"key: {key}")
     print(f'guard.yaml, under agents.{args.name}.keys: "{hash_key(key)}"')
@@ -215,11 +248,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in problems:
             print(problem)
         if problems:
-            print(f"mcp-guard: check --live: {len(problems)} problems", file=sys.stderr)
+            print(f"mcp-guard: check --live: {plural(len(problems), 'problem')}", file=sys.stderr)
             return 1
-        print(f"ok: {config.source}: {len(manifests)} manifests match their live upstreams ({tools} tools)")
+        fit = "matches its live upstream" if len(manifests) == 1 else "match their live upstreams"
+        print(f"ok: {config.source}: {plural(len(manifests), 'manifest')} {fit} ({plural(tools, 'tool')})")
         return 0
-    print(f"ok: {config.source}: {len(config.agents)} agents, {len(manifests)} manifests, {tools} tools")
+    counts = [plural(len(config.agents), "agent"), plural(len(manifests), "manifest"), plural(tools, "tool")]
+    print(f"ok: {config.source}: {', '.join(counts)}")
     return 0
 
 
@@ -245,8 +280,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         msg = "explain: ARGS_JSON must be a JSON object"
         raise UsageError(msg)
     agent = agent_of(config, Policy(config, manifests), args.agent)
-    allowed, line = explain(load_preview(config, manifests, agent), config, args.tool, arguments)
+    preview = load_preview(config, manifests, agent)
+    allowed, line = explain(preview, config, args.tool, arguments)
     print(line)
+    near = difflib.get_close_matches(args.tool, list(preview.offers), n=1, cutoff=0.75)
+    if near and args.tool not in preview.offers:
+        print(f"mcp-guard: did you mean {near[0]}? ({agent.name} is shown that tool)", file=sys.stderr)
     return 0 if allowed else 1
 
 
