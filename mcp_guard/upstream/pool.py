@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import httpx2
 import mcp_types as types
 from mcp import ClientSession, MCPError
 from mcp.shared.dispatcher import ProgressFnT as ProgressFn
@@ -101,9 +102,11 @@ class Upstream:
     async def _run(self, stop: anyio.Event, done: anyio.Event) -> None:
         session: ClientSession | None = None
         self._too_large = False
+        failed = False  # this start's failure is recorded: the finally must not word it again
+        problems: list[str] = []  # what the transport saw go wrong
         try:
             async with AsyncExitStack() as stack:
-                wiring = Wiring(self.max_result_bytes, self._on_stderr, self._on_too_large)
+                wiring = Wiring(self.max_result_bytes, self._on_stderr, self._on_too_large, problems.append)
                 read, write = await stack.enter_async_context(self._transport(self.manifest, wiring))
                 session = await stack.enter_async_context(
                     ClientSession(
@@ -120,20 +123,32 @@ class Upstream:
                 if changed:
                     await self._on_change(self)
                 await stop.wait()
+        except anyio.get_cancelled_exc_class():
+            if not done.is_set():  # given up on (the pool's wait is over, or the guard stops)
+                failed = True
+                self._failed(problems[-1] if problems else "it did not answer in time")
+            raise
         except Exception as exc:  # whatever an upstream does, the guard keeps serving
             if self._session is session and session is not None:
                 self._log(f"upstream {self.name!r} stopped: {_describe(exc)}")
             else:
-                self._failed(
-                    _describe(exc) if not isinstance(exc, TimeoutError) else "it did not answer in time"
-                )
+                failed = True
+                said = "it did not answer in time" if isinstance(exc, TimeoutError) else self._said(exc)
+                self._failed(problems[-1] if problems else said)
         finally:
             if self._session is session:
                 self._session = None
             if not done.is_set():
-                self._failed("it exited during start-up")
+                if not failed:
+                    self._failed(problems[-1] if problems else "it exited during start-up")
                 self._starting = None
                 done.set()
+
+    def _said(self, exc: BaseException) -> str:
+        """An exception in words, with the URL of an HTTP upstream it could not reach."""
+        text = _describe(exc)
+        url = self.manifest.upstream.url
+        return f"cannot reach {url}: {text}" if url and _unreachable(exc) else text
 
     def _failed(self, reason: str) -> None:
         self._failures += 1
@@ -227,6 +242,13 @@ async def _ignore(_: Upstream) -> None:
 
 def _dump(tools: tuple[types.Tool, ...]) -> list[dict[str, Any]]:
     return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether the exception, or the first inside a group, is a failure to connect."""
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return _unreachable(exc.exceptions[0])
+    return isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | OSError)
 
 
 def _describe(exc: BaseException) -> str:

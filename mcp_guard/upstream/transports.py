@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,9 @@ class Wiring:
     max_message_bytes: int
     on_stderr: Callable[[str], None]
     on_too_large: Callable[[], None]
+    on_problem: Callable[[str], None] = lambda _: None
+    """What went wrong, as the transport saw it (an exit status, an HTTP status): the words the pool
+    reports when a start fails, rather than what the session saw of it (`Connection closed`)."""
 
 
 Transport = Callable[[Manifest, Wiring], AbstractAsyncContextManager[Streams]]
@@ -74,9 +77,16 @@ def manifest_transport(manifest: Manifest, wiring: Wiring) -> AbstractAsyncConte
             max_message_bytes=wiring.max_message_bytes,
             on_stderr=wiring.on_stderr,
             on_too_large=wiring.on_too_large,
+            on_exit=lambda status: wiring.on_problem(f"it exited with status {status}"),
         )
     assert up.url is not None
-    client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes)
+    url = up.url
+
+    async def tell(response: httpx2.Response) -> None:
+        if response.status_code >= 400:
+            wiring.on_problem(f"{url} answered HTTP {response.status_code} {response.reason_phrase}".rstrip())
+
+    client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes, on_response=tell)
     return _owned_http(up.url, client, wiring.max_message_bytes)
 
 
@@ -93,6 +103,7 @@ async def stdio_transport(
     max_message_bytes: int,
     on_stderr: Callable[[str], None],
     on_too_large: Callable[[], None],
+    on_exit: Callable[[int], None] = lambda _: None,
 ) -> AsyncIterator[Streams]:
     """Run an upstream and speak newline-delimited JSON-RPC over its stdin and stdout, like the
     SDK's `stdio_client`, except that a line is refused once it passes `max_message_bytes` (the
@@ -120,6 +131,10 @@ async def stdio_transport(
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             async for _ in stdout:
                 pass
+        with anyio.move_on_after(EXIT_GRACE):  # its stdout ended: it has exited, or soon will
+            await process.wait()
+        if process.returncode is not None:
+            on_exit(process.returncode)
 
     async def write_stdin() -> None:
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
@@ -205,6 +220,7 @@ def capped_http_client(
     timeout: float,
     max_bytes: int,
     transport: httpx2.AsyncBaseTransport | None = None,
+    on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None,
 ) -> httpx2.AsyncClient:
     """An HTTP client for one upstream whose response bodies are read no further than `max_bytes`
     (ResponseTooLarge past it). Server-sent events are bounded per event by the SDK instead (give
@@ -225,7 +241,7 @@ def capped_http_client(
     return httpx2.AsyncClient(
         headers={**headers, "Accept-Encoding": "identity"},
         timeout=httpx2.Timeout(timeout, read=None),
-        event_hooks={"response": [cap_body]},
+        event_hooks={"response": [cap_body] if on_response is None else [on_response, cap_body]},
         transport=transport,  # None: the client's own (with the environment's proxies)
     )
 

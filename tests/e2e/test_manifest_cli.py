@@ -79,7 +79,7 @@ async def test_init_against_an_upstream_that_cannot_start_exits_1_with_one_line(
     assert "Traceback" not in run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr
-    assert "could not be started" in lines[0], run.stderr
+    assert "could not be started: [Errno 2] No such file or directory" in lines[0], run.stderr
 
 
 async def test_check_live_accepts_manifests_that_match_their_upstreams(deployment: Deployment) -> None:
