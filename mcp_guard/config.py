@@ -77,6 +77,17 @@ class LockoutConfig(Frozen):
     for_: Duration = Field(alias="for")
 
 
+class NotifyConfig(Frozen):
+    """A command run when an approval request is filed, with the request as JSON on stdin."""
+
+    command: Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+    timeout: Duration = 10.0
+
+
+class ApprovalsConfig(Frozen):
+    notify: NotifyConfig | None = None
+
+
 class GuardConfig(Frozen):
     manifests: Path = Path("tool_manifests")
     ledger: LedgerConfig = LedgerConfig()
@@ -87,6 +98,7 @@ class GuardConfig(Frozen):
     # The operator's hard line: tools no grant, activation or approval can make callable.
     forbid: tuple[ForbidGlob, ...] = ()
     lockout: LockoutConfig | None = None  # off unless set
+    approvals: ApprovalsConfig = ApprovalsConfig()
     # Where it was loaded from and the values its ${VAR}s injected (never printed).
     source: Path = Path("guard.yaml")
     injected: frozenset[str] = frozenset()

@@ -37,6 +37,9 @@ def add_approvals_parser(subparsers: Any) -> None:
     commands = p.add_subparsers(dest="approvals_command", metavar="COMMAND")
     listing = commands.add_parser("list", help="pending requests")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.add_argument(
+        "-f", "--follow", action="store_true", help="then print each new request as it is filed (Ctrl-C ends)"
+    )
     show = commands.add_parser("show", help="one request with its whole arguments and their digest")
     show.add_argument("id", help="the request id")
     show.add_argument("--json", action="store_true", help="one JSON object")
@@ -53,6 +56,8 @@ def run_approvals(args: argparse.Namespace, ledger: LedgerConfig | Path, out: Te
         if command == "list":
             rows = anyio.run(_read, config, _pending)
             _print(rows, getattr(args, "json", False), out)
+            if getattr(args, "follow", False):
+                anyio.run(_follow, config, {row["id"] for row in rows}, args.json, out)
             return 0
         if command == "show":
             request = anyio.run(_read, config, lambda w: _request(w, args.id))
@@ -72,6 +77,25 @@ def run_approvals(args: argparse.Namespace, ledger: LedgerConfig | Path, out: Te
         return 1
     out.write(f"{'approved' if command == 'approve' else 'denied'}: {args.id}\n")
     return 0
+
+
+FOLLOW_POLL = 0.5
+"""Seconds between looks at the ledger for new requests (`list -f`)."""
+
+
+async def _follow(config: LedgerConfig, shown: set[str], as_json: bool, out: TextIO) -> None:
+    """Print each pending request not shown yet, as the guards file them, until interrupted."""
+    try:
+        async with await open_ledger(config, readonly=True) as ledger:
+            while True:
+                await anyio.sleep(FOLLOW_POLL)
+                fresh = [row for row in await ledger.read(_pending) if row["id"] not in shown]
+                shown.update(row["id"] for row in fresh)
+                if fresh:
+                    _print(fresh, as_json, out, header=False)
+                    out.flush()
+    except KeyboardInterrupt:
+        return
 
 
 async def _read(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
@@ -128,7 +152,7 @@ def _decide(window: Window, request_id: str, command: str, who: str) -> str | No
     return None
 
 
-def _print(rows: list[dict[str, Any]], as_json: bool, out: TextIO) -> None:
+def _print(rows: list[dict[str, Any]], as_json: bool, out: TextIO, *, header: bool = True) -> None:
     fields = ("id", "agent", "server", "tool", "arguments", "requested_at", "expires_at")
     if as_json:
         for row in rows:
@@ -137,7 +161,8 @@ def _print(rows: list[dict[str, Any]], as_json: bool, out: TextIO) -> None:
     if not rows:
         out.write("no pending approval requests\n")
         return
-    out.write(f"{'ID':16}  {'AGENT':16}  {'TOOL':28}  {'EXPIRES':24}  ARGUMENTS\n")
+    if header:
+        out.write(f"{'ID':16}  {'AGENT':16}  {'TOOL':28}  {'EXPIRES':24}  ARGUMENTS\n")
     cut = False
     for row in rows:
         tool = printable(f"{row['server']}.{row['tool']}")

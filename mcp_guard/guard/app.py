@@ -6,6 +6,7 @@ ledger only through its LedgerStore protocol: how and where a store commits is i
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
 
 from mcp_guard import __version__
-from mcp_guard.config import GuardConfig
+from mcp_guard.config import GuardConfig, NotifyConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.guard import pins, standing
 from mcp_guard.guard.convert import offered, tool_def
@@ -33,6 +34,7 @@ from mcp_guard.upstream.transports import Transport
 
 if TYPE_CHECKING:
     from mcp_guard.guard.caller import Caller
+    from mcp_guard.guard.holds import Hold
 
 Lists = dict[str, tuple[types.Tool, ...]]  # each upstream's tool list, by server
 
@@ -191,6 +193,30 @@ class Guard:
     def watch_session(self, ctx: ServerRequestContext[Any, Any]) -> None:
         """Remember the client's connection, to tell it when the tools it may see change."""
         self._sessions.add(getattr(ctx.session, "_connection", ctx.session))
+
+    def approval_filed(self, hold: Hold, request: Mapping[str, Any]) -> None:
+        """Run guard.yaml's `approvals.notify.command` for a request just filed, with the request
+        as one JSON object on stdin, in the background: the call waits for an operator, not for
+        the command. A failure or a timeout is logged."""
+        notify = self.policy.config.approvals.notify
+        if notify is None or self.pool.tg is None:
+            return
+        fields = {key: request.get(key) for key in ("id", "arguments", "requested_at", "expires_at")}
+        body = {**fields, "agent": hold.agent, "server": hold.server, "tool": hold.tool}
+        self.pool.tg.start_soon(self._notify, notify, json.dumps(body).encode())
+
+    async def _notify(self, notify: NotifyConfig, body: bytes) -> None:
+        timeout = notify.timeout
+        try:
+            with anyio.fail_after(timeout):
+                done = await anyio.run_process(list(notify.command), input=body, check=False)
+            if done.returncode != 0:
+                said = self.scrubber.record(done.stderr.decode("utf-8", "replace").strip()[:200])
+                self.log(f"approvals.notify exited with status {done.returncode}: {said}")
+        except TimeoutError:
+            self.log(f"approvals.notify did not finish within {timeout:g} s")
+        except OSError as exc:
+            self.log(f"approvals.notify could not be run: {exc}")
 
     async def record_outcome(
         self, call_id: str, outcome: str, ms: float, detail: str | None, scrubber: Scrubber

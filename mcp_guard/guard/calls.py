@@ -121,9 +121,11 @@ class Call:
         assert hold.approval is not None
         ledger = self.guard.ledger
         # A write transaction, so this process's deferred outcomes (a prerequisite's) are read too.
-        _, verdict = await ledger.hold(
+        verdict, filed = await ledger.hold(
             partial(holds.request, hold=hold, policy_hash=policy_hash, lockout=lockout)
         )
+        if filed is not None:
+            self.guard.approval_filed(hold, filed)
         if verdict != "pending":
             return  # refused whatever an operator says (asked no one), or decided already
         progress = progress_relay(self.ctx)

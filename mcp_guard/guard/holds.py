@@ -49,16 +49,16 @@ class Hold:
     prefixes: Mapping[str, str] = field(default_factory=dict)  # advertised-name prefix by server
 
 
-def file_request(window: Window, hold: Hold, policy_hash: str) -> tuple[str, str]:
+def file_request(window: Window, hold: Hold, policy_hash: str) -> tuple[str, str, dict[str, Any] | None]:
     """The latest request for this exact call and what it means now; files a new request (or
-    reuses a pending one) when needed. Returns (request id, verdict)."""
+    reuses a pending one) when needed. Returns (request id, verdict, the request if this filed it)."""
     assert hold.approval is not None
     now = format_ts(window.now)
     req = approvals.latest(_approval_events(window, hold), hold.digest)
     verdict = approvals.verdict(req, now)
     if verdict != "new":
         assert req is not None
-        return req.id, verdict
+        return req.id, verdict, None
     request_id = uuid.uuid4().hex[:16]
     payload = {
         "id": request_id,
@@ -73,20 +73,21 @@ def file_request(window: Window, hold: Hold, policy_hash: str) -> tuple[str, str
             payload=payload, agent=hold.agent, server=hold.server, tool=hold.tool, policy_hash=policy_hash
         )
     )
-    return request_id, "pending"
+    return request_id, "pending", payload
 
 
 def request(
     window: Window, hold: Hold, policy_hash: str, lockout: LockoutConfig | None = None
-) -> tuple[str | None, str]:
+) -> tuple[str, dict[str, Any] | None]:
     """`file_request`, unless the call is refused whatever an operator would say (its agent is
     locked out, or `refused_before_approval`): then no one is asked, and the verdict is "refused"
-    (the decision's own transaction says why)."""
+    (the decision's own transaction says why). Returns (verdict, the request if this filed it)."""
     if lockout is not None and window.lockouts(agent=hold.agent):
-        return None, "refused"
+        return "refused", None
     if refused_before_approval(window, hold) is not None:
-        return None, "refused"
-    return file_request(window, hold, policy_hash)
+        return "refused", None
+    _, verdict, filed = file_request(window, hold, policy_hash)
+    return verdict, filed
 
 
 def approval_verdict(window: Window, hold: Hold) -> str:
@@ -152,7 +153,7 @@ def _settled(window: Window, record: CallRecord, hold: Hold) -> CallRecord:
         return _deny(record, violation.reason, violation.detail)
     if hold.approval is None:
         return record
-    request_id, verdict = file_request(window, hold, record.policy_hash)
+    request_id, verdict, _ = file_request(window, hold, record.policy_hash)
     if verdict == "denied":
         return _deny(record, Reason.APPROVAL_DENIED, f"an operator denied this call (approval {request_id})")
     if verdict == "expired":
