@@ -25,7 +25,6 @@ from mcp_guard.config import GuardConfig, LedgerConfig, find_config, load_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError, UsageError
 from mcp_guard.manifest import Manifest, Upstream, load_deployment
 from mcp_guard.policy.engine import Agent, Policy
-from mcp_guard.secrets import Scrubber
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 
@@ -76,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     ml = mf_sub.add_parser("lock", help="write <server>.lock (pinned definitions) from the live upstreams")
     ml.add_argument("server", nargs="?", metavar="SERVER", help="only this server (default: every one)")
+    md = mf_sub.add_parser("diff", help="what changed in the live upstreams since their tools were pinned")
+    md.add_argument("server", nargs="?", metavar="SERVER", help="only this server (default: every one)")
 
     add_ledger_parser(sub)
     add_approvals_parser(sub)
@@ -289,27 +290,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if allowed else 1
 
 
-def _manifest_lock(args: argparse.Namespace) -> int:
-    from mcp_guard.guard.pins import lock_upstreams
-
-    _, manifests = load(args)
+def _servers(args: argparse.Namespace) -> tuple[GuardConfig, tuple[Manifest, ...]]:
+    config, manifests = load(args)
     if args.server is not None:
         manifests = tuple(m for m in manifests if m.server == args.server)
         if not manifests:
-            msg = f"manifest lock: no manifest defines server {args.server!r}"
+            msg = f"manifest {args.manifest_command}: no manifest defines server {args.server!r}"
             raise UsageError(msg)
-
-    log = Scrubber(frozenset().union(*(m.injected for m in manifests))).log
-    for path, count in anyio.run(lock_upstreams, manifests, log):
-        print(f"wrote {path}: {count} tools pinned")
-    return 0
+    return config, manifests
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
     from mcp_guard.cli import manifest as manifest_tools
 
-    if args.manifest_command == "lock":
-        return _manifest_lock(args)
+    if args.manifest_command in ("lock", "diff"):
+        from mcp_guard.cli.diff import run_diff, run_lock
+
+        return (run_lock if args.manifest_command == "lock" else run_diff)(*_servers(args))
     if args.manifest_command == "schema":
         print(manifest_tools.render_schema(), end="")
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import mcp_types as types
@@ -22,23 +23,16 @@ def tool_def(tool: types.Tool) -> ToolDef:
     `canonical` (sorted keys, no whitespace, UTF-8) equals RFC 8785 for the JSON the SDK produces:
     strings, integers, booleans and nulls; only floats could serialise differently."""
     annotations = tool.annotations.model_dump(mode="json", exclude_none=True) if tool.annotations else None
-    content = {
-        "name": tool.name,
-        "title": tool.title,
-        "description": tool.description,
-        "inputSchema": tool.input_schema,
-        "outputSchema": tool.output_schema,
-        "annotations": annotations,
-    }
-    return ToolDef(
+    found = ToolDef(
         name=tool.name,
         input_schema=tool.input_schema,
-        digest=hashlib.sha256(canonical(content).encode()).hexdigest(),
+        digest="",
         title=tool.title,
         description=tool.description,
         output_schema=tool.output_schema,
         annotations=annotations,
     )
+    return replace(found, digest=hashlib.sha256(canonical(found.definition).encode()).hexdigest())
 
 
 def advertise(offer: Offer, scrubber: Scrubber) -> types.Tool:

@@ -25,6 +25,7 @@ from mcp_guard.policy.offers import ToolDef
 from mcp_guard.policy.reasons import Reason
 
 LOCK_SUFFIX = ".lock"
+DEFINITIONS_SUFFIX = ".pinned"
 FIRST_USE = "first-use"
 WITHHELD = "withheld"
 
@@ -52,8 +53,24 @@ def load_lock(path: Path) -> dict[str, str] | None:
     return data
 
 
-def write_lock(path: Path, digests: Mapping[str, str]) -> None:
-    """Write a lock atomically (a guard reading it sees the old or the new one), mode 0644."""
+def definitions_path(manifest: Manifest) -> Path:
+    """`tool_manifests/<server>.pinned`: the definitions a lock pins, kept for review (`manifest
+    diff`); the lock's digests alone decide."""
+    return manifest.source.parent / f"{manifest.server}{DEFINITIONS_SUFFIX}"
+
+
+def load_definitions(manifest: Manifest) -> dict[str, Any] | None:
+    """The definitions saved beside a lock, by tool name; None when there are none to read."""
+    try:
+        data = json.loads(definitions_path(manifest).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_lock(path: Path, digests: Mapping[str, Any]) -> None:
+    """Write a lock (or its definitions) atomically (a guard reading it sees the old or the new
+    one), mode 0644."""
     text = json.dumps(dict(sorted(digests.items())), indent=2, ensure_ascii=False) + "\n"
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -213,7 +230,12 @@ def _record(window: Window, catalog: Catalog, locks: Mapping[str, Mapping[str, s
     seen = read_pins(window.pins())
     pinned, first = check_pins(catalog, locks, seen)
     for server, tool in first:
-        first_use = {"tool": tool.name, "digest": tool.digest, "source": FIRST_USE}
+        first_use = {
+            "tool": tool.name,
+            "digest": tool.digest,
+            "source": FIRST_USE,
+            "definition": tool.definition,
+        }
         window.append(PinEvent(payload=first_use, server=server, tool=tool.name))
     for w in pinned.withheld:
         if w.key not in seen.withheld:
@@ -236,12 +258,14 @@ async def lock_upstreams(
         if down:
             msg = f"manifest lock: upstream {down[0]!r} could not be started; no lock was written"
             raise GuardError(msg)
-        digests = {up.name: {t.name: tool_def(t).digest for t in up.tools} for up in ups}
+        defs = {up.name: [tool_def(t) for t in up.tools] for up in ups}
     written = []
     for manifest in manifests:
         path = lock_path(manifest)
-        write_lock(path, digests[manifest.server])
-        written.append((path, len(digests[manifest.server])))
+        tools = defs[manifest.server]
+        write_lock(definitions_path(manifest), {t.name: t.definition for t in tools})
+        write_lock(path, {t.name: t.digest for t in tools})
+        written.append((path, len(tools)))
     return written
 
 

@@ -27,6 +27,18 @@ class ToolDef:
     output_schema: Mapping[str, Any] | None = None
     annotations: Mapping[str, Any] | None = None
 
+    @property
+    def definition(self) -> dict[str, Any]:
+        """Everything its digest covers, as the upstream sent it (what a pin keeps for review)."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "inputSchema": dict(self.input_schema),
+            "outputSchema": dict(self.output_schema) if self.output_schema is not None else None,
+            "annotations": dict(self.annotations) if self.annotations is not None else None,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Offer:

@@ -11,7 +11,15 @@ import pytest
 
 from mcp_guard.manifest import load_manifest
 from tests.e2e.test_cli import Run, assert_one_clear_line, mcp_guard
-from tests.helpers import BILLING_KEY, BILLING_TOOLS, REPO_ROOT, Deployment, guard_env, write_private
+from tests.helpers import (
+    BILLING_KEY,
+    BILLING_TOOLS,
+    REPO_ROOT,
+    Deployment,
+    guard_env,
+    stdio_guard,
+    write_private,
+)
 
 TIME_SERVER = Path(sys.executable).parent / "mcp-server-time"
 
@@ -165,3 +173,31 @@ async def test_check_live_and_tools_see_a_pin_that_no_longer_matches_and_accept_
     assert relock.returncode == 0, relock
     again = await mcp_guard("--config", str(deployment.config_path), "check", "--live", cwd=deployment.root)
     assert again.returncode == 0, again
+
+
+async def test_manifest_diff_shows_what_changed_since_the_lock_and_since_first_use_field_by_field(
+    deployment: Deployment,
+) -> None:
+    deployment.with_hostile(description_suffix="").write()
+    config = str(deployment.config_path)
+    locked = await mcp_guard("--config", config, "manifest", "lock", "hostile", cwd=deployment.root)
+    assert locked.returncode == 0, locked
+    assert (deployment.manifests_dir / "hostile.pinned").is_file()
+    # The upstream changes its text (a rug pull): the review shows exactly what changed.
+    deployment.with_hostile(description_suffix=" Obey.").write()
+    changed = await mcp_guard("--config", config, "manifest", "diff", "hostile", cwd=deployment.root)
+    assert changed.returncode == 1, changed
+    lines = changed.stdout.splitlines()
+    assert any(line.startswith("~ hostile.") for line in lines), lines
+    assert any(line.strip().startswith("description: ") and line.endswith(' Obey."') for line in lines), lines
+    # Without a lock the ledger's first-use pins are what it compares with.
+    (deployment.manifests_dir / "hostile.lock").unlink()
+    async with stdio_guard(deployment, "qa-bot") as session:  # pins on first use, with the definitions
+        await session.list_tools()
+    deployment.with_hostile(description_suffix="").write()
+    first = await mcp_guard("--config", config, "manifest", "diff", cwd=deployment.root)
+    assert first.returncode == 1, first
+    said = 'Obey." -> "Return the given text unchanged."'
+    assert any(said in line for line in first.stdout.splitlines()), first.stdout
+    unknown = await mcp_guard("--config", config, "manifest", "diff", "nowhere", cwd=deployment.root)
+    assert unknown.returncode == 2, unknown
