@@ -102,8 +102,8 @@ class Upstream:
     async def _run(self, stop: anyio.Event, done: anyio.Event) -> None:
         session: ClientSession | None = None
         self._too_large = False
-        failed = False  # this start's failure is recorded: the finally must not word it again
-        problems: list[str] = []  # what the transport saw go wrong
+        problems: list[str] = []  # what the transport saw go wrong: the words a failure is told in
+        reason = "it exited during start-up"
         try:
             async with AsyncExitStack() as stack:
                 wiring = Wiring(self.max_result_bytes, self._on_stderr, self._on_too_large, problems.append)
@@ -123,32 +123,21 @@ class Upstream:
                 if changed:
                     await self._on_change(self)
                 await stop.wait()
-        except anyio.get_cancelled_exc_class():
-            if not done.is_set():  # given up on (the pool's wait is over, or the guard stops)
-                failed = True
-                self._failed(problems[-1] if problems else "it did not answer in time")
+        except anyio.get_cancelled_exc_class():  # given up on: the pool's wait is over, or the guard stops
+            reason = "it did not answer in time"
             raise
         except Exception as exc:  # whatever an upstream does, the guard keeps serving
             if self._session is session and session is not None:
                 self._log(f"upstream {self.name!r} stopped: {_describe(exc)}")
-            else:
-                failed = True
-                said = "it did not answer in time" if isinstance(exc, TimeoutError) else self._said(exc)
-                self._failed(problems[-1] if problems else said)
+            timed_out = isinstance(exc, TimeoutError)
+            reason = "it did not answer in time" if timed_out else _describe(exc, self.manifest.upstream.url)
         finally:
             if self._session is session:
                 self._session = None
             if not done.is_set():
-                if not failed:
-                    self._failed(problems[-1] if problems else "it exited during start-up")
+                self._failed(problems[-1] if problems else reason)
                 self._starting = None
                 done.set()
-
-    def _said(self, exc: BaseException) -> str:
-        """An exception in words, with the URL of an HTTP upstream it could not reach."""
-        text = _describe(exc)
-        url = self.manifest.upstream.url
-        return f"cannot reach {url}: {text}" if url and _unreachable(exc) else text
 
     def _failed(self, reason: str) -> None:
         self._failures += 1
@@ -244,18 +233,19 @@ def _dump(tools: tuple[types.Tool, ...]) -> list[dict[str, Any]]:
     return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]
 
 
-def _unreachable(exc: BaseException) -> bool:
-    """Whether the exception, or the first inside a group, is a failure to connect."""
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return _unreachable(exc.exceptions[0])
-    return isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | OSError)
+def _innermost(exc: BaseException) -> BaseException:
+    """The exception itself, or the first inside a group (and inside that)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return _describe(exc.exceptions[0])
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:300] if text else type(exc).__name__
+def _describe(exc: BaseException, url: str | None = None) -> str:
+    """An exception in words, naming the URL of an HTTP upstream it could not reach."""
+    exc = _innermost(exc)
+    text = (str(exc) or type(exc).__name__).splitlines()[0][:300]
+    unreachable = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | OSError)
+    return f"cannot reach {url}: {text}" if url and unreachable else text
 
 
 class Pool:

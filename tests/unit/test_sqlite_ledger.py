@@ -779,6 +779,7 @@ def test_stats_count_by_agent_tool_decision_reason_and_outcome(ledger: Ledger):
         "by_decision": {"allow": 2, "deny": 2},
         "by_reason": {"limit_exceeded": 2},
         "by_outcome": {"none": 1, "ok": 1},
+        "duration_ms": {"billing.refund": {"count": 1, "p50": 3.0, "p95": 3.0}},
     }
     assert ledger.stats(None)["by_agent"]["old-bot"] == 1
 
