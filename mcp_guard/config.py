@@ -19,9 +19,26 @@ KeyHash = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 ForbidGlob = Annotated[str, Field(pattern=r"^[A-Za-z0-9_*?\[\]!-]+\.[^\s]+$")]
 
 
+class CheckpointsConfig(Frozen):
+    """Signed checkpoints a serving guard appends to `dir`/checkpoints.jsonl every `every`."""
+
+    key: Path  # the Ed25519 private key `mcp-guard ledger keygen` wrote (mode 0600)
+    dir: Path  # meant to be shipped off the host (write-once storage)
+    every: Duration = 60.0
+
+    @field_validator("every")
+    @classmethod
+    def _at_least_a_second(cls, value: float) -> float:
+        if value < 1:
+            msg = "must be at least 1s"
+            raise ValueError(msg)
+        return value
+
+
 class LedgerConfig(Frozen):
     path: Path = Path("mcp-guard-ledger.db")
     durability: Literal["normal", "full"] = "normal"
+    checkpoints: CheckpointsConfig | None = None
 
 
 class AgentConfig(Frozen):
@@ -102,10 +119,14 @@ def load_config(path: Path) -> GuardConfig:
                 raise ConfigError(file, key, "unknown key")
     config = build(GuardConfig, data, file)
     base = path.resolve().parent
+    ledger = config.ledger.model_copy(update={"path": base / config.ledger.path})
+    if (points := config.ledger.checkpoints) is not None:
+        points = points.model_copy(update={"key": base / points.key, "dir": base / points.dir})
+        ledger = ledger.model_copy(update={"checkpoints": points})
     return config.model_copy(
         update={
             "manifests": base / config.manifests,
-            "ledger": config.ledger.model_copy(update={"path": base / config.ledger.path}),
+            "ledger": ledger,
             "source": path.resolve(),
             "injected": frozenset(injected),
         }

@@ -1,6 +1,7 @@
-"""`mcp-guard ledger tail|verify|stats`: the ledger formatted for people (escaped, coloured on a tty)
-or as JSON lines. Opens the ledger read-only, through the LedgerStore protocol, and never writes.
-Imports only ledger, config, loading and errors.
+"""`mcp-guard ledger tail|verify|stats`: the ledger formatted for people (escaped, coloured on a
+tty) or as JSON lines; keygen, checkpoint, export and verify's checkpoints are audit.py's. Opens the
+ledger read-only, through the LedgerStore protocol, and never writes. Imports only ledger, config,
+loading, errors and cli.audit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, TextIO, TypedDict
 import anyio
 
 from mcp_guard import loading
+from mcp_guard.cli.audit import add_audit_parsers, run_audit, run_keygen, wants_audit
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.ledger import Invocation, LedgerStore, open_ledger
@@ -62,10 +64,11 @@ def add_ledger_parser(subparsers: Any) -> None:
     tail.add_argument("--tool", metavar="T", help="only this tool (TOOL or SERVER.TOOL)")
     tail.add_argument("--decision", choices=("allow", "deny"), help="only this decision")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
-    commands.add_parser(
+    verify = commands.add_parser(
         "verify",
-        help="check the hash chain",
-        description="Check the hash chain; exit 1 and name the first bad entry.",
+        help="check the hash chain (and signed checkpoints)",
+        description="Check the hash chain, and the ledger against signed checkpoints when given; exit 1 "
+        "and name the first bad entry or failed checkpoint.",
     )
     stats = commands.add_parser(
         "stats",
@@ -73,6 +76,7 @@ def add_ledger_parser(subparsers: Any) -> None:
         description="Counts by agent, tool, decision and reason.",
     )
     stats.add_argument("--since", type=parse_duration, metavar="DURATION", help="e.g. 30s, 15m, 1h, 1d")
+    add_audit_parsers(commands, verify)
 
 
 def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextIO | None = None) -> int:
@@ -93,7 +97,11 @@ def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextI
 
 
 async def _run(args: argparse.Namespace, config: LedgerConfig, out: TextIO) -> int:
+    if args.ledger_command == "keygen":
+        return run_keygen(args, out)
     async with await open_ledger(config, readonly=True) as ledger:
+        if wants_audit(args):
+            return await run_audit(args, ledger, config, out)
         if args.ledger_command == "verify":
             return await _verify(ledger, out)
         if args.ledger_command == "stats":

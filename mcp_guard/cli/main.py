@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from mcp_guard import __version__
 from mcp_guard.cli.approvals import add_approvals_parser, run_approvals
 from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
-from mcp_guard.config import GuardConfig, find_config, load_config
+from mcp_guard.config import GuardConfig, LedgerConfig, find_config, load_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError
 from mcp_guard.manifest import Manifest, Upstream, load_deployment
 from mcp_guard.policy.engine import Agent, Policy
@@ -324,6 +324,8 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "ledger" and args.ledger_command == "keygen":
+            return run_ledger(args, LedgerConfig())  # needs no guard.yaml
         if args.command in ("ledger", "approvals"):
             config = load_config(find_config(args.config))
             run = run_ledger if args.command == "ledger" else run_approvals

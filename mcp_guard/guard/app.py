@@ -23,6 +23,7 @@ from mcp_guard.errors import LedgerError
 from mcp_guard.guard import pins
 from mcp_guard.guard.convert import offered, tool_def
 from mcp_guard.ledger import LedgerStore, PolicyEvent, open_ledger
+from mcp_guard.ledger.checkpoints import keep_checkpoints, signing_key
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Agent, Catalog, Offer, Policy
 from mcp_guard.secrets import Scrubber
@@ -206,6 +207,8 @@ async def open_guard(
     whose offers are prepared at start (default: every agent); `transports` goes to the pool."""
     policy = Policy(config, manifests)
     scrubber = Scrubber(policy.secrets)
+    points = config.ledger.checkpoints
+    key = signing_key(points) if points is not None else None  # a bad key stops the start
     ledger = await open_ledger(config.ledger)
     guards: list[Guard] = []
 
@@ -229,6 +232,8 @@ async def open_guard(
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
             assert pool.tg is not None
             pool.tg.start_soon(ledger.maintain, guards[0].log)
+            if points is not None and key is not None:
+                pool.tg.start_soon(keep_checkpoints, ledger, key, points, guards[0].log)
             pool.tg.start_soon(guards[0].warm)
             yield guards[0]
     finally:
