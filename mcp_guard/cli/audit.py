@@ -125,7 +125,7 @@ async def _export(ledger: LedgerStore, args: argparse.Namespace, out: TextIO) ->
     while True:
         batch = await ledger.entries(after=after, limit=EXPORT_BATCH)
         for entry in batch:
-            event = entry if args.format == "jsonl" else ocsf_event(entry)
+            event = ocsf_event(entry) if args.format == "ocsf" else _as_stored(entry)
             if event is not None:
                 out.write(json.dumps(event, ensure_ascii=True, separators=(",", ":")) + "\n")
         if batch:
@@ -136,6 +136,11 @@ async def _export(ledger: LedgerStore, args: argparse.Namespace, out: TextIO) ->
         if not args.follow:
             return 0
         await anyio.sleep(POLL)
+
+
+def _as_stored(entry: dict[str, object]) -> dict[str, object]:
+    entry.pop("call", None)  # an outcome's decision names: ocsf's, not part of the entry
+    return entry
 
 
 def _one_line(text: str) -> str:

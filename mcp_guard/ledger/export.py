@@ -20,6 +20,8 @@ def ocsf_event(entry: dict[str, Any]) -> dict[str, Any] | None:
     kind = entry.get("kind")
     if kind not in ("decision", "outcome"):
         return None
+    if kind == "outcome":  # who called what is on the decision: the store hands it along
+        entry = {**entry, **{k: v for k, v in (entry.get("call") or {}).items() if v is not None}}
     method = entry.get("method") or "tools/call"
     event: dict[str, Any] = {
         "class_uid": API_ACTIVITY,

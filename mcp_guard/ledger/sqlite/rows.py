@@ -21,7 +21,12 @@ EXPORTED = (
     "entry_hash",
 )  # fmt: skip
 """An exported entry's keys: every column of the entries table, id and both hashes included."""
-_SELECT = f"SELECT {', '.join(EXPORTED)} FROM entries WHERE id > ? ORDER BY id LIMIT ?"  # noqa: S608
+_CALL = ("agent", "session", "method", "server", "tool")
+_SELECT = (
+    f"SELECT {', '.join('e.' + name for name in EXPORTED)}, {', '.join('d.' + name for name in _CALL)} "  # noqa: S608
+    "FROM entries AS e LEFT JOIN entries AS d ON e.kind = 'outcome' AND d.call_id = e.call_id "
+    "AND d.kind = 'decision' WHERE e.id > ? ORDER BY e.id LIMIT ?"
+)
 
 
 def snapshot(path: Path, fn: Callable[[sqlite3.Connection], T], busy_timeout: float = 2.0) -> T:
@@ -60,11 +65,16 @@ def anchor(conn: sqlite3.Connection, upto: int | None = None, since: Anchor | No
 
 def entries(conn: sqlite3.Connection, after: int, limit: int) -> list[dict[str, object]]:
     """Up to `limit` entries with an id above `after`, oldest first, every column (arguments and
-    payload parsed from their JSON)."""
-    select = _SELECT if queries.has_method(conn) else _SELECT.replace(" method,", " NULL,")
+    payload parsed from their JSON); an outcome also gets its decision's agent, session, method,
+    server and tool under `call` (not part of the entry, nor of its hash)."""
+    select = _SELECT
+    if not queries.has_method(conn):
+        select = select.replace("e.method,", "NULL,").replace("d.method,", "NULL,")
     found = []
     for row in conn.execute(select, (after, limit)):
-        entry = dict(zip(EXPORTED, row, strict=True))
-        entry["arguments"], entry["payload"] = loads(entry["arguments"]), loads(entry["payload"])
+        entry: dict[str, object] = dict(zip(EXPORTED, row[: len(EXPORTED)], strict=True))
+        entry["arguments"], entry["payload"] = loads(entry["arguments"]), loads(entry["payload"])  # type: ignore[arg-type]
+        if entry["kind"] == "outcome":
+            entry["call"] = dict(zip(_CALL, row[len(EXPORTED) :], strict=True))
         found.append(entry)
     return found
