@@ -67,6 +67,16 @@ class HttpConfig(Frozen):
     # that is reached through a proxy or by a DNS name.
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    # Prometheus /metrics, for callers presenting a key whose hash is listed (never an agent's).
+    metrics: bool = False
+    metrics_keys: tuple[KeyHash, ...] = ()
+
+    @model_validator(mode="after")
+    def _metrics_need_a_key(self) -> HttpConfig:
+        if self.metrics and not self.metrics_keys:
+            msg = "metrics: true needs at least one key hash under metrics_keys (mcp-guard agent key NAME)"
+            raise ValueError(msg)
+        return self
 
 
 class LimitsConfig(Frozen):
