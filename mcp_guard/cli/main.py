@@ -19,6 +19,7 @@ from mcp_guard.cli.approvals import add_approvals_parser, run_approvals
 from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
 from mcp_guard.config import GuardConfig, LedgerConfig, find_config, load_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError
+from mcp_guard.logs import use_format
 from mcp_guard.manifest import Manifest, Upstream, load_deployment
 from mcp_guard.policy.engine import Agent, Policy
 from mcp_guard.secrets import Scrubber
@@ -40,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve over stdio (default) or Streamable HTTP")
     s.add_argument("--agent", help="the agent this stdio guard serves (default: $MCP_GUARD_AGENT)")
     s.add_argument("--http", metavar="[HOST:]PORT", nargs="?", const="", help="serve Streamable HTTP at /mcp")
+    s.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="stderr lines: text, or JSON lines"
+    )
 
     c = sub.add_parser("check", help="validate config and manifests")
     c.add_argument("--live", action="store_true", help="also start each upstream and check against it")
@@ -106,6 +110,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_guard.transports import stop_on_signal
     from mcp_guard.transports.stdio import serve_stdio
 
+    use_format(args.log_format)
     config, manifests = load(args)
     if args.http is not None:
         if args.agent:

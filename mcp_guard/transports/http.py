@@ -34,6 +34,7 @@ from mcp_guard.guard.caller import AGENT_SCOPE_KEY, Caller
 from mcp_guard.identity.base import Authenticator, Chain, Refusal, bearer_credential
 from mcp_guard.identity.keys import StaticKeys
 from mcp_guard.identity.tokens import SignedTokens
+from mcp_guard.logs import json_lines
 from mcp_guard.policy.engine import Agent
 from mcp_guard.secrets import LOGGER
 from mcp_guard.transports import ops, stop_on_signal
@@ -353,6 +354,7 @@ async def serve_http(guard: Guard, sock: socket.socket) -> None:
         limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=15,
         timeout_graceful_shutdown=5,
+        log_config=None if json_lines() else uvicorn.config.LOGGING_CONFIG,
     )
     server = _Uvicorn(config)
     shown = f"[{host}]" if ":" in host else host
