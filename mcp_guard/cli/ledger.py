@@ -20,6 +20,7 @@ import anyio
 
 from mcp_guard import loading
 from mcp_guard.cli.audit import add_audit_parsers, run_audit, run_keygen, wants_audit
+from mcp_guard.cli.browse import add_browse_parser, run_browse
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.ledger import Invocation, LedgerStore, open_ledger
@@ -77,6 +78,7 @@ def add_ledger_parser(subparsers: Any) -> None:
     )
     stats.add_argument("--since", type=parse_duration, metavar="DURATION", help="e.g. 30s, 15m, 1h, 1d")
     add_audit_parsers(commands, verify)
+    add_browse_parser(commands)
 
 
 def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextIO | None = None) -> int:
@@ -84,6 +86,8 @@ def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextI
     out = out if out is not None else sys.stdout
     config = ledger if isinstance(ledger, LedgerConfig) else LedgerConfig(path=Path(ledger))
     try:
+        if args.ledger_command == "browse":  # Datasette runs its own event loop
+            return run_browse(args, config)
         return anyio.run(_run, args, config, out)
     except LedgerError as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)
@@ -99,6 +103,7 @@ def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextI
 async def _run(args: argparse.Namespace, config: LedgerConfig, out: TextIO) -> int:
     if args.ledger_command == "keygen":
         return run_keygen(args, out)
+
     async with await open_ledger(config, readonly=True) as ledger:
         if wants_audit(args):
             return await run_audit(args, ledger, config, out)
