@@ -215,7 +215,7 @@ async def open_guard(
     points = config.ledger.checkpoints
     key = signing_key(points) if points is not None else None  # a bad key stops the start
     telemetry = telemetry or Telemetry(metrics=config.http.metrics)
-    ledger = ObservedLedger(await open_ledger(config.ledger))  # decisions and outcomes reach telemetry
+    ledger = ObservedLedger.around(await open_ledger(config.ledger))  # decisions and outcomes reach telemetry
     guards: list[Guard] = []
 
     async def changed(up: Upstream) -> None:

@@ -1,27 +1,31 @@
 """The ledger as the guard holds it: the store it opened, passed through, with each decision and
 outcome of the call being served told to telemetry as the store takes it. The call pipeline then
-writes to the ledger as ever and knows nothing of metrics or traces. Imports nothing from mcp_guard
-but the ledger's seam and telemetry."""
+writes to the ledger as ever and knows nothing of metrics or traces. Everything but `decide` and
+`outcome` is the store's own (looked up on it), so a method the protocol gains passes through as
+it is. Imports nothing from mcp_guard but the ledger's seam and telemetry."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime
-from typing import Any, Self, TypeVar
+from typing import Any, Self, cast
 
 from mcp_guard.guard import telemetry
-from mcp_guard.ledger.base import Invocation, LedgerEvent, LedgerStore, Settle, Window
-from mcp_guard.ledger.chain import Anchor, VerifyResult
+from mcp_guard.ledger.base import LedgerStore, Settle
 from mcp_guard.ledger.entries import CallRecord, Redactor
-
-T = TypeVar("T")
 
 
 class ObservedLedger:
-    """A LedgerStore that forwards every call to `store` and tells telemetry what it committed."""
+    """A LedgerStore that is `store`, telling telemetry what it committed for the call served."""
 
     def __init__(self, store: LedgerStore) -> None:
         self.store = store
+
+    @classmethod
+    def around(cls, store: LedgerStore) -> LedgerStore:
+        """`store`, observed: typed as the protocol, which it answers in full."""
+        return cast(LedgerStore, cls(store))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
     @property
     def redactor(self) -> Redactor | None:
@@ -35,7 +39,7 @@ class ObservedLedger:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+        await self.store.close()
 
     async def decide(self, record: CallRecord, settle: Settle | None = None) -> CallRecord:
         done = await self.store.decide(record, settle)
@@ -47,44 +51,3 @@ class ObservedLedger:
     ) -> None:
         await self.store.outcome(call_id, outcome, duration_ms, detail)
         telemetry.ended(outcome)
-
-    async def append(self, event: LedgerEvent) -> None:
-        await self.store.append(event)
-
-    async def hold(self, fn: Callable[[Window], T]) -> T:
-        return await self.store.hold(fn)
-
-    async def flush(self) -> None:
-        await self.store.flush()
-
-    async def maintain(self, log: Callable[[str], None]) -> None:
-        await self.store.maintain(log)
-
-    async def close(self) -> None:
-        await self.store.close()
-
-    async def read(self, fn: Callable[[Window], T]) -> T:
-        return await self.store.read(fn)
-
-    async def invocations(self, **filters: Any) -> list[Invocation]:
-        return await self.store.invocations(**filters)
-
-    async def head(self) -> int:
-        return await self.store.head()
-
-    def follow(
-        self, after: int, *, agent: str | None = None, tool: str | None = None, decision: str | None = None
-    ) -> AsyncIterator[list[Invocation]]:
-        return self.store.follow(after, agent=agent, tool=tool, decision=decision)
-
-    async def stats(self, since: datetime | None = None) -> dict[str, Any]:
-        return await self.store.stats(since)
-
-    async def verify(self, since: Anchor | None = None) -> VerifyResult:
-        return await self.store.verify(since)
-
-    async def anchor(self, upto: int | None = None, since: Anchor | None = None) -> Anchor | None:
-        return await self.store.anchor(upto, since)
-
-    async def entries(self, after: int = 0, limit: int = 1000) -> list[dict[str, object]]:
-        return await self.store.entries(after, limit)
