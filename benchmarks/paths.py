@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -40,6 +41,13 @@ LIMITS = {"order_id": {"pattern": "^ORD-[0-9]{6}$"}, "amount": {"exclusiveMinimu
 # A budget no benchmark run can exhaust (issue 5), so every call still passes: it costs what a
 # budget check costs (reading the window's spend inside the ledger transaction).
 BUDGET = {"sum": "amount", "max": 10**12, "per": "1h", "by": ["agent"]}
+# --rules: escalation rules on the benchmark tool that every call passes: a prerequisite (one call
+# of PREREQUISITE, made before the warm-up) and a `unique` (each benchmark call has its own order).
+PREREQUISITE = "tool_0000"
+RULES = {
+    "requires": [{"tool": PREREQUISITE, "within": "1h"}],
+    "unique": {"by": ["arg:order_id"], "per": "1h"},
+}
 
 Connect = Callable[[], AbstractAsyncContextManager[Any]]
 
@@ -54,6 +62,8 @@ class Target:
     launch: Connect | None = None  # a server to start before connecting (HTTP); None for stdio
     skip: str | None = None  # why this path is not measured, printed in its row
     ledger: Path | None = None  # the guard's ledger file, to check every call was recorded
+    ledger_after: int = 0  # the entries before the benchmark's own (a prefilled ledger's)
+    prepare: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # calls before warm-up
     notes: list[str] = field(default_factory=list)
 
 
@@ -133,23 +143,27 @@ def write_deployment(
     prefix: str | None = "",
     budget: bool = False,
     http_key: str | None = None,
+    rules: bool = False,
 ) -> Path:
     """guard.yaml + one manifest per upstream in `folder`; returns the guard.yaml path.
 
     Every manifest grants `echo` (and the upstream's `tool_NNNN` tools, when it serves them) to the
-    benchmark agent with LIMITS, and BUDGET too if asked. JSON is valid YAML: the files are JSON."""
+    benchmark agent with LIMITS, and BUDGET too if asked; `rules` adds RULES to `echo` (and serves
+    the PREREQUISITE tool). JSON is valid YAML: the files are JSON."""
     manifests = folder / "manifests"
     manifests.mkdir(parents=True, exist_ok=True)
     grant: dict[str, Any] = {"allow": [AGENT], "arguments": LIMITS}
     if budget:
         grant["budgets"] = [BUDGET]
+    if rules:
+        tools = max(tools, 1)
     names = ["echo", *(f"tool_{i:04d}" for i in range(tools))]
     for n in range(1, upstreams + 1):
         server = "bench" if upstreams == 1 else f"bench{n}"
         manifest: dict[str, Any] = {
             "server": server,
             "upstream": {"command": sys.executable, "args": upstream_command(tools)[1:], "timeout": "30s"},
-            "tools": {name: grant for name in names},
+            "tools": {name: {**grant, **RULES} if rules and name == "echo" else grant for name in names},
         }
         if prefix is not None and upstreams == 1:
             manifest["prefix"] = prefix
@@ -192,11 +206,74 @@ def guard_command(config: Path, *extra: str) -> list[str]:
 
 
 def guard_target(
-    key: str, label: str, folder: Path, durability: str, log: TextIO, tools: int = 0, budget: bool = False
+    key: str,
+    label: str,
+    folder: Path,
+    durability: str,
+    log: TextIO,
+    tools: int = 0,
+    budget: bool = False,
+    rules: bool = False,
+    prefill: int = 0,
 ) -> Target:
-    config = write_deployment(folder, durability=durability, tools=tools, budget=budget)
+    """The guard over stdio; `rules` as in write_deployment, `prefill` entries already in its ledger."""
+    config = write_deployment(folder, durability=durability, tools=tools, budget=budget, rules=rules)
     command = guard_command(config, "serve", "--agent", AGENT)
-    return stdio_target(key, label, command, log, cwd=folder, ledger=folder / "ledger.db")
+    ledger = folder / "ledger.db"
+    after = 0
+    if prefill:
+        made = _PREFILLED.get(prefill)
+        if made is None or not made[0].exists():
+            made = _PREFILLED[prefill] = (folder.parent / f"prefilled-{prefill}.db", 0)
+            made = _PREFILLED[prefill] = (made[0], prefill_ledger(made[0], prefill))
+        shutil.copyfile(made[0], ledger)
+        after = made[1]
+    prepare = [(PREREQUISITE, {"order_id": "ORD-000000", "amount": 1})] if rules else []
+    return stdio_target(
+        key, label, command, log, cwd=folder, ledger=ledger, ledger_after=after, prepare=prepare
+    )
+
+
+_PREFILLED: dict[int, tuple[Path, int]] = {}
+"""Prefilled ledgers made so far, by size: (file, last id); copied for each target."""
+
+
+def prefill_ledger(path: Path, entries: int, days: int = 30) -> int:
+    """A ledger of `entries` entries: allowed calls of the benchmark tool by the benchmark agent in
+    other sessions, each with its outcome, spread evenly over the `days` before now (so about
+    1/(24 * days) of them fall in any rolling hour); returns the last entry's id."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from mcp_guard.ledger.entries import CallRecord, decision_fields, format_ts, outcome_fields
+    from mcp_guard.ledger.sqlite.engine import Ledger
+
+    ledger = Ledger.open(path)
+    end = datetime.now(UTC) - timedelta(seconds=5)
+    step = timedelta(days=days) / max(1, entries // 2)
+    try:
+        for start in range(0, entries // 2, 10_000):
+            with ledger._transaction() as conn:  # one transaction per 10,000 calls: fast to build
+                for i in range(start, min(entries // 2, start + 10_000)):
+                    ts = format_ts(end - step * (entries // 2 - i))
+                    arguments = {"order_id": f"PRE-{i:07d}", "amount": 1 + i % 97}
+                    call = CallRecord(
+                        uuid.uuid4().hex,
+                        AGENT,
+                        f"s{i // 50}",
+                        "bench",
+                        "echo",
+                        arguments,
+                        "allow",
+                        None,
+                        None,
+                        "0" * 64,
+                    )
+                    ledger._append(conn, decision_fields(call), ts)
+                    ledger._append(conn, outcome_fields(call.call_id, "ok", 1.0, None), ts)
+        return ledger.last_id()
+    finally:
+        ledger.close()
 
 
 def guard_http_target(key: str, label: str, folder: Path, log: TextIO, budget: bool = False) -> Target:

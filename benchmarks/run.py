@@ -76,10 +76,28 @@ async def open_target(stack: AsyncExitStack, target: Target) -> Opened:
 
 
 def call_targets(
-    tmp: Path, logfile: TextIO, fastmcp: tuple[str | None, str | None], budget: bool
+    tmp: Path,
+    logfile: TextIO,
+    fastmcp: tuple[str | None, str | None],
+    budget: bool,
+    rules: list[int] = [],  # noqa: B006 - read only
 ) -> list[Target]:
-    """Paths 1 to 6, in table order."""
+    """Paths 1 to 6, in table order, then the guard with escalation rules on a ledger of each size
+    in `rules` (a copy of one prefilled ledger per size, made once per benchmark)."""
     also = ", budget" if budget else ""
+    with_rules = [
+        paths.guard_target(
+            f"guard-rules-{size}",
+            f"guard, requires + unique{also}, {size:,}-entry ledger",
+            tmp / f"guard-rules-{size}",
+            "normal",
+            logfile,
+            budget=budget,
+            rules=True,
+            prefill=size,
+        )
+        for size in rules
+    ]
     return [
         paths.direct_target(logfile),
         paths.bare_target(logfile),
@@ -98,6 +116,7 @@ def call_targets(
         paths.guard_http_target(
             "guard-http", f"guard, Streamable HTTP, ledger normal{also}", tmp / "guard-http", logfile, budget
         ),
+        *with_rules,
     ]
 
 
@@ -125,6 +144,8 @@ async def measure_calls(
             if measure.TOOL not in names:
                 msg = f"{o.target.key}: no {measure.TOOL!r} tool among {sorted(names)[:5]}"
                 raise RuntimeError(msg)
+            for name, arguments in o.target.prepare:  # e.g. a prerequisite the benchmark tool requires
+                await o.session.call_tool(name, arguments)
             await sequential(o.session, call_arguments(opts.warmup, start=900_000))
             await concurrent(o.session, call_arguments(opts.warmup, start=950_000), opts.width)
             out[o.target.key]["calls"] = 2 * opts.warmup
@@ -168,7 +189,8 @@ async def measure_calls(
         }
     for target in live:  # the guard processes have exited: their ledgers are complete
         if target.ledger is not None and target.key in results:
-            results[target.key]["ledger"] = count_ledger(target.ledger, results[target.key]["calls_sent"])
+            sent = results[target.key]["calls_sent"]
+            results[target.key]["ledger"] = count_ledger(target.ledger, sent, target.ledger_after)
     return results
 
 
@@ -190,18 +212,21 @@ async def profile_block(o: Opened, opts: argparse.Namespace, profile_dir: Path) 
     return int(opts.calls)
 
 
-def count_ledger(path: Path, sent: int) -> dict[str, Any]:
-    """Allowed decisions that have an `ok` outcome, against the calls the benchmark sent."""
+def count_ledger(path: Path, sent: int, after: int = 0) -> dict[str, Any]:
+    """Allowed decisions of the benchmark tool after entry `after` that have an `ok` outcome,
+    against the calls the benchmark sent."""
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            decisions = conn.execute(
-                "SELECT count(*) FROM entries WHERE kind = 'decision' AND decision = 'allow'"
-            ).fetchone()[0]
+            mine = f"d.kind = 'decision' AND d.decision = 'allow' AND d.tool = '{measure.TOOL}' AND d.id > ?"
+            decisions = conn.execute(f"SELECT count(*) FROM entries AS d WHERE {mine}", (after,)).fetchone()[
+                0
+            ]
             complete = conn.execute(
-                "SELECT count(*) FROM entries AS d WHERE d.kind = 'decision' AND d.decision = 'allow' "
+                f"SELECT count(*) FROM entries AS d WHERE {mine} "
                 "AND EXISTS (SELECT 1 FROM entries AS o WHERE o.call_id = d.call_id AND o.kind = 'outcome' "
-                "AND o.outcome = 'ok')"
+                "AND o.outcome = 'ok')",
+                (after,),
             ).fetchone()[0]
         finally:
             conn.close()
@@ -518,6 +543,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--guard-src", metavar="DIR", help="run the mcp_guard package in DIR (e.g. a `git archive`)"
     )
     p.add_argument("--tmpdir", help="where the throwaway ledgers go (default: the system temp dir)")
+    p.add_argument(
+        "--rules",
+        metavar="SIZES",
+        type=lambda text: [int(n) for n in text.split(",") if n],
+        default=[],
+        help="also the guard with `requires` and `unique`, on prefilled ledgers of SIZES: 10000,1000000",
+    )
     opts = p.parse_args(argv)
     defaults = (
         {"calls": 200, "runs": 1, "rounds": 2, "warmup": 20, "list_repeats": 3, "verify_entries": 5000}
@@ -576,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             targets: list[Target] = []
             for run in range(opts.runs):
                 log(f"run {run + 1}/{opts.runs}: {opts.calls} calls per path, 1 and {opts.width} at once")
-                targets = call_targets(tmp / f"run{run}", logfile, fastmcp, budget)
+                targets = call_targets(tmp / f"run{run}", logfile, fastmcp, budget, opts.rules)
                 last = run == opts.runs - 1
                 profile_dir = Path(opts.profile) if opts.profile and last else None
                 if profile_dir is not None:
@@ -627,7 +659,7 @@ def print_report(report: dict[str, Any], targets: list[Target], opts: argparse.N
     )
     print()
     print("\n".join(table(targets, summary)))
-    for key in ("guard-normal", "guard-full", "guard-http"):
+    for key in [t.key for t in targets if t.ledger is not None]:
         row = summary.get(key)
         if row and "ledger" in row:
             counts = ", ".join(f"{x.get('with_outcome', '?')}/{x['sent']}" for x in row["ledger"])

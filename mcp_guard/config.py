@@ -8,7 +8,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from mcp_guard.errors import ConfigError
 from mcp_guard.loading import NAME_PATTERN, Duration, Frozen, build, expand_env, load_yaml
@@ -93,6 +93,17 @@ class LimitsConfig(Frozen):
         return data
 
 
+class LockoutConfig(Frozen):
+    """An agent refused `denials` times within `within` (refusals of its own doing) is locked out
+    for `for`: every tools/call is refused locked_out until then, or until an operator unlocks it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    denials: int = Field(ge=1, le=1_000_000)
+    within: Duration
+    for_: Duration = Field(alias="for")
+
+
 class GuardConfig(Frozen):
     manifests: Path = Path("tool_manifests")
     ledger: LedgerConfig = LedgerConfig()
@@ -102,6 +113,7 @@ class GuardConfig(Frozen):
     limits: LimitsConfig = LimitsConfig()
     # The operator's hard line: tools no grant, activation or approval can make callable.
     forbid: tuple[ForbidGlob, ...] = ()
+    lockout: LockoutConfig | None = None  # off unless set
     # Where it was loaded from and the values its ${VAR}s injected (never printed).
     source: Path = Path("guard.yaml")
     injected: frozenset[str] = frozenset()

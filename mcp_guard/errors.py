@@ -29,6 +29,10 @@ class ConfigError(GuardError):
         super().__init__(f"{where}: {reason}")
 
 
+class UsageError(GuardError):
+    """Bad usage of a command: exit 2."""
+
+
 class ListenError(GuardError):
     """The HTTP address cannot be parsed or bound."""
 

@@ -4,17 +4,18 @@ everything that can be checked without the upstream: names, grants, JSON Schemas
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from mcp_guard.config import GuardConfig, load_config
 from mcp_guard.errors import ConfigError
-from mcp_guard.loading import Duration, Frozen, build, expand_env, load_yaml
+from mcp_guard.loading import NAME_PATTERN, Duration, Frozen, build, expand_env, load_yaml
 from mcp_guard.policy.schemas import has_dialect, typed_limit
 from mcp_guard.secrets import LOGGER
 
@@ -82,6 +83,50 @@ class Unique(Frozen):
     per: Duration
 
 
+Mark = Annotated[str, Field(pattern=NAME_PATTERN)]
+"""A flow mark (`customer-data`): global across servers, carried by a session."""
+_ARGUMENT = r"^[A-Za-z0-9_.-]{1,64}$"
+MAX_ACTIVATION = 86400.0  # a just-in-time grant is for hours, not standing access
+
+
+class Requirement(Frozen):
+    """A call that must come first: an allowed call of `tool` (on this server, or `server.tool`)
+    with outcome ok, by the same agent in the same session, within `within`, whose `match`ed
+    arguments (the required call's argument -> this call's) have this call's values."""
+
+    tool: Annotated[str, Field(min_length=1, max_length=200)]
+    match: dict[Annotated[str, Field(pattern=_ARGUMENT)], Annotated[str, Field(pattern=_ARGUMENT)]] = {}
+    within: Duration = 3600.0
+
+    def target(self, server: str, servers: Collection[str]) -> tuple[str, str]:
+        """(server, tool) of the required call: `server.tool` when the part before the first dot
+        names a manifest's server, else `tool` on `server` (the requiring grant's own)."""
+        head, dot, rest = self.tool.partition(".")
+        return (head, rest) if dot and rest and head in servers else (server, self.tool)
+
+
+class BlockedAfter(Frozen):
+    """Refuse calls in a session that carries one of `marks` from within `within`."""
+
+    marks: Annotated[tuple[Mark, ...], Field(min_length=1)]
+    within: Duration = 3600.0
+
+
+class Activation(Frozen):
+    """The grant applies only while an operator's activation for the agent and tool is in force,
+    for at most `max` each time."""
+
+    max: Duration
+
+    @field_validator("max")
+    @classmethod
+    def _at_most_a_day(cls, value: float) -> float:
+        if not 0 < value <= MAX_ACTIVATION:
+            msg = "must be more than 0s and at most 1d"
+            raise ValueError(msg)
+        return value
+
+
 class Approval(Frozen):
     when: dict[str, Condition] | None = None
     wait: Duration = 30.0
@@ -94,6 +139,10 @@ class Grant(Frozen):
     budgets: tuple[Budget, ...] = ()
     approval: Approval | None = None
     unique: Unique | None = None
+    requires: tuple[Requirement, ...] = ()
+    marks: tuple[Mark, ...] = ()
+    blocked_after: BlockedAfter | None = None
+    activation: Activation | None = None
 
     def matches(self, agent: str, roles: frozenset[str]) -> bool:
         return any(p == "*" or p == agent or (p.startswith("role:") and p[5:] in roles) for p in self.allow)
@@ -173,7 +222,33 @@ def load_deployment(config_path: Path) -> tuple[GuardConfig, tuple[Manifest, ...
                     "no grant may allow it (use allow: [])"
                 )
                 raise ConfigError(str(manifest.source), f"tools.{tool}", msg)
+    _check_flows(manifests)
     return config, manifests
+
+
+def _check_flows(manifests: tuple[Manifest, ...]) -> None:
+    """What the escalation rules name must exist: a required tool is a load error when no
+    manifest lists it; a mark that nothing sets, or that nothing blocks on, is a warning."""
+    tools = {(m.server, tool) for m in manifests for tool in m.tools}
+    servers = {m.server for m in manifests}
+    sets: set[str] = set()
+    blocks: dict[str, str] = {}
+    for m in manifests:
+        for tool, grants in m.tools.items():
+            for i, grant in enumerate(grants):
+                for j, req in enumerate(grant.requires):
+                    server, name = req.target(m.server, servers)
+                    if (server, name) not in tools:
+                        msg = f"requires {req.tool!r}, which no manifest lists (server {server!r})"
+                        raise ConfigError(str(m.source), f"tools.{tool}[{i}].requires[{j}].tool", msg)
+                sets.update(grant.marks)
+                for mark in grant.blocked_after.marks if grant.blocked_after else ():
+                    blocks.setdefault(mark, f"{m.source}:tools.{tool}[{i}].blocked_after")
+    for mark in sorted(sets - blocks.keys()):
+        LOGGER.warning(f"warning: mark {mark!r} is set but no grant is blocked_after it")
+    for mark, where in sorted(blocks.items()):
+        if mark not in sets:
+            LOGGER.warning(f"warning: {where}: mark {mark!r} is set by no grant, so it never blocks")
 
 
 def load_manifests(folder: Path) -> tuple[Manifest, ...]:

@@ -13,7 +13,7 @@ from typing import Any, TextIO
 import anyio
 
 from mcp_guard.config import LedgerConfig
-from mcp_guard.errors import ConfigError
+from mcp_guard.errors import ConfigError, UsageError
 from mcp_guard.ledger import LedgerStore
 from mcp_guard.ledger.base import POLL
 from mcp_guard.ledger.checkpoints import checkpoint, verify_with_checkpoints
@@ -102,7 +102,8 @@ async def _checkpoint(ledger: LedgerStore, config: LedgerConfig, out: TextIO) ->
 
 async def _verify(ledger: LedgerStore, args: argparse.Namespace, out: TextIO) -> int:
     if args.checkpoints is None or args.public_key is None:
-        raise ConfigError("ledger verify", "", "--checkpoints DIR and --public-key PATH go together")
+        msg = "ledger verify: --checkpoints DIR and --public-key PATH go together"
+        raise UsageError(msg)
     key = load_public_key(args.public_key)
     report = await verify_with_checkpoints(
         ledger, args.checkpoints, key, since_checkpoint=args.since_checkpoint

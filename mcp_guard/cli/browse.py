@@ -44,6 +44,13 @@ QUERIES: dict[str, dict[str, str]] = {
         "AND json_valid(d.payload) AND json_extract(d.payload, '$.id') = json_extract(r.payload, '$.id') "
         "AND json_extract(d.payload, '$.action') IN ('approve', 'deny', 'expired', 'use')) ORDER BY r.id",
     },
+    "activations_and_lockouts": {
+        "title": "Just-in-time activations, revocations, lockouts and unlocks, newest first",
+        "sql": "SELECT id, ts, kind, agent, server, tool, json_extract(payload, '$.action') AS action, "
+        "coalesce(json_extract(payload, '$.until'), '') AS until, json_extract(payload, '$.by') AS by, "
+        "json_extract(payload, '$.reason') AS reason FROM entries "
+        "WHERE kind IN ('activation', 'lockout', 'unlock') AND json_valid(payload) ORDER BY id DESC",
+    },
     "policy_changes": {
         "title": "Policies put in force and reloads refused",
         "sql": "SELECT id, ts, json_extract(payload, '$.action') AS action, policy_hash, payload "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp_types as types
 import yaml
 from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 
@@ -32,6 +33,11 @@ SCRIPT: list[tuple[str, str, dict[str, Any]]] = [
         {"order_id": "ORD-1001", "amount": 40, "currency": "USD"},
     ),
     ("refund over the cap", "billing__refund", {"order_id": "ORD-1001", "amount": 400, "currency": "USD"}),
+    (
+        "a refund of an order it never looked up",
+        "billing__refund",
+        {"order_id": "ORD-1003", "amount": 20, "currency": "USD"},
+    ),
     ("a tool it was not granted", "billing__set_payout_destination", {"account": "GB33BUKB20201555555555"}),
     (
         "a number sent as a string",
@@ -47,6 +53,17 @@ SCRIPT: list[tuple[str, str, dict[str, Any]]] = [
 
 
 ESCALATION = {"order_id": "ORD-1005", "amount": 75, "currency": "EUR"}
+LARGE = {"order_id": "ORD-1004", "amount": 600, "currency": "USD"}
+ACTIVATE = [
+    "grants",
+    "activate",
+    AGENT,
+    "billing.refund",
+    "--for",
+    "30m",
+    "--reason",
+    "customer escalation #4411",
+]
 
 
 def _deployment(folder: Path) -> Path:
@@ -75,20 +92,46 @@ async def _session(config: Path) -> None:
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "mcp_guard", "--config", str(config), "serve", "--agent", AGENT]
     )
-    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    async with (
+        stdio_client(params) as (read, write),
+        ClientSession(read, write, message_handler=on_message) as session,
+    ):
         await session.initialize()
         tools = (await session.list_tools()).tools
         _say(f"\n{AGENT} connects and is shown {len(tools)} tools:")
-        for tool in tools:
-            amount = tool.input_schema.get("properties", {}).get("amount")
-            limit = f"   amount: {json.dumps(amount)}" if amount else ""
-            _say(f"  {tool.name}{limit}")
+        _show_tools(tools)
         for title, name, arguments in SCRIPT:
             await _call(session, title, name, arguments)
         _say("\n> a refund over 50 waits for a person (the guard holds the call, an operator approves)")
+        await _call(
+            session, "look up the order", "billing__lookup_order", {"order_id": ESCALATION["order_id"]}
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(_call, session, "refund of 75", "billing__refund", ESCALATION)
             await _approve_when_requested(config)
+        _say("\n> a larger refund needs a just-in-time activation by an operator")
+        await _call(session, "look up the order", "billing__lookup_order", {"order_id": LARGE["order_id"]})
+        await _call(session, "refund of 600", "billing__refund", LARGE)
+        _say(f"  operator: mcp-guard {' '.join(ACTIVATE[:-1])} '{ACTIVATE[-1]}'")
+        await anyio.run_process([sys.executable, "-m", "mcp_guard", "--config", str(config), *ACTIVATE])
+        with anyio.fail_after(10):
+            await changed.wait()
+        _say("  the guard tells the client: notifications/tools/list_changed; the refund tool now says")
+        _show_tools([t for t in (await session.list_tools()).tools if t.name == "billing__refund"])
+        await _call(session, "refund of 600 again", "billing__refund", LARGE)
+
+
+def _show_tools(tools: list[types.Tool]) -> None:
+    for tool in tools:
+        amount = tool.input_schema.get("properties", {}).get("amount")
+        limit = f"   amount: {json.dumps(amount)}" if amount else ""
+        _say(f"  {tool.name}{limit}")
 
 
 async def _call(session: ClientSession, title: str, name: str, arguments: dict[str, Any]) -> None:

@@ -16,18 +16,15 @@ from pydantic import ValidationError
 
 from mcp_guard import __version__
 from mcp_guard.cli.approvals import add_approvals_parser, run_approvals
+from mcp_guard.cli.grants import add_grants_parsers, run_agents, run_grants
 from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
 from mcp_guard.config import GuardConfig, LedgerConfig, find_config, load_config
-from mcp_guard.errors import ConfigError, GuardError, ListenError
+from mcp_guard.errors import ConfigError, GuardError, ListenError, UsageError
 from mcp_guard.logs import use_format
 from mcp_guard.manifest import Manifest, Upstream, load_deployment
 from mcp_guard.policy.engine import Agent, Policy
 from mcp_guard.secrets import Scrubber
 from mcp_guard.wire import StrictJSONError, parse_strict
-
-
-class UsageError(GuardError):
-    """Bad usage: exit 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_ledger_parser(sub)
     add_approvals_parser(sub)
+    add_grants_parsers(sub)
     sub.add_parser("demo", help="a scripted agent session against the bundled example upstreams")
 
     a = sub.add_parser("agent", help="agent credentials for HTTP")
@@ -335,6 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_config(find_config(args.config))
             run = run_ledger if args.command == "ledger" else run_approvals
             return int(run(args, config.ledger))
+        if args.command == "grants":
+            return run_grants(args, *load(args))
+        if args.command == "agents":
+            return run_agents(args, load_config(find_config(args.config)))
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError) as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,11 +23,11 @@ from mcp_guard.config import GuardConfig
 from mcp_guard.guard import holds, pins
 from mcp_guard.guard.calls import UNREACHABLE, hold_of, record_of, unreachable_denial
 from mcp_guard.guard.convert import advertise, offered, tool_def
-from mcp_guard.ledger import Window
+from mcp_guard.ledger import ActivationEvent, LockoutEvent, Window
 from mcp_guard.ledger.entries import CallRecord
 from mcp_guard.loading import format_duration
 from mcp_guard.manifest import Budget, Manifest
-from mcp_guard.policy import budgets
+from mcp_guard.policy import budgets, flows
 from mcp_guard.policy.engine import Agent, Decision, Offer, Policy, escape_name
 from mcp_guard.policy.reasons import Reason, denial
 from mcp_guard.secrets import Scrubber
@@ -40,6 +42,9 @@ class Preview:
     scrubber: Scrubber
     withheld: dict[str, pins.Withheld]  # by advertised name
     down: frozenset[str]  # servers whose upstream could not be started
+    activations: tuple[ActivationEvent, ...] = ()  # the agent's, in force now
+    lockout: LockoutEvent | None = None  # the agent's, in force now
+    marks: tuple[flows.Marked, ...] = ()  # carried by the agent's sessions, newest first
 
     def decide(self, name: str, arguments: Mapping[str, Any]) -> Decision:
         """The guard's decision before the ledger settles budgets and approvals (server.call_tool)."""
@@ -69,9 +74,23 @@ class Preview:
         return out
 
 
+@dataclass(frozen=True)
+class _Standing:
+    activations: tuple[ActivationEvent, ...] = ()
+    lockout: LockoutEvent | None = None
+    marks: tuple[flows.Marked, ...] = ()
+
+
+def _standing(policy: Policy, agent: str, window: Window) -> _Standing:
+    locked = window.lockouts(agent=agent)
+    marks = holds.carried(window, agent, None, policy.mark_horizon, policy.prefixes, any_session=True)
+    return _Standing(tuple(window.activations(agent=agent)), locked[0] if locked else None, tuple(marks))
+
+
 async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Agent) -> Preview:
     policy = Policy(config, manifests)
     scrubber = Scrubber(policy.secrets)
+    standing = await _read(config, partial(_standing, policy, agent.name), _Standing())
 
     log = scrubber.log
     async with open_pool(
@@ -84,24 +103,46 @@ async def _load(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Age
         log(f"warning: {problem}")
     pinned, _ = await pins.peek(config.ledger, policy.manifests, catalog, log)
     withheld = pins.by_name(policy.manifests, pinned.withheld)
-    offers = offered(policy.offers(agent, pinned.catalog), scrubber, log)
-    return Preview(policy, agent, offers, scrubber, withheld, down)
+    active = [(e.server or "", e.tool or "") for e in standing.activations]
+    offers = {} if standing.lockout else offered(policy.offers(agent, pinned.catalog, active), scrubber, log)
+    return Preview(
+        policy,
+        agent,
+        offers,
+        scrubber,
+        withheld,
+        down,
+        standing.activations,
+        standing.lockout,
+        standing.marks,
+    )
 
 
 def load_preview(config: GuardConfig, manifests: tuple[Manifest, ...], agent: Agent) -> Preview:
     return anyio.run(_load, config, manifests, agent)
 
 
-def _with_ledger(config: GuardConfig, fn: Any, default: Any) -> Any:
+async def _read(config: GuardConfig, fn: Any, default: Any) -> Any:
     """fn(window) on the ledger's current state, or `default` if there is no ledger yet."""
     if not ledgers.exists(config.ledger):
         return default
+    async with await ledgers.open_ledger(config.ledger, readonly=True) as ledger:
+        return await ledger.read(fn)
 
-    async def read() -> Any:
-        async with await ledgers.open_ledger(config.ledger, readonly=True) as ledger:
-            return await ledger.read(fn)
 
-    return anyio.run(read)
+def _with_ledger(config: GuardConfig, fn: Any) -> Any:
+    """fn(window) on the ledger's current state, or on an empty ledger if there is none yet (made
+    in a folder of its own and removed again), so every rule is settled as the guard settles it."""
+    if ledgers.exists(config.ledger):
+        return anyio.run(_read, config, fn, None)
+    with tempfile.TemporaryDirectory() as folder:
+        empty = config.ledger.model_copy(update={"path": Path(folder) / "empty.db"})
+
+        async def read() -> Any:
+            async with await ledgers.open_ledger(empty) as ledger:
+                return await ledger.read(fn)
+
+        return anyio.run(read)
 
 
 def _budget_line(budget: Budget, left: Decimal | None) -> str:
@@ -139,6 +180,7 @@ def print_tools(preview: Preview, config: GuardConfig, as_json: bool) -> None:
                     ],
                     "approval": grant.approval.model_dump(mode="json") if grant.approval else None,
                     "unique": grant.unique.model_dump(mode="json") if grant.unique else None,
+                    **_rules_json(preview, offer),
                 }
                 lines.append(json.dumps(row, ensure_ascii=False))
                 continue
@@ -158,10 +200,13 @@ def print_tools(preview: Preview, config: GuardConfig, as_json: bool) -> None:
             if grant.unique is not None:
                 by = ", ".join(grant.unique.by) if grant.unique.by else "the whole arguments"
                 lines.append(f"  unique: once per {format_duration(grant.unique.per)} by {by}")
+            lines += [f"  {line}" for line in _rule_lines(preview, offer)]
         return lines
 
-    lines = _with_ledger(config, report, None) if ledgers.exists(config.ledger) else report(None)
+    lines = anyio.run(_read, config, report, None) if ledgers.exists(config.ledger) else report(None)
     assert lines is not None
+    if not as_json:
+        lines = _standing_lines(preview) + lines
     for line in lines:
         print(line)
     if not preview.offers and not as_json:
@@ -176,23 +221,25 @@ def explain(
     """(allowed, the line to print): the decision the guard would make now, budgets included."""
     agent = preview.agent
     decision = preview.decide(name, arguments)
+    if preview.lockout is not None:
+        return False, denial(Reason.LOCKED_OUT, f"this agent is locked out until {preview.lockout.until}")
     if not decision.allowed:
         return False, decision.text
     # The guard's own record and hold; the settle step runs in a read, so nothing is written.
     record = record_of(uuid.uuid4().hex, agent, None, name, decision, preview.policy, preview.scrubber)
-    hold = hold_of(agent, decision, record)
-    if hold is None:
+    hold = hold_of(agent, decision, record, preview.policy.prefixes)
+    lockout = config.lockout
+    if hold is None and lockout is None:
         return (
             True,
             f"allow: {decision.server}.{decision.tool} for {agent.name!r} with {json.dumps(arguments)}",
         )
-    if ledgers.exists(config.ledger):
-        final: CallRecord = _with_ledger(config, partial(holds.check, record=record, hold=hold), None)
-    else:  # no history yet: every budget is whole, and no approval has been given
-        violation = budgets.check_budgets(hold.tool, [(c, Decimal(0)) for c in hold.charges])
-        reason = violation.reason if violation else Reason.APPROVAL_PENDING if hold.approval else None
-        detail = violation.detail if violation else None
-        final = replace(record, decision="deny" if reason else "allow", reason=reason, detail=detail)
+    try:
+        final: CallRecord = _with_ledger(
+            config, partial(holds.check, record=record, hold=hold, lockout=lockout)
+        )
+    except holds.Stale:  # its activation ended after the preview read it
+        return False, denial(Reason.UNKNOWN_TOOL, f"Unknown tool: {escape_name(name)}")
     if final.decision == "allow":
         return (
             True,
@@ -201,6 +248,76 @@ def explain(
     if final.reason == Reason.APPROVAL_PENDING:  # a read files no request: there is no id to name
         return False, denial(Reason.APPROVAL_PENDING, holds.pending_detail(None))
     return False, denial(final.reason or "", final.detail or "")
+
+
+def _standing_lines(preview: Preview) -> list[str]:
+    """The agent's standing: its lockout, its activations in force, the marks its sessions carry."""
+    lines = []
+    if preview.lockout is not None:
+        lines.append(f"(locked out until {preview.lockout.until}; `mcp-guard agents unlock` ends it)")
+    for event in preview.activations:
+        by, reason = event.payload.get("by"), event.payload.get("reason")
+        lines.append(f"(activated: {event.server}.{event.tool} until {event.until}, by {by}: {reason})")
+    for marked in preview.marks:
+        lines.append(f"(mark {marked.mark} carried: set by {marked.tool} at {marked.ts})")
+    return lines
+
+
+def _prerequisites(preview: Preview, offer: Offer) -> tuple[flows.Prerequisite, ...]:
+    found = flows.prerequisites(offer.grant, offer.server, preview.policy.prefixes, {})
+    return found if isinstance(found, tuple) else ()
+
+
+def _blocking(preview: Preview, offer: Offer) -> list[flows.Marked]:
+    rule = offer.grant.blocked_after
+    if rule is None:
+        return []
+    return [m for m in preview.marks if m.mark in rule.marks]
+
+
+def _activated_until(preview: Preview, offer: Offer) -> str | None:
+    found = [e.until for e in preview.activations if (e.server, e.tool) == (offer.server, offer.tool.name)]
+    return found[0] if found else None
+
+
+def _rule_lines(preview: Preview, offer: Offer) -> list[str]:
+    """The escalation rules of a tool's grant, as `tools` shows them."""
+    grant, lines = offer.grant, []
+    for pre in _prerequisites(preview, offer):
+        lines.append(f"requires: {pre.missing().detail}")
+    if grant.marks:
+        lines.append(f"marks: sets {', '.join(grant.marks)} on the session")
+    if grant.blocked_after is not None:
+        rule = grant.blocked_after
+        now = "".join(f"; blocked now by {m.mark} until {m.until}" for m in _blocking(preview, offer)[:1])
+        lines.append(f"blocked_after: {', '.join(rule.marks)} within {format_duration(rule.within)}{now}")
+    if grant.activation is not None:
+        until = _activated_until(preview, offer)
+        lines.append(f"activation: up to {format_duration(grant.activation.max)}; in force until {until}")
+    return lines
+
+
+def _rules_json(preview: Preview, offer: Offer) -> dict[str, Any]:
+    grant = offer.grant
+    return {
+        "requires": [
+            {"tool": pre.first, "match": dict(pre.match), "within": format_duration(pre.within)}
+            for pre in _prerequisites(preview, offer)
+        ],
+        "marks": list(grant.marks),
+        "blocked_after": None
+        if grant.blocked_after is None
+        else {
+            "marks": list(grant.blocked_after.marks),
+            "within": format_duration(grant.blocked_after.within),
+        },
+        "blocked_now": [
+            {"mark": m.mark, "by": m.tool, "at": m.ts, "until": m.until} for m in _blocking(preview, offer)
+        ],
+        "activation": None
+        if grant.activation is None
+        else {"max": format_duration(grant.activation.max), "until": _activated_until(preview, offer)},
+    }
 
 
 def _str(value: Decimal | None) -> str | None:

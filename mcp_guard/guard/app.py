@@ -20,9 +20,10 @@ from mcp.server.models import InitializationOptions
 from mcp_guard import __version__
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import LedgerError
-from mcp_guard.guard import pins
+from mcp_guard.guard import pins, standing
 from mcp_guard.guard.convert import offered, tool_def
 from mcp_guard.guard.observed import ObservedLedger
+from mcp_guard.guard.standing import Standing
 from mcp_guard.guard.telemetry import Telemetry
 from mcp_guard.ledger import LedgerStore, PolicyEvent, open_ledger
 from mcp_guard.ledger.checkpoints import keep_checkpoints, signing_key
@@ -52,7 +53,10 @@ class Guard:
     scrubber: Scrubber = field(init=False)
     # Caches for the policy in force: (policy, the upstreams' lists, the pin-checked catalog).
     _catalog: tuple[Policy, Lists, Catalog] | None = field(default=None, init=False)
-    _offers: dict[str, tuple[Catalog, dict[str, Offer]]] = field(default_factory=dict, init=False)
+    _offers: dict[str, tuple[Catalog, tuple[Any, bool], dict[str, Offer]]] = field(
+        default_factory=dict, init=False
+    )
+    standing: Standing = field(default_factory=Standing, init=False)  # activations and lockouts
     withheld: dict[str, pins.Withheld] = field(default_factory=dict, init=False)  # by advertised name
     _building: anyio.Lock = field(default_factory=anyio.Lock, init=False)  # one catalog build at a time
     # The clients' connections, to tell of tool list changes. The SDK builds a ServerSession per
@@ -112,16 +116,44 @@ class Guard:
     async def offers(
         self, agent: Agent, policy: Policy | None = None, scrubber: Scrubber | None = None
     ) -> dict[str, Offer]:
-        """What `agent` may call under `policy` (default: the one in force, with its scrubber)."""
+        """What `agent` may call under `policy` (default: the one in force, with its scrubber), with
+        its activations in force; nothing while it is locked out."""
         policy = policy or self.policy
         catalog = await self.catalog(policy)
+        active, locked = standing = self.standing.of(agent.name)
+        if locked:
+            return {}
         if policy is not self.policy:
-            return offered(policy.offers(agent, catalog), scrubber or Scrubber(policy.secrets), self.log)
+            offers = policy.offers(agent, catalog, active)
+            return offered(offers, scrubber or Scrubber(policy.secrets), self.log)
         cached = self._offers.get(agent.name)
-        if cached is None or cached[0] is not catalog:
-            cached = (catalog, offered(policy.offers(agent, catalog), self.scrubber, self.log))
+        if cached is None or cached[0] is not catalog or cached[1] != standing:
+            cached = (
+                catalog,
+                standing,
+                offered(policy.offers(agent, catalog, active), self.scrubber, self.log),
+            )
             self._offers[agent.name] = cached
-        return cached[1]
+        return cached[2]
+
+    async def refresh_standing(self) -> bool:
+        """Read the agents' standing from the ledger again; whether it changed."""
+        found = await self.ledger.read(standing.read)
+        changed, self.standing = found != self.standing, found
+        return changed
+
+    async def watch_standing(self) -> None:
+        """For as long as the guard serves: read the standing every POLL seconds (when the policy
+        has a grant that needs activating, or a lockout) and tell every client when it changed."""
+        while True:
+            await anyio.sleep(standing.POLL)
+            if not (self.policy.activatable or self.policy.config.lockout or self.standing.active):
+                continue
+            try:
+                if await self.refresh_standing():
+                    await self.notify()
+            except Exception as exc:
+                self.log(f"could not read activations and lockouts from the ledger: {exc}")
 
     async def reload(self, config: GuardConfig, manifests: tuple[Manifest, ...]) -> Policy:
         """Put a new policy in force: upstreams whose `upstream` block changed get a new session
@@ -149,6 +181,10 @@ class Guard:
             await self.catalog()  # the new definitions are pin-checked (and recorded) at once
         except Exception as exc:
             self.log(f"could not check a changed tool list: {exc}")
+        await self.notify()
+
+    async def notify(self) -> None:
+        """Send notifications/tools/list_changed to every connected client."""
         for session in list(self._sessions):
             try:
                 await session.send_tool_list_changed()
@@ -236,10 +272,15 @@ async def open_guard(
         ) as pool:
             guards.append(Guard(policy=policy, pool=pool, ledger=ledger, served=served, telemetry=telemetry))
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
+            try:
+                await guards[0].refresh_standing()
+            except Exception as exc:  # the watcher reads it again
+                log(f"could not read activations and lockouts from the ledger: {exc}")
             assert pool.tg is not None
             pool.tg.start_soon(ledger.maintain, guards[0].log)
             if points is not None and key is not None:
                 pool.tg.start_soon(keep_checkpoints, ledger, key, points, guards[0].log)
+            pool.tg.start_soon(guards[0].watch_standing)
             pool.tg.start_soon(guards[0].warm)
             yield guards[0]
     finally:

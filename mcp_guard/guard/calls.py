@@ -53,25 +53,38 @@ class Call:
     async def run(self) -> types.CallToolResult:
         guard, agent = self.guard, self.agent
         decision = await self._decide()
-        record = record_of(
-            uuid.uuid4().hex, agent, self.session, self.name, decision, self.policy, self.scrubber
-        )
-        hold = hold_of(agent, decision, record)
         try:
-            if hold is not None and hold.approval is not None:
-                await self._await_approval(hold, record.policy_hash)
-            settle = None if hold is None else partial(holds.check, record=record, hold=hold)
-            record = await guard.ledger.decide(record, settle)
-        except (LedgerUnavailable, ValueError) as exc:  # no ledger, no call
-            guard.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc}")
+            try:
+                record = await self._commit(decision)
+            except holds.Stale:  # decided under an activation that has ended: decide again
+                await guard.refresh_standing()
+                decision = await self._decide()
+                record = await self._commit(decision)
+        except (LedgerUnavailable, ValueError, holds.Stale) as exc:  # no ledger, no call
+            guard.log(f"refusing {decision.tool!r} for {agent.name!r}: {exc or 'its activation ended'}")
             if decision.reason == Reason.UNKNOWN_TOOL:
                 raise MCPError(types.INVALID_PARAMS, decision.detail) from None
             return refusal(denial(Reason.LEDGER_UNAVAILABLE, "the call cannot be recorded, so it is refused"))
-        if decision.reason == Reason.UNKNOWN_TOOL:
+        if record.reason == Reason.UNKNOWN_TOOL:
             raise MCPError(types.INVALID_PARAMS, decision.detail)
         if record.decision != "allow":
             return refusal(denial(record.reason or "", record.detail or ""))
         return await self._forward(record.call_id, decision)
+
+    async def _commit(self, decision: Decision) -> CallRecord:
+        """Commit the decision with what the ledger settles in the same transaction (lockout, and
+        for an allowed call its hold), once an approval it needs has been waited for."""
+        agent, policy = self.agent, self.policy
+        record = record_of(uuid.uuid4().hex, agent, self.session, self.name, decision, policy, self.scrubber)
+        hold = hold_of(agent, decision, record, policy.prefixes)
+        if hold is not None and hold.approval is not None:
+            await self._await_approval(hold, record.policy_hash)
+        lockout = policy.config.lockout
+        if hold is None and lockout is None:
+            return await self.guard.ledger.decide(record)
+        return await self.guard.ledger.decide(
+            record, partial(holds.check, record=record, hold=hold, lockout=lockout)
+        )
 
     async def _decide(self) -> Decision:
         """The policy's decision, then what only the running guard knows: a name no listed tool
@@ -100,11 +113,10 @@ class Call:
         `approval.wait` for an operator, with progress notifications if the client asked."""
         assert hold.approval is not None
         ledger = self.guard.ledger
-        if await ledger.read(partial(holds.refused_before_approval, hold=hold)):
-            return  # refused by its budget or as a duplicate in the final check; no operator is asked
-        _, verdict = await ledger.hold(partial(holds.file_request, hold=hold, policy_hash=policy_hash))
+        # A write transaction, so this process's deferred outcomes (a prerequisite's) are read too.
+        _, verdict = await ledger.hold(partial(holds.request, hold=hold, policy_hash=policy_hash))
         if verdict != "pending":
-            return
+            return  # refused whatever an operator says (asked no one), or decided already
         progress = progress_relay(self.ctx)
         waited = 0.0
         with anyio.move_on_after(hold.approval.wait):
@@ -158,14 +170,26 @@ class Call:
         return relay(result, self.scrubber)
 
 
-def hold_of(agent: Agent, decision: Decision, record: CallRecord) -> holds.Hold | None:
-    """What the ledger must settle for an allowed call: budgets and approval (None if nothing)."""
-    if not decision.allowed or (not decision.charges and decision.approval is None and decision.once is None):
+def hold_of(
+    agent: Agent, decision: Decision, record: CallRecord, prefixes: Mapping[str, str]
+) -> holds.Hold | None:
+    """What the ledger must settle for an allowed call (None if nothing): its prerequisites, the
+    marks that block it, budgets, uniqueness, approval, the marks it sets and its activation."""
+    if not decision.allowed or not (
+        decision.charges
+        or decision.approval
+        or decision.once
+        or decision.requires
+        or decision.blocked
+        or decision.marks
+        or decision.activated
+    ):
         return None
     assert decision.server is not None
     # Scopes are read from the arguments as recorded, as the history's are: a value the ledger
     # redacts cannot open a fresh budget.
     recorded = record.arguments if isinstance(record.arguments, Mapping) else {}
+    session = record.session
     return holds.Hold(
         server=decision.server,
         tool=decision.tool,
@@ -174,9 +198,13 @@ def hold_of(agent: Agent, decision: Decision, record: CallRecord) -> holds.Hold 
         approval=decision.approval,
         digest=approvals.digest(decision.arguments) if decision.approval else "",
         recorded_arguments=record.arguments,
-        once=budgets.rescoped_once(decision.once, agent.name, record.session, recorded)
-        if decision.once
-        else None,
+        once=budgets.rescoped_once(decision.once, agent.name, session, recorded) if decision.once else None,
+        session=session,
+        requires=tuple(pre.scoped(agent.name, session, recorded) for pre in decision.requires),
+        blocked=decision.blocked,
+        marks=decision.marks,
+        activated=decision.activated,
+        prefixes=prefixes,
     )
 
 

@@ -1,25 +1,32 @@
-"""Budgets and approvals against the ledger: the checks that run inside the transaction that
-records a decision, so concurrent calls from any number of guard processes can never overspend a
-budget or use one approval twice. Reads the ledger only through its Window (spend, approval
-events) and decides nothing the policy core does not."""
+"""What the ledger settles for a call: the checks that run inside the transaction that records a
+decision (lockout, prerequisites, flow marks, budgets, duplicates, approval, activation), so
+concurrent calls from any number of guard processes can never overspend a budget, use one approval
+twice, let a duplicate through or miss a lockout. Reads the ledger only through its Window and
+decides nothing the policy core does not."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from mcp_guard.ledger.base import ApprovalEvent, Window
+from mcp_guard.config import LockoutConfig
+from mcp_guard.ledger.base import ApprovalEvent, LockoutEvent, MarkEvent, Window
 from mcp_guard.ledger.entries import CallRecord, format_ts
-from mcp_guard.manifest import Approval
-from mcp_guard.policy import approvals, budgets
+from mcp_guard.manifest import Approval, BlockedAfter
+from mcp_guard.policy import approvals, budgets, flows
 from mcp_guard.policy.arguments import Violation
 from mcp_guard.policy.budgets import Charge, Once
 from mcp_guard.policy.durations import format_duration
-from mcp_guard.policy.reasons import Reason
+from mcp_guard.policy.flows import Prerequisite
+from mcp_guard.policy.reasons import NOT_COUNTED, Reason
+
+
+class Stale(Exception):
+    """The call was decided under an activation that is no longer in force: decide it again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +41,12 @@ class Hold:
     digest: str = ""
     recorded_arguments: Any = None  # redacted, for the approval request
     once: Once | None = None  # a `unique` grant's scope, read from the arguments as recorded
+    session: str | None = None
+    requires: tuple[Prerequisite, ...] = ()  # scoped, from the arguments as recorded
+    blocked: BlockedAfter | None = None
+    marks: tuple[str, ...] = ()
+    activated: bool = False
+    prefixes: Mapping[str, str] = field(default_factory=dict)  # advertised-name prefix by server
 
 
 def file_request(window: Window, hold: Hold, policy_hash: str) -> tuple[str, str]:
@@ -63,16 +76,72 @@ def file_request(window: Window, hold: Hold, policy_hash: str) -> tuple[str, str
     return request_id, "pending"
 
 
+def request(window: Window, hold: Hold, policy_hash: str) -> tuple[str | None, str]:
+    """`file_request`, unless the call is refused whatever an operator would say: then no one is
+    asked, and the verdict is "refused" (the decision's own transaction says why)."""
+    if refused_before_approval(window, hold) is not None:
+        return None, "refused"
+    return file_request(window, hold, policy_hash)
+
+
 def approval_verdict(window: Window, hold: Hold) -> str:
     return approvals.verdict(
         approvals.latest(_approval_events(window, hold), hold.digest), format_ts(window.now)
     )
 
 
-def check(window: Window, record: CallRecord, hold: Hold) -> CallRecord:
-    """The record to commit: the allowed record, or a denial that says what would pass.
-    Budgets first, then approval (SPEC.md's order): a call the budget refuses never reaches
-    an operator."""
+def check(
+    window: Window, record: CallRecord, hold: Hold | None = None, lockout: LockoutConfig | None = None
+) -> CallRecord:
+    """The record to commit for any decision: refused locked_out while its agent is locked out;
+    an allowed call settled against its hold; and a refusal that makes `lockout.denials` within
+    `lockout.within` locks the agent out (a `lockout` entry after it, in the same transaction)."""
+    if lockout is not None:
+        locked = window.lockouts(agent=record.agent)
+        if locked:
+            detail = f"this agent is locked out after repeated refusals until {locked[0].until}"
+            return _deny(record, Reason.LOCKED_OUT, detail)
+    if hold is not None and record.decision == "allow":
+        record = settle(window, record, hold)
+    if lockout is not None and _locks_out(window, record, lockout):
+        until = format_ts(window.now + timedelta(seconds=lockout.for_))
+        payload = {"until": until, "denials": lockout.denials, "within": format_duration(lockout.within)}
+        window.append(LockoutEvent(payload=payload, agent=record.agent, policy_hash=record.policy_hash))
+    return record
+
+
+def _locks_out(window: Window, record: CallRecord, lockout: LockoutConfig) -> bool:
+    """Whether this refusal is the one that reaches `lockout.denials` within `lockout.within`."""
+    if record.decision != "deny" or record.reason in NOT_COUNTED:
+        return False
+    return window.denials(record.agent, lockout.within) + 1 >= lockout.denials
+
+
+def settle(window: Window, record: CallRecord, hold: Hold) -> CallRecord:
+    """The allowed record, or a denial that says what would pass. What no operator can overrule
+    first (prerequisites, marks, budgets, duplicates), then approval (SPEC.md's order): a call
+    refused before never reaches an operator. An allowed call puts its grant's marks on its
+    session. Raises Stale for a call decided under an activation no longer in force."""
+    if hold.activated and not any(
+        (e.server, e.tool) == (hold.server, hold.tool) for e in window.activations(agent=hold.agent)
+    ):
+        raise Stale
+    record = _settled(window, record, hold)
+    if hold.marks and record.decision == "allow":
+        event = MarkEvent(
+            payload={"marks": list(hold.marks)},
+            agent=hold.agent,
+            session=hold.session,
+            server=hold.server,
+            tool=hold.tool,
+            call_id=record.call_id,
+            policy_hash=record.policy_hash,
+        )
+        window.append(event)
+    return record
+
+
+def _settled(window: Window, record: CallRecord, hold: Hold) -> CallRecord:
     violation = refused_before_approval(window, hold)
     if violation is not None:
         return _deny(record, violation.reason, violation.detail)
@@ -99,8 +168,18 @@ def pending_detail(request_id: str | None) -> str:
 
 
 def refused_before_approval(window: Window, hold: Hold) -> Violation | None:
-    """What refuses a call whatever an operator would say: an overspent budget, then a repeat of
-    an allowed call that its grant's `unique` forbids. Such a call never reaches an operator."""
+    """What refuses a call whatever an operator would say: a call that must come first and did
+    not, a mark that blocks it, an overspent budget, then a repeat of an allowed call that its
+    grant's `unique` forbids. Such a call never reaches an operator."""
+    for pre in hold.requires:
+        if window.earlier(pre.server, pre.tool, pre.within, pre.scope, ok=True) is None:
+            return pre.missing()
+    if hold.blocked is not None:
+        violation = flows.blocked(
+            hold.blocked, carried(window, hold.agent, hold.session, hold.blocked.within, hold.prefixes)
+        )
+        if violation is not None:
+            return violation
     violation = over_budget(window, hold)
     if violation is not None or hold.once is None:
         return violation
@@ -113,6 +192,26 @@ def refused_before_approval(window: Window, hold: Hold) -> Violation | None:
         f"{format_duration(hold.once.per)}; it may have taken effect"
     )
     return Violation(Reason.DUPLICATE_CALL, detail)
+
+
+def carried(
+    window: Window,
+    agent: str,
+    session: str | None,
+    seconds: float,
+    prefixes: Mapping[str, str],
+    *,
+    any_session: bool = False,
+) -> list[flows.Marked]:
+    """The marks a session (or `any_session` of the agent) carries from within `seconds`, newest
+    first, each mark once."""
+    out: dict[str, flows.Marked] = {}
+    for event in window.marks(agent, session, seconds, any_session=any_session):
+        until = format_ts(datetime.fromisoformat(event.ts or "") + timedelta(seconds=seconds))
+        name = prefixes.get(event.server or "", f"{event.server}__") + (event.tool or "")
+        for mark in event.marks:
+            out.setdefault(mark, flows.Marked(mark, name, event.ts or "", until))
+    return list(out.values())
 
 
 def over_budget(window: Window, hold: Hold) -> Violation | None:

@@ -6,25 +6,33 @@ from __future__ import annotations
 
 from mcp_guard.config import LedgerConfig
 from mcp_guard.ledger.base import (
+    ActivationEvent,
     ApprovalEvent,
     Invocation,
     LedgerEvent,
     LedgerStore,
+    LockoutEvent,
+    MarkEvent,
     PinEvent,
     PolicyEvent,
     Settle,
+    UnlockEvent,
     Window,
 )
 from mcp_guard.ledger.sqlite.store import SQLiteStore
 
 __all__ = [
+    "ActivationEvent",
     "ApprovalEvent",
     "Invocation",
     "LedgerEvent",
     "LedgerStore",
+    "LockoutEvent",
+    "MarkEvent",
     "PinEvent",
     "PolicyEvent",
     "Settle",
+    "UnlockEvent",
     "Window",
     "exists",
     "open_ledger",

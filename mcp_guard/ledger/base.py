@@ -7,7 +7,7 @@ but the ledger's values (entries, chain) and, for types only, the manifest's Bud
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
@@ -34,10 +34,13 @@ class LedgerEvent:
     kind: ClassVar[str]
     payload: Mapping[str, Any]
     agent: str | None = None
+    session: str | None = None
     server: str | None = None
     tool: str | None = None
     call_id: str | None = None
     policy_hash: str | None = None
+    # When it was recorded: set on events read back (the store stamps each entry as it appends it).
+    ts: str | None = field(default=None, compare=False)
 
     def row(self) -> dict[str, object]:
         """The checked columns a store appends for this event."""
@@ -47,9 +50,15 @@ class LedgerEvent:
             self.policy_hash,
             call_id=self.call_id,
             agent=self.agent,
+            session=self.session,
             server=self.server,
             tool=self.tool,
         )
+
+    @property
+    def until(self) -> str:
+        """The payload's `until` (activations, lockouts): a timestamp in the ledger's format."""
+        return str(self.payload.get("until", ""))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,7 +82,45 @@ class ApprovalEvent(LedgerEvent):
     kind: ClassVar[str] = "approval"
 
 
-EVENT_TYPES: dict[str, type[LedgerEvent]] = {e.kind: e for e in (PolicyEvent, PinEvent, ApprovalEvent)}
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivationEvent(LedgerEvent):
+    """A just-in-time grant put in force for an agent and a tool (`{"action": "activate", "until",
+    "reason", "by"}`) or ended early (`{"action": "revoke", "by"}`)."""
+
+    kind: ClassVar[str] = "activation"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockoutEvent(LedgerEvent):
+    """An agent locked out after repeated refusals: `{"until", "denials", "within"}`."""
+
+    kind: ClassVar[str] = "lockout"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnlockEvent(LedgerEvent):
+    """An operator ended an agent's lockout: `{"by"}`."""
+
+    kind: ClassVar[str] = "unlock"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarkEvent(LedgerEvent):
+    """An allowed call (its call id, server and tool) put flow marks on its session (its agent's,
+    where there is none): `{"marks": [...]}`."""
+
+    kind: ClassVar[str] = "mark"
+
+    @property
+    def marks(self) -> tuple[str, ...]:
+        found = self.payload.get("marks")
+        return tuple(str(m) for m in found) if isinstance(found, list) else ()
+
+
+EVENT_TYPES: dict[str, type[LedgerEvent]] = {
+    e.kind: e
+    for e in (PolicyEvent, PinEvent, ApprovalEvent, ActivationEvent, LockoutEvent, UnlockEvent, MarkEvent)
+}
 
 
 # -- what is read ---------------------------------------------------------------------------------
@@ -151,10 +198,34 @@ class Window(Protocol):
         """Pin events, oldest first, of one server or of all."""
         ...
 
-    def earlier(self, server: str, tool: str, seconds: float, scope: Scope) -> tuple[str, str] | None:
+    def earlier(
+        self, server: str, tool: str, seconds: float, scope: Scope, *, ok: bool = False
+    ) -> tuple[str, str] | None:
         """(call id, time) of the latest allowed call of `server` `tool` decided within the last
         `seconds` with the same values of `scope`'s keys (as budgets compare them), whatever its
-        agent or outcome; None if there is none."""
+        agent or outcome, or (`ok`) only one whose outcome is ok; None if there is none."""
+        ...
+
+    def activations(self, *, agent: str | None = None) -> Sequence[ActivationEvent]:
+        """The activations in force now (the latest entry of their agent and tool activates, and
+        has not expired), of one agent or of all, oldest first."""
+        ...
+
+    def lockouts(self, *, agent: str | None = None) -> Sequence[LockoutEvent]:
+        """The lockouts in force now (the latest lockout or unlock of their agent is a lockout
+        that has not ended), of one agent or of all."""
+        ...
+
+    def denials(self, agent: str, seconds: float) -> int:
+        """How many of `agent`'s calls were refused for its own doing (reasons other than
+        `NOT_COUNTED`) within the last `seconds` and after its latest lockout or unlock."""
+        ...
+
+    def marks(
+        self, agent: str, session: str | None, seconds: float, *, any_session: bool = False
+    ) -> Sequence[MarkEvent]:
+        """The mark entries of `agent` in `session` (None: calls without one; `any_session`: in
+        all of them) within the last `seconds`, newest first."""
         ...
 
     def append(self, event: LedgerEvent) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from mcp_guard.ledger.chain import _JSON
 from mcp_guard.policy.targets import METHODS
 
-EVENT_KINDS = frozenset({"policy", "pin", "approval"})
+EVENT_KINDS = frozenset({"policy", "pin", "approval", "activation", "lockout", "unlock", "mark"})
 DECISIONS = frozenset({"allow", "deny"})
 OUTCOMES = frozenset({"ok", "error", "upstream_error", "timeout", "cancelled"})
 TEXT_COLUMNS = ("session", "detail")
@@ -151,7 +151,7 @@ def event_fields(
         "payload": canonical_json(payload),
         "policy_hash": _opt_text(policy_hash),
     }
-    for name in ("call_id", "agent", "server", "tool"):
+    for name in ("call_id", "agent", "session", "server", "tool"):
         fields[name] = _opt_text(columns.get(name))
     return fields
 

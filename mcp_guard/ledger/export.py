@@ -16,7 +16,7 @@ _PRODUCT = {"name": "mcp-guard", "vendor_name": "mcp-guard"}
 
 def ocsf_event(entry: dict[str, Any]) -> dict[str, Any] | None:
     """The OCSF API Activity event of a decision or outcome entry (as `LedgerStore.entries` gives
-    it); None for the other kinds (policy, pin, approval), which `--format jsonl` carries."""
+    it); None for the other kinds (policy, pin, approval, ...), which `--format jsonl` carries."""
     kind = entry.get("kind")
     if kind not in ("decision", "outcome"):
         return None

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_guard.config import GuardConfig
-from mcp_guard.manifest import Approval, Grant, Manifest
+from mcp_guard.manifest import Approval, BlockedAfter, Grant, Manifest
 from mcp_guard.policy.approvals import needs_approval
 from mcp_guard.policy.arguments import Compiled, Violation, check_schema, check_strict, compile_schema
 from mcp_guard.policy.budgets import Charge, Once, charges, once
+from mcp_guard.policy.flows import Prerequisite, blocked_sentence, prerequisites
 from mcp_guard.policy.reasons import Reason, denial
 from mcp_guard.policy.schemas import DIALECT, clean_text, merge_limits, one_dialect, typed_limit
 from mcp_guard.policy.targets import Target
@@ -68,6 +69,10 @@ class Decision:
     charges: tuple[Charge, ...] = ()
     approval: Approval | None = None
     once: Once | None = None  # a `unique` grant: no identical allowed call within its window
+    requires: tuple[Prerequisite, ...] = ()  # calls that must come first (unscoped)
+    blocked: BlockedAfter | None = None  # marks that refuse it
+    marks: tuple[str, ...] = ()  # marks its session carries once it is allowed
+    activated: bool = False  # decided by a grant that applies only while activated
 
     @classmethod
     def refuse(
@@ -118,23 +123,44 @@ class Policy:
         )
         self.hash = hashlib.sha256(blob.encode()).hexdigest()
         self.secrets = frozenset(config.injected).union(*(m.injected for m in manifests))
+        self.prefixes = {m.server: m.name_prefix for m in manifests}
+        grants = [(m, tool, g) for m in manifests for tool, gs in m.tools.items() for g in gs]
+        # How far back a session's marks matter: the longest `blocked_after.within`.
+        self.mark_horizon = max(
+            (g.blocked_after.within for _, _, g in grants if g.blocked_after), default=0.0
+        )
+        # The tools with a grant that applies only while activated: whose decisions depend on it.
+        self.activatable = frozenset(
+            (m.server, tool)
+            for m in manifests
+            for tool, grants in m.tools.items()
+            if any(g.activation for g in grants)
+        )
         self._compiled: dict[tuple[str, str, int, str], Offer | None] = {}
         self._schema_checked: dict[str, bool] = {}
 
-    def grant_for(self, agent: Agent, server: str, tool: str) -> tuple[int, Grant] | None:
-        """The first grant, in file order, whose allow matches: chosen by identity alone. A tool
-        guard.yaml forbids has none, whatever a manifest says (loading refuses such a grant too)."""
+    def grant_for(
+        self, agent: Agent, server: str, tool: str, active: Collection[tuple[str, str]] = ()
+    ) -> tuple[int, Grant] | None:
+        """The first grant, in file order, whose allow matches: chosen by identity alone, and by
+        the agent's activations in force (`active`: (server, tool) pairs) for a grant that applies
+        only while activated. A tool guard.yaml forbids has none, whatever a manifest says (loading
+        refuses such a grant too)."""
         if self.config.forbid and self.config.forbids(server, tool) is not None:
             return None
         manifest = self.manifests.get(server)
         grants = manifest.tools.get(tool) if manifest else None
         for i, grant in enumerate(grants or ()):
+            if grant.activation is not None and (server, tool) not in active:
+                continue
             if grant.matches(agent.name, agent.roles):
                 return i, grant
         return None
 
-    def offers(self, agent: Agent, catalog: Catalog) -> dict[str, Offer]:
-        """Every tool the agent may see and call, by advertised name."""
+    def offers(
+        self, agent: Agent, catalog: Catalog, active: Collection[tuple[str, str]] = ()
+    ) -> dict[str, Offer]:
+        """Every tool the agent may see and call, by advertised name, with its activations in force."""
         if agent.name not in self.agents:
             return {}
         out: dict[str, Offer] = {}
@@ -143,7 +169,7 @@ class Policy:
             if manifest is None:
                 continue
             for tool in tools:
-                found = self.grant_for(agent, server, tool.name)
+                found = self.grant_for(agent, server, tool.name, active)
                 if found is None:
                     continue
                 offer = self._offer(manifest, tool, *found)
@@ -228,9 +254,32 @@ class Policy:
             if needs_approval(offer.grant.approval, arguments, offer.when_validator)
             else None
         )
-        target = Target("tool", offer.server, offer.tool.name)
-        unique = once(offer.grant, agent, session, arguments)
-        return Decision(True, None, "allowed", target, arguments, tuple(found), approval, unique)
+        grant = offer.grant
+        required = prerequisites(grant, offer.server, self.prefixes, arguments)
+        if isinstance(required, Violation):
+            return _deny(offer, required, arguments)
+        return Decision(
+            True,
+            None,
+            "allowed",
+            Target("tool", offer.server, offer.tool.name),
+            arguments,
+            tuple(found),
+            approval,
+            once(grant, agent, session, arguments),
+            required,
+            grant.blocked_after,
+            grant.marks,
+            grant.activation is not None,
+        )
+
+
+def _described(description: str | None, grant: Grant) -> str | None:
+    """The upstream's description, with one sentence added for a tool its marks block."""
+    if grant.blocked_after is None:
+        return description
+    sentence = blocked_sentence(grant.blocked_after)
+    return f"{description.rstrip()} {sentence}" if description else sentence
 
 
 def _deny(offer: Offer, violation: Violation, arguments: Mapping[str, Any]) -> Decision:
@@ -271,7 +320,7 @@ def _compile_offer(manifest: Manifest, tool: ToolDef, grant: Grant) -> Offer | N
         tool=tool,
         grant=grant,
         input_schema=merged,
-        description=clean_text(tool.description),
+        description=_described(clean_text(tool.description), grant),
         declared=declared,
         upstream_validator=upstream_validator,
         limits_validator=limits_validator,

@@ -18,12 +18,10 @@ class Reason(StrEnum):
     LEDGER_UNAVAILABLE = "ledger_unavailable"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     UPSTREAM_TIMEOUT = "upstream_timeout"
+    PREREQUISITE_MISSING = "prerequisite_missing"
     DUPLICATE_CALL = "duplicate_call"
-
-    @property
-    def counts_against_agent(self) -> bool:
-        """Whether the refusal is the agent's doing (not a pending approval or a broken part)."""
-        return self not in _NOT_THE_AGENTS
+    FLOW_BLOCKED = "flow_blocked"
+    LOCKED_OUT = "locked_out"
 
 
 def denial(reason: Reason | str, detail: str) -> str:
@@ -32,6 +30,14 @@ def denial(reason: Reason | str, detail: str) -> str:
     return f"denied ({reason}): {detail}"
 
 
-_NOT_THE_AGENTS = frozenset(
-    {Reason.APPROVAL_PENDING, Reason.LEDGER_UNAVAILABLE, Reason.UPSTREAM_UNAVAILABLE, Reason.UPSTREAM_TIMEOUT}
+# Refusals that are not the agent's doing (a pending approval, a broken part), and the lockout
+# itself: a lockout does not count them.
+NOT_COUNTED = frozenset(
+    {
+        Reason.APPROVAL_PENDING,
+        Reason.LEDGER_UNAVAILABLE,
+        Reason.UPSTREAM_UNAVAILABLE,
+        Reason.UPSTREAM_TIMEOUT,
+        Reason.LOCKED_OUT,
+    }
 )

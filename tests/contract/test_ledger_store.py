@@ -10,6 +10,7 @@ import sys
 import textwrap
 import uuid
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -21,15 +22,19 @@ from sqlite_utils import Database
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.ledger import (
+    ActivationEvent,
     ApprovalEvent,
+    LockoutEvent,
+    MarkEvent,
     PinEvent,
     PolicyEvent,
+    UnlockEvent,
     Window,
     exists,
     open_ledger,
 )
 from mcp_guard.ledger.chain import HASHED_COLUMNS, ZERO_HASH, entry_hash
-from mcp_guard.ledger.entries import CallRecord
+from mcp_guard.ledger.entries import CallRecord, format_ts
 from mcp_guard.manifest import Budget
 
 POLICY = "ab" * 32
@@ -340,3 +345,104 @@ async def test_earlier_finds_the_latest_allowed_call_in_scope_within_the_window_
         assert await store.read(partial(look, scope=(("agent", "intern"),))) is None
         # A window that ends before any of them was decided sees none of them.
         assert await store.read(partial(look, scope=by_order, seconds=0.000001)) is None
+
+
+async def test_earlier_with_ok_counts_only_a_call_whose_outcome_was_ok(kind: SQLiteKind):
+    scope = (("agent", "support-bot"),)
+
+    def look(window: Window) -> object:
+        return window.earlier("billing", "refund", 3600, scope, ok=True)
+
+    async with await open_ledger(kind.config()) as store:
+        pending = await store.decide(record())
+        assert await store.read(look) is None  # in flight: no outcome yet
+        await store.outcome(pending.call_id, "error", 3.0)
+        await store.flush()
+        assert await store.read(look) is None
+        good = await store.decide(record())
+        await store.outcome(good.call_id, "ok", 3.0)
+        await store.decide(record())  # a later call still in flight does not hide the good one
+        await store.flush()
+        found = await store.read(look)
+        assert found is not None
+        assert found[0] == good.call_id
+
+
+def _at(**delta: float) -> str:
+    return format_ts(datetime.now(UTC) + timedelta(**delta))
+
+
+async def test_activations_in_force_are_the_latest_of_each_agent_and_tool_unexpired_and_unrevoked(
+    kind: SQLiteKind,
+):
+    def activation(agent: str, tool: str, action: str, **delta: float) -> ActivationEvent:
+        payload = {"action": action, "until": _at(**delta), "reason": "r", "by": "op"}
+        return ActivationEvent(payload=payload, agent=agent, server="billing", tool=tool)
+
+    async with await open_ledger(kind.config()) as store:
+        await store.append(activation("support-bot", "refund", "activate", hours=1))
+        await store.append(activation("support-bot", "lookup_order", "activate", hours=1))
+        await store.append(activation("support-bot", "lookup_order", "revoke"))
+        await store.append(activation("finance-bot", "refund", "activate", seconds=-1))  # expired
+        await store.append(activation("intern", "refund", "activate", hours=1))
+        in_force = await store.read(lambda w: [(e.agent, e.tool) for e in w.activations()])
+        assert sorted(in_force) == [("intern", "refund"), ("support-bot", "refund")]
+        mine = await store.read(lambda w: list(w.activations(agent="support-bot")))
+        assert [(e.tool, e.payload["by"]) for e in mine] == [("refund", "op")]
+        assert mine[0].ts is not None
+
+
+async def test_a_lockout_is_in_force_until_it_ends_or_an_unlock_follows_it(kind: SQLiteKind):
+    async with await open_ledger(kind.config()) as store:
+        await store.append(LockoutEvent(payload={"until": _at(minutes=15)}, agent="support-bot"))
+        await store.append(LockoutEvent(payload={"until": _at(seconds=-1)}, agent="finance-bot"))
+        await store.append(LockoutEvent(payload={"until": _at(minutes=15)}, agent="intern"))
+        await store.append(UnlockEvent(payload={"by": "op"}, agent="intern"))
+        locked = await store.read(lambda w: [e.agent for e in w.lockouts()])
+        assert locked == ["support-bot"]
+        assert await store.read(lambda w: list(w.lockouts(agent="intern"))) == []
+
+
+async def test_denials_count_the_agents_own_refusals_since_its_last_lockout_or_unlock(kind: SQLiteKind):
+    def deny(reason: str, agent: str = "support-bot") -> CallRecord:
+        return record("deny", agent=agent, reason=reason)
+
+    async with await open_ledger(kind.config()) as store:
+        for reason in (
+            "limit_exceeded",
+            "unknown_tool",
+            "approval_pending",
+            "upstream_timeout",
+            "locked_out",
+        ):
+            await store.decide(deny(reason))
+        await store.decide(deny("limit_exceeded", agent="finance-bot"))
+        await store.decide(record())  # allowed: not a refusal
+        assert await store.read(lambda w: w.denials("support-bot", 3600)) == 2
+        assert await store.read(lambda w: w.denials("support-bot", 0.000001)) == 0
+        await store.append(UnlockEvent(payload={"by": "op"}, agent="support-bot"))
+        assert await store.read(lambda w: w.denials("support-bot", 3600)) == 0
+        await store.decide(deny("invalid_arguments"))
+        assert await store.read(lambda w: w.denials("support-bot", 3600)) == 1
+        assert await store.read(lambda w: w.denials("finance-bot", 3600)) == 1
+
+
+async def test_marks_are_read_by_agent_and_session_newest_first(kind: SQLiteKind):
+    def mark(names: list[str], session: str | None, agent: str = "support-bot") -> MarkEvent:
+        return MarkEvent(payload={"marks": names}, agent=agent, session=session, server="crm", tool="get")
+
+    async with await open_ledger(kind.config()) as store:
+        await store.append(mark(["customer-data"], "s1"))
+        await store.append(mark(["pii", "customer-data"], "s1"))
+        await store.append(mark(["secrets"], "s2"))
+        await store.append(mark(["no-session"], None))
+        await store.append(mark(["theirs"], "s1", agent="finance-bot"))
+        s1 = await store.read(lambda w: [e.marks for e in w.marks("support-bot", "s1", 3600)])
+        assert s1 == [("pii", "customer-data"), ("customer-data",)]
+        bare = await store.read(lambda w: [e.marks for e in w.marks("support-bot", None, 3600)])
+        assert bare == [("no-session",)]
+        every = await store.read(
+            lambda w: [e.marks for e in w.marks("support-bot", None, 3600, any_session=True)]
+        )
+        assert len(every) == 4
+        assert await store.read(lambda w: list(w.marks("support-bot", "s1", 0.000001))) == []

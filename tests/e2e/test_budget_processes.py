@@ -1,9 +1,12 @@
-"""Budgets across real `mcp-guard serve` processes sharing one SQLite ledger file: one after the
-other, and four at once racing for the last of a budget. The billing journal proves what was
-forwarded; the ledger file what was decided; `mcp-guard ledger verify` that the chain held."""
+"""Budgets and escalation rules across real `mcp-guard serve` processes sharing one SQLite ledger
+file: one after the other, and several at once racing for the last of a budget, for the one refund
+that `unique` allows (with and without `requires`), and into a lockout. The billing journal proves
+what was forwarded; the ledger file what was decided; `mcp-guard ledger verify` that the chain
+held."""
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -140,9 +143,9 @@ async def test_four_guard_processes_making_six_concurrent_calls_each_forward_exa
     assert verify.returncode == 0, verify.stderr.decode()
 
 
-async def race(deployment: Deployment, processes: int, calls_each: int) -> list[Any]:
-    """`processes` guard processes on one ledger, each making `calls_each` identical refunds at
-    once, once every process is up; the results, in the order they came back."""
+async def race(deployment: Deployment, processes: int, calls_each: int, amount: Any = AMOUNT) -> list[Any]:
+    """`processes` guard processes on one ledger, each making `calls_each` identical refunds (of
+    `amount`) at once, once every process is up; the results, in the order they came back."""
     deployment.write()
     results: list[Any] = []
     ready = 0
@@ -158,7 +161,7 @@ async def race(deployment: Deployment, processes: int, calls_each: int) -> list[
                 await go.wait()  # every process is up before any call is made
             async with anyio.create_task_group() as calls:
                 for _ in range(calls_each):
-                    calls.start_soon(lambda: _append(results, refund(session, AMOUNT)))
+                    calls.start_soon(lambda: _append(results, refund(session, amount)))
 
     async with anyio.create_task_group() as tg:
         for _ in range(processes):
@@ -196,3 +199,75 @@ async def test_three_guard_processes_racing_with_identical_refunds_forward_exact
         [("allow", None)] + [("deny", "duplicate_call")] * (processes * calls_each - 1)
     )
     assert len({c["session"] for c in calls}) == processes
+
+
+async def test_three_guard_processes_each_refund_only_an_order_their_own_session_looked_up_and_only_once(
+    deployment: Deployment,
+) -> None:
+    refund_grant = [
+        {
+            "allow": ["role:support"],
+            "arguments": {"amount": {"exclusiveMinimum": 0, "maximum": 100}},
+            "requires": [{"tool": "lookup_order", "match": {"order_id": "order_id"}, "within": "15m"}],
+            "unique": {"by": ["arg:order_id", "arg:amount"], "per": "1d"},
+        }
+    ]
+    deployment.with_billing({**BILLING_TOOLS, "refund": refund_grant})
+    deployment.write()
+    results: dict[str, list[Any]] = {"looked": [], "not": []}
+    ready, go = 0, anyio.Event()
+
+    async def guard_process(looks_up: bool) -> None:
+        nonlocal ready
+        async with started_guard(deployment, "support-bot") as session:
+            if looks_up:
+                assert_ok(await lookup(session))
+            ready += 1
+            if ready == 3:
+                go.set()
+            with anyio.fail_after(TIMEOUT):
+                await go.wait()  # every process is up (and two have looked the order up)
+            async with anyio.create_task_group() as calls:
+                for _ in range(3):
+                    into = results["looked" if looks_up else "not"]
+                    calls.start_soon(lambda into=into: _append(into, refund(session, AMOUNT)))
+
+    async with anyio.create_task_group() as tg:
+        for looks_up in (True, True, False):
+            tg.start_soon(guard_process, looks_up)
+
+    for result in results["not"]:  # its own session never looked the order up: others' lookups do not count
+        assert_denied(result, "prerequisite_missing")
+    allowed = [r for r in results["looked"] if r.is_error is not True]
+    assert len(allowed) == 1, [text_of(r) for r in results["looked"]]
+    for result in results["looked"]:
+        if result.is_error is True:
+            assert_denied(result, "duplicate_call")
+    assert refunds(deployment) == [AMOUNT]
+    calls = [c for c in deployment.ledger() if c["tool"] == "refund"]
+    assert sorted((c["decision"], c["reason"]) for c in calls) == sorted(
+        [("allow", None)] + [("deny", "duplicate_call")] * 5 + [("deny", "prerequisite_missing")] * 3
+    )
+
+
+async def test_guard_processes_refused_at_once_write_exactly_one_lockout_and_then_refuse_everything(
+    deployment: Deployment,
+) -> None:
+    deployment.with_billing()
+    deployment.extra_config["lockout"] = {"denials": 5, "within": "5m", "for": "15m"}
+    results = await race(deployment, PROCESSES, CALLS_EACH, amount=AMOUNT * 100)  # over the cap
+
+    reasons = sorted(text_of(r).split(")")[0] for r in results)
+    assert reasons.count("denied (limit_exceeded") == 5, reasons
+    assert reasons.count("denied (locked_out") == PROCESSES * CALLS_EACH - 5, reasons
+    async with started_guard(deployment, "support-bot") as session:
+        assert_denied(await refund(session, AMOUNT), "locked_out")  # a valid call, from a new process
+    assert refunds(deployment) == []
+    conn = sqlite3.connect(deployment.ledger_path)
+    try:
+        (lockouts,) = conn.execute("SELECT count(*) FROM entries WHERE kind = 'lockout'").fetchone()
+    finally:
+        conn.close()
+    assert lockouts == 1
+    calls = deployment.ledger()
+    assert len(calls) == PROCESSES * CALLS_EACH + 1

@@ -613,9 +613,8 @@ async def test_explain_says_a_call_needs_approval_in_the_guards_words_without_fi
     preview = await anyio.to_thread.run_sync(
         load_preview, config, manifests, config_agent(config, "support-bot")
     )
-    allowed, line = explain(
-        preview, config, "billing__refund", {"order_id": "ORD-1001", "amount": 75, "currency": "USD"}
-    )
+    arguments = {"order_id": "ORD-1001", "amount": 75, "currency": "USD"}
+    allowed, line = await anyio.to_thread.run_sync(explain, preview, config, "billing__refund", arguments)
     assert (allowed, line) == (
         False,
         "denied (approval_pending): held for human approval; call again with the same arguments once it is approved",

@@ -44,6 +44,10 @@ def ledger(tmp_path: Path) -> Path:
                 "approval", payload, POLICY, agent="finance-bot", server="billing", tool="refund"
             )
         ledger.record_event("approval", {"id": "r-done", "action": "approve", "by": "ops"}, POLICY)
+        until = format_ts(NOW + timedelta(minutes=30))
+        ledger.record_event("activation", {"action": "activate", "until": until, "reason": "INC-1", "by": "ops"},
+                            agent="support-bot", server="billing", tool="refund")  # fmt: skip
+        ledger.record_event("lockout", {"until": until, "denials": 5, "within": 60}, agent="finance-bot")
     return path
 
 
@@ -72,10 +76,14 @@ async def test_the_canned_queries_answer_through_datasettes_json_api(ledger: Pat
     assert open_call["agent"] == "support-bot"
     pending = await rows(datasette, "/ledger/approvals_pending.json?_shape=array")
     assert [p["request"] for p in pending] == ["r-pending"]
+    standing = await rows(datasette, "/ledger/activations_and_lockouts.json?_shape=array")
+    assert [(r["kind"], r["agent"], r["action"], r["reason"]) for r in standing] == [
+        ("lockout", "finance-bot", None, None), ("activation", "support-bot", "activate", "INC-1"),
+    ]  # fmt: skip
     (policy,) = await rows(datasette, "/ledger/policy_changes.json?_shape=array")
     assert policy["action"] == "loaded"
     assert set(QUERIES) == {"refusals_by_reason", "spend_per_agent_per_day", "calls_without_outcome",
-                            "approvals_pending", "policy_changes"}  # fmt: skip
+                            "approvals_pending", "activations_and_lockouts", "policy_changes"}  # fmt: skip
 
 
 async def test_the_entries_table_has_facets_and_nothing_can_write(ledger: Path):
@@ -84,7 +92,7 @@ async def test_the_entries_table_has_facets_and_nothing_can_write(ledger: Path):
     answer = await datasette.client.get("/ledger/entries.json?_facet=kind")
     facets = answer.json()["facet_results"]
     assert {f["value"]: f["count"] for f in facets["kind"]["results"]} == {
-        "policy": 1, "decision": 5, "outcome": 1, "approval": 4,
+        "policy": 1, "decision": 5, "outcome": 1, "approval": 4, "activation": 1, "lockout": 1,
     }  # fmt: skip
     before = ledger.read_bytes()  # noqa: ASYNC240 (a small file, once)
     for sql in ("DELETE FROM entries", "UPDATE entries SET agent = 'x'", "DROP TRIGGER entries_no_delete"):

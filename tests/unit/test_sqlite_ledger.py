@@ -151,8 +151,12 @@ def test_reopening_applies_each_migration_once(path: Path, raw: Raw):
     for _ in range(3):
         Ledger.open(path).close()
     rows = raw(path).execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
-    assert rows == [("mcp_guard_ledger", "0001_entries"), ("mcp_guard_ledger", "0002_method")]
-    assert raw(path).execute("PRAGMA user_version").fetchone() == (2,)
+    assert rows == [
+        ("mcp_guard_ledger", "0001_entries"),
+        ("mcp_guard_ledger", "0002_method"),
+        ("mcp_guard_ledger", "0003_standing"),
+    ]
+    assert raw(path).execute("PRAGMA user_version").fetchone() == (3,)
 
 
 def test_a_ledger_from_a_newer_version_is_refused(path: Path, raw: Raw):

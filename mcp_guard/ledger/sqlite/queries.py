@@ -19,7 +19,9 @@ _SELECT_INVOCATIONS = (
 )
 # A file no guard has migrated to schema 2 yet (a reader never migrates): every decision is a tools/call.
 _SELECT_INVOCATIONS_V1 = _SELECT_INVOCATIONS.replace(" method,", " 'tools/call',")
-_SELECT_EVENTS = "SELECT id, ts, kind, call_id, agent, server, tool, payload, policy_hash FROM entries WHERE "
+_SELECT_EVENTS = (
+    "SELECT id, ts, kind, call_id, agent, session, server, tool, payload, policy_hash FROM entries "
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,7 @@ class Event:
     kind: str
     call_id: str | None
     agent: str | None
+    session: str | None
     server: str | None
     tool: str | None
     payload: object
@@ -114,10 +117,14 @@ def events(
     return events_where(conn, where_sql, params)
 
 
-def events_where(conn: sqlite3.Connection, where_sql: str, params: Sequence[object]) -> list[Event]:
-    """The entries matching `where` (SQL built from constants, values bound), oldest first."""
-    rows = conn.execute(_SELECT_EVENTS + where_sql + " ORDER BY id", params)
-    return [Event(i, ts, k, c, a, s, t, loads(p), h) for i, ts, k, c, a, s, t, p, h in rows]
+def events_where(
+    conn: sqlite3.Connection, where_sql: str, params: Sequence[object], *, index: str | None = None
+) -> list[Event]:
+    """The entries matching `where` (SQL built from constants, values bound), oldest first; read
+    through `index` when one is named."""
+    using = f"INDEXED BY {index} " if index else ""
+    rows = conn.execute(f"{_SELECT_EVENTS}{using}WHERE {where_sql} ORDER BY id", params)
+    return [Event(i, ts, k, c, a, se, s, t, loads(p), h) for i, ts, k, c, a, se, s, t, p, h in rows]
 
 
 def stats(conn: sqlite3.Connection, since: str | None) -> dict[str, Any]:

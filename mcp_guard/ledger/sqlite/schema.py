@@ -21,7 +21,11 @@ from mcp_guard.ledger.sqlite.verify import TRIGGERS
 CHECKPOINT_EVERY = 0.5  # seconds between background checkpoints
 BACKSTOP_PAGES = 16384  # SQLite's own checkpoint, when the background one falls this far behind (64 MiB)
 MIGRATIONS = Migrations("mcp_guard_ledger")
-_MIGRATION_NAMES = ("0001_entries", "0002_method")  # in order, one per function registered below
+_MIGRATION_NAMES = (
+    "0001_entries",
+    "0002_method",
+    "0003_standing",
+)  # in order, one per function registered below
 SCHEMA_VERSION = len(_MIGRATION_NAMES)
 """Kept in the file's `PRAGMA user_version` (0 in a file from before versions were kept: 1)."""
 
@@ -53,6 +57,22 @@ def _add_method(db: Database) -> None:
     db.execute("ALTER TABLE entries ADD COLUMN method TEXT")
     db.execute("DROP VIEW invocations")
     _create_invocations(db, "coalesce(d.method, 'tools/call') AS method, ")
+    db.execute("PRAGMA user_version = 2")
+
+
+STANDING = "kind IN ('activation', 'lockout', 'mark', 'unlock')"
+"""The entries an agent's standing is made of; a query on `entries_standing` repeats this term
+as written (SQLite uses a partial index only for a query whose WHERE contains its WHERE)."""
+DENIED = "decision = 'deny'"
+"""Likewise for `entries_denials`: the refusals a lockout counts, by agent and time."""
+
+
+@MIGRATIONS(name=_MIGRATION_NAMES[2])
+def _add_standing(db: Database) -> None:
+    # Small partial indexes, so the escalation rules read only the rows they need: activations,
+    # lockouts and marks by agent (and session, time); refusals by agent and time.
+    db.execute(f"CREATE INDEX entries_standing ON entries (kind, agent, session, ts) WHERE {STANDING}")
+    db.execute(f"CREATE INDEX entries_denials ON entries (agent, ts) WHERE {DENIED}")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
