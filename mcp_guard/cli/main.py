@@ -194,6 +194,10 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config, manifests = load(args)
+    if config.ledger.checkpoints is not None:  # what would stop `serve` from starting
+        from mcp_guard.ledger.checkpoints import signing_key
+
+        signing_key(config.ledger.checkpoints)
     known = set(config.agents)
     roles = {r for a in config.agents.values() for r in a.roles}
     for m in manifests:

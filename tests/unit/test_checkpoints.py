@@ -372,6 +372,15 @@ async def test_a_serving_guard_signs_checkpoints_as_it_goes_and_as_it_stops(site
     assert [json.loads(line)["entry_id"] for line in site.lines()] == [4, 5]
 
 
+def test_check_refuses_a_bad_checkpoint_key_as_serve_would(site: Site, capsys):
+    (site.root / "tool_manifests").mkdir()
+    assert main(["--config", str(site.config), "check"]) == 0
+    (site.keys / "checkpoint.key").chmod(0o604)
+    capsys.readouterr()
+    assert main(["--config", str(site.config), "check"]) == 2
+    assert "can be read by others (mode 0604)" in capsys.readouterr().err
+
+
 async def test_a_guard_with_a_bad_checkpoint_key_or_directory_does_not_start(site: Site, deployment):
     deployment.with_billing()
     (site.keys / "checkpoint.key").chmod(0o644)
