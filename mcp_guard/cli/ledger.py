@@ -1,7 +1,7 @@
-"""`mcp-guard ledger tail|verify|stats`: the ledger formatted for people (escaped, coloured on a
-tty) or as JSON lines; keygen, checkpoint, export and verify's checkpoints are audit.py's. Opens the
-ledger read-only, through the LedgerStore protocol, and never writes. Imports only ledger, config,
-loading, errors and cli.audit.
+"""`mcp-guard ledger tail|events|verify|stats`: the ledger formatted for people (escaped, coloured
+on a tty) or as JSON lines; keygen, checkpoint, export and verify's checkpoints are audit.py's,
+browse is browse.py's. Opens the ledger read-only, through the LedgerStore protocol, and never
+writes. Imports only ledger, config, loading, errors and those two.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from mcp_guard.cli.audit import add_audit_parsers, run_audit, run_keygen, wants_
 from mcp_guard.cli.browse import add_browse_parser, run_browse
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
-from mcp_guard.ledger import Invocation, LedgerStore, open_ledger
+from mcp_guard.ledger import Invocation, LedgerEvent, LedgerStore, open_ledger
+
+EVENT_KINDS = ("activation", "lockout", "unlock", "mark", "approval", "pin", "policy")
 
 IN_FLIGHT_SECONDS = 3.0
 MAX_ARGUMENTS_CHARS = 200
@@ -65,6 +67,16 @@ def add_ledger_parser(subparsers: Any) -> None:
     tail.add_argument("--tool", metavar="T", help="only this tool (TOOL or SERVER.TOOL)")
     tail.add_argument("--decision", choices=("allow", "deny"), help="only this decision")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    events = commands.add_parser(
+        "events",
+        help="recent entries that are not calls (activations, lockouts, approvals, ...), oldest first",
+        description="Recent entries that are not calls, oldest first: " + ", ".join(EVENT_KINDS) + ".",
+    )
+    events.add_argument("-n", type=_count, default=20, metavar="N", help="how many (default 20)")
+    events.add_argument(
+        "--kind", action="append", choices=EVENT_KINDS, metavar="KIND", help="only this kind (repeatable)"
+    )
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
     verify = commands.add_parser(
         "verify",
         help="check the hash chain (and signed checkpoints)",
@@ -109,11 +121,28 @@ async def _run(args: argparse.Namespace, config: LedgerConfig, out: TextIO) -> i
             return await run_audit(args, ledger, config, out)
         if args.ledger_command == "verify":
             return await _verify(ledger, out)
+        if args.ledger_command == "events":
+            kinds = args.kind or EVENT_KINDS
+            found = await ledger.read(lambda window: window.events(kinds, limit=args.n))
+            for event in found:
+                out.write(format_event(event, as_json=args.json) + "\n")
+            return 0
         if args.ledger_command == "stats":
             since = datetime.now(UTC) - args.since if args.since else None
             out.write(format_stats(await ledger.stats(since)))
             return 0
         return await _tail(ledger, args, out)
+
+
+def format_event(event: LedgerEvent, *, as_json: bool = False) -> str:
+    """One entry that is not a call: time, kind, who and what, and its payload (escaped)."""
+    fields = {"ts": event.ts, "kind": event.kind, "agent": event.agent, "session": event.session}
+    fields |= {"server": event.server, "tool": event.tool, "call_id": event.call_id}
+    if as_json:
+        return json.dumps({**fields, "payload": dict(event.payload)}, ensure_ascii=True)
+    target = f"{event.server}.{event.tool}" if event.server else "-"
+    payload = json.dumps(dict(event.payload), ensure_ascii=False, sort_keys=True)
+    return printable(f"{event.ts} {event.kind} {event.agent or '-'} {target} {payload}")
 
 
 async def _verify(ledger: LedgerStore, out: TextIO) -> int:

@@ -264,8 +264,16 @@ def _standing_lines(preview: Preview) -> list[str]:
 
 
 def _prerequisites(preview: Preview, offer: Offer) -> tuple[flows.Prerequisite, ...]:
-    found = flows.prerequisites(offer.grant, offer.server, preview.policy.prefixes, {})
-    return found if isinstance(found, tuple) else ()
+    return flows.required(offer.grant, offer.server, preview.policy.prefixes)
+
+
+def _activatable(preview: Preview, offer: Offer) -> str | None:
+    """The `max` of a grant for this tool that would apply to the agent if activated (not now)."""
+    target = (offer.server, offer.tool.name)
+    found = preview.policy.grant_for(preview.agent, *target, active=[target])
+    if found is None or found[1] is offer.grant or found[1].activation is None:
+        return None
+    return format_duration(found[1].activation.max)
 
 
 def _blocking(preview: Preview, offer: Offer) -> list[flows.Marked]:
@@ -294,6 +302,12 @@ def _rule_lines(preview: Preview, offer: Offer) -> list[str]:
     if grant.activation is not None:
         until = _activated_until(preview, offer)
         lines.append(f"activation: up to {format_duration(grant.activation.max)}; in force until {until}")
+    most = _activatable(preview, offer)
+    if most is not None:
+        who, tool = preview.agent.name, f"{offer.server}.{offer.tool.name}"
+        lines.append(
+            f"activation: another grant applies while activated (up to {most}): grants activate {who} {tool}"
+        )
     return lines
 
 
@@ -317,6 +331,7 @@ def _rules_json(preview: Preview, offer: Offer) -> dict[str, Any]:
         "activation": None
         if grant.activation is None
         else {"max": format_duration(grant.activation.max), "until": _activated_until(preview, offer)},
+        "activatable": _activatable(preview, offer),
     }
 
 

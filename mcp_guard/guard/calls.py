@@ -17,6 +17,7 @@ import mcp_types as types
 from mcp import MCPError
 from mcp.server import ServerRequestContext
 
+from mcp_guard.config import LockoutConfig
 from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.guard import holds, pins
 from mcp_guard.guard.convert import refusal, relay
@@ -77,9 +78,9 @@ class Call:
         agent, policy = self.agent, self.policy
         record = record_of(uuid.uuid4().hex, agent, self.session, self.name, decision, policy, self.scrubber)
         hold = hold_of(agent, decision, record, policy.prefixes)
-        if hold is not None and hold.approval is not None:
-            await self._await_approval(hold, record.policy_hash)
         lockout = policy.config.lockout
+        if hold is not None and hold.approval is not None:
+            await self._await_approval(hold, record.policy_hash, lockout)
         if hold is None and lockout is None:
             return await self.guard.ledger.decide(record)
         return await self.guard.ledger.decide(
@@ -108,13 +109,17 @@ class Call:
             return await self._check_upstream(decision)
         return decision
 
-    async def _await_approval(self, hold: holds.Hold, policy_hash: str) -> None:
+    async def _await_approval(
+        self, hold: holds.Hold, policy_hash: str, lockout: LockoutConfig | None
+    ) -> None:
         """File (or find) the approval request for this exact call; if it is pending, wait up to
         `approval.wait` for an operator, with progress notifications if the client asked."""
         assert hold.approval is not None
         ledger = self.guard.ledger
         # A write transaction, so this process's deferred outcomes (a prerequisite's) are read too.
-        _, verdict = await ledger.hold(partial(holds.request, hold=hold, policy_hash=policy_hash))
+        _, verdict = await ledger.hold(
+            partial(holds.request, hold=hold, policy_hash=policy_hash, lockout=lockout)
+        )
         if verdict != "pending":
             return  # refused whatever an operator says (asked no one), or decided already
         progress = progress_relay(self.ctx)

@@ -76,9 +76,14 @@ def file_request(window: Window, hold: Hold, policy_hash: str) -> tuple[str, str
     return request_id, "pending"
 
 
-def request(window: Window, hold: Hold, policy_hash: str) -> tuple[str | None, str]:
-    """`file_request`, unless the call is refused whatever an operator would say: then no one is
-    asked, and the verdict is "refused" (the decision's own transaction says why)."""
+def request(
+    window: Window, hold: Hold, policy_hash: str, lockout: LockoutConfig | None = None
+) -> tuple[str | None, str]:
+    """`file_request`, unless the call is refused whatever an operator would say (its agent is
+    locked out, or `refused_before_approval`): then no one is asked, and the verdict is "refused"
+    (the decision's own transaction says why)."""
+    if lockout is not None and window.lockouts(agent=hold.agent):
+        return None, "refused"
     if refused_before_approval(window, hold) is not None:
         return None, "refused"
     return file_request(window, hold, policy_hash)

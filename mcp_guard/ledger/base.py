@@ -6,7 +6,7 @@ but the ledger's values (entries, chain) and, for types only, the manifest's Bud
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -226,6 +226,11 @@ class Window(Protocol):
     ) -> Sequence[MarkEvent]:
         """The mark entries of `agent` in `session` (None: calls without one; `any_session`: in
         all of them) within the last `seconds`, newest first."""
+        ...
+
+    def events(self, kinds: Collection[str], *, limit: int) -> Sequence[LedgerEvent]:
+        """The latest `limit` entries of these event kinds (policy, pin, approval, mark,
+        activation, lockout, unlock), oldest first."""
         ...
 
     def append(self, event: LedgerEvent) -> None:

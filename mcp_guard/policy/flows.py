@@ -45,25 +45,26 @@ class Prerequisite:
         return Violation(Reason.PREREQUISITE_MISSING, detail)
 
 
-def prerequisites(
-    grant: Grant, server: str, prefixes: Mapping[str, str], arguments: Mapping[str, Any]
-) -> tuple[Prerequisite, ...] | Violation:
-    """A grant's `requires` for one call (unscoped; see `Prerequisite.scoped`), or the refusal of
-    a call that lacks an argument one of them must match (nothing can match an absent value)."""
+def required(grant: Grant, server: str, prefixes: Mapping[str, str]) -> tuple[Prerequisite, ...]:
+    """A grant's `requires`, unscoped (see `Prerequisite.scoped`)."""
     out: list[Prerequisite] = []
     for req in grant.requires:
         target_server, tool = req.target(server, prefixes)
-        pre = Prerequisite(
-            target_server,
-            tool,
-            req.within,
-            tuple(sorted(req.match.items())),
-            prefixes.get(target_server, f"{target_server}__") + tool,
-        )
+        first = prefixes.get(target_server, f"{target_server}__") + tool
+        out.append(Prerequisite(target_server, tool, req.within, tuple(sorted(req.match.items())), first))
+    return tuple(out)
+
+
+def prerequisites(
+    grant: Grant, server: str, prefixes: Mapping[str, str], arguments: Mapping[str, Any]
+) -> tuple[Prerequisite, ...] | Violation:
+    """A grant's `requires` for one call (unscoped), or the refusal of a call that lacks an
+    argument one of them must match (nothing can match an absent value)."""
+    found = required(grant, server, prefixes)
+    for pre in found:
         if any(ours not in arguments for _, ours in pre.match):
             return pre.missing()
-        out.append(pre)
-    return tuple(out)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -672,3 +672,91 @@ def test_manifest_init_with_an_authorization_header_writes_a_variable_never_the_
     (note,) = [line for line in done.stderr.splitlines() if "UPSTREAM_TOKEN" in line]
     assert "set UPSTREAM_TOKEN where the guard runs" in note
     assert "'Authorization'" in note
+
+
+# -- escalation across calls ----------------------------------------------------------------------
+
+
+async def test_over_http_a_refund_needs_its_lookup_and_an_activation_reaches_the_session_within_2s(
+    guard: HttpGuard,
+) -> None:
+    changed, changed_at = anyio.Event(), []
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification) and not changed.is_set():
+            changed_at.append(time.monotonic())
+            changed.set()
+
+    def cap(listed: types.ListToolsResult) -> Any:
+        return next(t for t in listed.tools if t.name == "billing__refund").input_schema["properties"][
+            "amount"
+        ]["maximum"]
+
+    support = {"Authorization": guard.bearer("support-bot")}
+    refund = {"order_id": "ORD-1002", "amount": 5, "currency": "EUR"}
+    grants = [*_command(), "--config", str(guard.config), "grants"]
+    activate = [*grants, "activate", "support-bot", "billing.refund", "--for", "5m", "--reason", "http test"]
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            httpx2.AsyncClient(headers=support, timeout=httpx2.Timeout(TIMEOUT)) as http,
+            streamable_http_client(guard.url, http_client=http) as streams,
+            ClientSession(
+                streams[0], streams[1], read_timeout_seconds=TIMEOUT, message_handler=on_message
+            ) as session,
+        ):
+            await session.initialize()
+            missing = await session.call_tool("billing__refund", refund)
+            await session.call_tool("billing__lookup_order", {"order_id": "ORD-1002"})
+            paid = await session.call_tool("billing__refund", refund)
+            again = await session.call_tool("billing__refund", refund)
+            before = cap(await session.list_tools())
+            done = await anyio.run_process(activate, check=False)
+            written = time.monotonic()  # the activation is in the ledger by the time the CLI exits
+            assert done.returncode == 0, done.stderr.decode()
+            await changed.wait()
+            after = cap(await session.list_tools())
+            await anyio.run_process([*grants, "revoke", "support-bot", "billing.refund"])
+    assert text_of_result(missing).startswith("denied (prerequisite_missing): call billing__lookup_order")
+    assert not paid.is_error
+    assert text_of_result(again).startswith("denied (duplicate_call): ")
+    assert changed_at[0] - written < 2.0
+    assert (before, after) == (100, 1000)
+    refunds = [
+        e for e in guard.journal() if e["tool"] == "refund" and e["arguments"]["order_id"] == "ORD-1002"
+    ]
+    assert len(refunds) == 1
+    reasons = [
+        r["reason"] for r in guard.decisions_mentioning('"order_id":"ORD-1002"') if r["tool"] == "refund"
+    ]
+    assert reasons == ["prerequisite_missing", None, "duplicate_call"]
+
+
+def text_of_result(result: types.CallToolResult) -> str:
+    assert result.is_error
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+async def test_over_stateless_http_a_prerequisite_is_the_agents_across_requests(guard: HttpGuard) -> None:
+    refund = {"order_id": "ORD-1005", "amount": 6, "currency": "EUR"}
+
+    async def client() -> Any:
+        http = httpx2.AsyncClient(headers={"Authorization": guard.bearer("support-bot")}, timeout=TIMEOUT)
+        return http, Client(streamable_http_client(guard.url, http_client=http), mode="2026-07-28")
+
+    with anyio.fail_after(TIMEOUT):
+        http, first = await client()
+        async with http, first:
+            await first.call_tool("billing__lookup_order", {"order_id": "ORD-1005"})
+        http, second = await client()
+        async with http, second:  # a new connection, no session: the same agent's lookup counts
+            paid = await second.call_tool("billing__refund", refund)
+    assert not paid.is_error, paid
+    rows = [
+        r
+        for r in guard.decisions_mentioning('"order_id":"ORD-1005"')
+        if r["tool"] in ("refund", "lookup_order")
+    ]
+    assert [(r["tool"], r["decision"], r["session"]) for r in rows][-2:] == [
+        ("lookup_order", "allow", None),
+        ("refund", "allow", None),
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -20,6 +21,7 @@ import pytest
 from mcp import ClientSession, MCPError
 
 from mcp_guard.cli.grants import run_agents, run_grants
+from mcp_guard.cli.ledger import run_ledger
 from mcp_guard.errors import UsageError
 from mcp_guard.guard.app import Guard, open_guard
 from mcp_guard.guard.caller import Caller
@@ -357,6 +359,17 @@ async def test_an_agent_refused_again_and_again_is_locked_out_until_an_operator_
     assert reasons.count("locked_out") == 2
     unlock = argparse.Namespace(name="support-bot")
     assert await anyio.to_thread.run_sync(run_agents, unlock, config, io.StringIO()) == 1  # not locked
+    events = argparse.Namespace(ledger_command="events", kind=["lockout", "unlock"], n=10, json=True)
+    out = io.StringIO()
+    assert await anyio.to_thread.run_sync(run_ledger, events, config.ledger, out) == 0
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["kind"], r["agent"]) for r in rows] == [("lockout", "support-bot"), ("unlock", "support-bot")]
+    assert rows[0]["payload"]["denials"] == 3
+    assert rows[1]["payload"]["by"]
+    text = io.StringIO()
+    every = argparse.Namespace(ledger_command="events", kind=None, n=1, json=False)
+    assert await anyio.to_thread.run_sync(run_ledger, every, config.ledger, text) == 0
+    assert " unlock support-bot - " in text.getvalue()
 
 
 async def test_refusals_that_are_not_the_agents_doing_never_lock_it_out(deployment: Deployment) -> None:
@@ -376,3 +389,45 @@ def _lockouts(deployment: Deployment) -> list[Any]:
         return conn.execute("SELECT payload FROM entries WHERE kind = 'lockout'").fetchall()
     finally:
         conn.close()
+
+
+# -- what the operator sees -----------------------------------------------------------------------
+
+
+async def test_tools_shows_each_rule_the_lockout_the_activations_and_the_marks_carried(
+    deployment: Deployment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mcp_guard.cli.preview import load_preview, print_tools
+    from mcp_guard.policy.engine import Agent
+
+    deployment.with_billing(
+        {**BILLING_TOOLS, "lookup_order": LOOKUP, "refund": [ACTIVATED, *refund_grants(requires=REQUIRES)]}
+    )
+    blocked = {**TICKETS_TOOLS["add_comment"], "blocked_after": {"marks": ["customer-data"], "within": "1h"}}
+    deployment.with_tickets({**TICKETS_TOOLS, "add_comment": blocked})
+    config, manifests = deployment.load()
+    agent = Agent("support-bot", frozenset({"support"}))
+    async with sessions(deployment, "support-bot") as (_, (session,), _):
+        assert_ok(await lookup(session))  # marks its session customer-data
+    preview = await anyio.to_thread.run_sync(load_preview, config, manifests, agent)
+    await anyio.to_thread.run_sync(print_tools, preview, config, False)
+    shown = capsys.readouterr().out
+    assert "(mark customer-data carried: set by billing__lookup_order at 20" in shown
+    assert "  requires: call billing__lookup_order with the same order_id first (within 15m)" in shown
+    assert (
+        "  activation: another grant applies while activated (up to 2h): grants activate support-bot billing.refund"
+        in shown
+    )
+    assert "  marks: sets customer-data on the session" in shown
+    assert "  blocked_after: customer-data within 1h; blocked now by customer-data until 20" in shown
+
+    activate = grants_args("activate", "support-bot", "billing.refund", duration="30m", reason="ticket 9")
+    assert await anyio.to_thread.run_sync(run_grants, activate, config, manifests, io.StringIO()) == 0
+    preview = await anyio.to_thread.run_sync(load_preview, config, manifests, agent)
+    await anyio.to_thread.run_sync(print_tools, preview, config, True)
+    rows = {row["name"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["billing__refund"]["activation"]["max"] == "2h"
+    assert rows["billing__refund"]["activation"]["until"].startswith("20")
+    assert rows["billing__refund"]["inputSchema"]["properties"]["amount"]["maximum"] == 1000
+    assert rows["tickets__add_comment"]["blocked_now"][0]["by"] == "billing__lookup_order"
+    assert rows["billing__lookup_order"]["marks"] == ["customer-data"]

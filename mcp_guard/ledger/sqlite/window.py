@@ -6,7 +6,7 @@ ledger's values and its siblings in ledger.sqlite."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -104,6 +104,14 @@ class SQLiteWindow:
             ("ts > ?", self.since(seconds)),
         )
         return [e for e in reversed(found) if isinstance(e, MarkEvent)]
+
+    def events(self, kinds: Collection[str], *, limit: int) -> Sequence[LedgerEvent]:
+        wanted = sorted(set(kinds) & EVENT_TYPES.keys())
+        if not wanted or limit <= 0:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        where = f"id IN (SELECT id FROM entries WHERE kind IN ({marks}) ORDER BY id DESC LIMIT ?)"  # noqa: S608
+        return self._made(queries.events_where(self._conn, where, [*wanted, limit]))
 
     def append(self, event: LedgerEvent) -> None:
         self.queued.append(event.row())
