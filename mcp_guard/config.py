@@ -129,6 +129,35 @@ def find_config(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get("MCP_GUARD_CONFIG") or "guard.yaml")
 
 
+def load_ledger_config(path: Path) -> LedgerConfig:
+    """Only guard.yaml's `ledger` section, for the commands that only read or append to the ledger
+    (`ledger`, `approvals`, `grants list`): a `${VAR}` another section names (a signing key the
+    serving guard needs) need not be set to read it."""
+    if not path.is_file():
+        raise ConfigError(str(path), "", "no such config file (give --config or set MCP_GUARD_CONFIG)")
+    file = str(path)
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, "", "must be a mapping at the top level")
+    section = expand_env(data.get("ledger") or {}, file, set(), "ledger")
+    if not isinstance(section, dict):
+        raise ConfigError(file, "ledger", "must be a mapping")
+    try:
+        ledger = build(LedgerConfig, section, file)
+    except ConfigError as exc:
+        raise ConfigError(file, f"ledger.{exc.path}".rstrip("."), exc.reason) from None
+    return _resolved(ledger, path.resolve().parent)
+
+
+def _resolved(ledger: LedgerConfig, base: Path) -> LedgerConfig:
+    """The ledger section with its paths (the file, the checkpoints' key and folder) from `base`."""
+    ledger = ledger.model_copy(update={"path": base / ledger.path})
+    if (points := ledger.checkpoints) is not None:
+        points = points.model_copy(update={"key": base / points.key, "dir": base / points.dir})
+        ledger = ledger.model_copy(update={"checkpoints": points})
+    return ledger
+
+
 def load_config(path: Path) -> GuardConfig:
     if not path.is_file():
         raise ConfigError(str(path), "", "no such config file (give --config or set MCP_GUARD_CONFIG)")
@@ -141,14 +170,10 @@ def load_config(path: Path) -> GuardConfig:
                 raise ConfigError(file, key, "unknown key")
     config = build(GuardConfig, data, file)
     base = path.resolve().parent
-    ledger = config.ledger.model_copy(update={"path": base / config.ledger.path})
-    if (points := config.ledger.checkpoints) is not None:
-        points = points.model_copy(update={"key": base / points.key, "dir": base / points.dir})
-        ledger = ledger.model_copy(update={"checkpoints": points})
     return config.model_copy(
         update={
             "manifests": base / config.manifests,
-            "ledger": ledger,
+            "ledger": _resolved(config.ledger, base),
             "source": path.resolve(),
             "injected": frozenset(injected),
         }

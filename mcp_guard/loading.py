@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
@@ -118,7 +119,9 @@ def build(model: type[M], data: Any, file: str, context: dict[str, Any] | None =
     try:
         return model.model_validate(data, context=context)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        errors = exc.errors(include_url=False)
+        # A misspelt key also leaves the right one missing: the unknown key says more.
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         path = ""
         for part in err["loc"]:
             if part in ("function-after", "function-before", "function-plain", "tagged-union"):
@@ -128,5 +131,30 @@ def build(model: type[M], data: Any, file: str, context: dict[str, Any] | None =
             path = join_path(path, part)
         reason = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            reason = "unknown key"
+            reason = "unknown key" + _did_you_mean(model, err["loc"])
         raise ConfigError(file, path, reason) from None
+
+
+def _did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """`; did you mean 'allow'?` for a misspelt key, found among the keys of the model it sits in."""
+    fields: dict[str, Any] = dict(model.model_fields)
+    current: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            continue
+        current = _model_of(current.model_fields[part].annotation)
+    if current is not None:
+        fields = {f.alias or name: f for name, f in current.model_fields.items()}
+    near = difflib.get_close_matches(str(loc[-1]), list(fields), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, directly or inside a tuple, dict, list or optional."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None

@@ -4,14 +4,15 @@ everything that can be checked without the upstream: names, grants, JSON Schemas
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from decimal import Decimal
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from mcp_guard.config import GuardConfig, load_config
 from mcp_guard.errors import ConfigError
@@ -86,6 +87,8 @@ class Unique(Frozen):
 Mark = Annotated[str, Field(pattern=NAME_PATTERN)]
 """A flow mark (`customer-data`): global across servers, carried by a session."""
 _ARGUMENT = r"^[A-Za-z0-9_.-]{1,64}$"
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+"""What an MCP tool name can be (the specification's rule): a `tools` key outside it names nothing."""
 MAX_ACTIVATION = 86400.0  # a just-in-time grant is for hours, not standing access
 
 
@@ -133,9 +136,23 @@ class Approval(Frozen):
     timeout: Duration = 900.0
 
 
+ArgumentName = Annotated[str, Field(pattern=_ARGUMENT)]
+
+
 class Grant(Frozen):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
     allow: tuple[Annotated[str, Field(pattern=_PRINCIPAL.pattern)], ...]
     arguments: dict[str, Limit] = {}
+    required: tuple[ArgumentName, ...] = ()  # arguments a call must send (absent: invalid_arguments)
+    set_: dict[ArgumentName, Any] = Field(default={}, alias="set")  # sent by the guard, never by the agent
+    title: Annotated[str, Field(max_length=200)] | None = None  # shown instead of the upstream's
+    description: Annotated[str, Field(max_length=4000)] | None = None
+    sensitive: tuple[ArgumentName, ...] = ()  # recorded only as a digest
+    # Path arguments of a local upstream that must resolve, on this host, inside these folders.
+    paths: dict[
+        ArgumentName, Annotated[tuple[Annotated[str, Field(min_length=1)], ...], Field(min_length=1)]
+    ] = {}
     budgets: tuple[Budget, ...] = ()
     approval: Approval | None = None
     unique: Unique | None = None
@@ -144,8 +161,37 @@ class Grant(Frozen):
     blocked_after: BlockedAfter | None = None
     activation: Activation | None = None
 
+    @model_validator(mode="after")
+    def _arguments_agree(self) -> Grant:
+        fixed = set(self.set_)
+        for name in self.required:
+            if name in fixed:
+                msg = f"required: {name!r} is also in set (the guard sends it; the agent may not)"
+                raise ValueError(msg)
+            if self.arguments.get(name) is False:
+                msg = f"required: {name!r} is also a false argument (it may not be sent at all)"
+                raise ValueError(msg)
+        for name in sorted(fixed & self.arguments.keys()):
+            msg = f"set: {name!r} also has a limit under arguments; a value the guard sends needs none"
+            raise ValueError(msg)
+        return self
+
     def matches(self, agent: str, roles: frozenset[str]) -> bool:
         return any(p == "*" or p == agent or (p.startswith("role:") and p[5:] in roles) for p in self.allow)
+
+
+class Selector(Grant):
+    """A grant for the tools the manifest's `tools:` does not name, chosen by the tool's name (a
+    glob, case-sensitive) and, with `read_only`, its `readOnlyHint` annotation. Still default deny
+    (an unmatched tool is never shown) and still pinned like every tool of the server."""
+
+    tools: Annotated[str, Field(min_length=1, max_length=200)] = "*"
+    read_only: bool | None = None
+
+    def selects(self, tool: str, annotations: Mapping[str, Any] | None) -> bool:
+        if not fnmatchcase(tool, self.tools):
+            return False
+        return self.read_only is None or (annotations or {}).get("readOnlyHint") is self.read_only
 
 
 def _one_or_many(value: object) -> object:
@@ -182,13 +228,43 @@ class Manifest(Frozen):
     server: Annotated[str, Field(pattern=SERVER_PATTERN)]
     upstream: Upstream
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{0,64}$")] | None = None
-    tools: dict[str, Annotated[tuple[Grant, ...], BeforeValidator(_one_or_many), Field(min_length=1)]]
+    tools: dict[str, Annotated[tuple[Grant, ...], BeforeValidator(_one_or_many), Field(min_length=1)]] = {}
+    select: tuple[Selector, ...] = ()  # grants by selector, for tools `tools` does not name
     source: Path = Path()
     injected: frozenset[str] = frozenset()
+
+    @model_validator(mode="after")
+    def _paths_are_local(self) -> Manifest:
+        if self.upstream.url is not None:
+            for where, i, grant in self.all_grants():
+                if grant.paths:
+                    msg = f"{where}[{i}].paths: only for a command upstream (the guard sees no other host)"
+                    raise ValueError(msg)
+        return self
 
     @property
     def name_prefix(self) -> str:
         return f"{self.server}__" if self.prefix is None else self.prefix
+
+    def upstream_cwd(self) -> Path:
+        """The folder the upstream process runs in: its `cwd` (relative to the manifest), else ours."""
+        cwd = self.upstream.cwd
+        if cwd is None:
+            return Path.cwd()
+        return cwd if cwd.is_absolute() else self.source.parent / cwd
+
+    def grants_for(self, tool: str, annotations: Mapping[str, Any] | None = None) -> tuple[Grant, ...]:
+        """The grants of a tool, in file order: those `tools` names it with, else the selectors
+        that pick it (annotations unknown: no `read_only` selector picks it)."""
+        named = self.tools.get(tool)
+        if named is not None:
+            return named
+        return tuple(s for s in self.select if s.selects(tool, annotations))
+
+    def all_grants(self) -> list[tuple[str, int, Grant]]:
+        """(where, index, grant) of every grant, named or by selector: `tools.NAME` or `select`."""
+        named = [(f"tools.{tool}", i, g) for tool, gs in self.tools.items() for i, g in enumerate(gs)]
+        return named + [("select", i, g) for i, g in enumerate(self.select)]
 
 
 def load_manifest(path: Path) -> Manifest:
@@ -202,6 +278,12 @@ def load_manifest(path: Path) -> Manifest:
     manifest = build(Manifest, data, file)
     if path.stem != manifest.server:
         LOGGER.warning(f"warning: {file}: server {manifest.server!r} differs from the file name")
+    for tool in manifest.tools:
+        if not TOOL_NAME.match(tool):
+            msg = (
+                f"no upstream can have a tool named {tool!r} (letters, digits, _ . -); use select: for globs"
+            )
+            LOGGER.warning(f"warning: {file}:tools.{tool}: {msg}")
     # Everything handed to the upstream (env, headers) and every ${VAR} value is a secret.
     handed = {*manifest.upstream.env.values(), *manifest.upstream.headers.values()}
     secrets = frozenset(v for v in injected | handed if len(v) >= 8)
@@ -228,22 +310,24 @@ def load_deployment(config_path: Path) -> tuple[GuardConfig, tuple[Manifest, ...
 
 def _check_flows(manifests: tuple[Manifest, ...]) -> None:
     """What the escalation rules name must exist: a required tool is a load error when no
-    manifest lists it; a mark that nothing sets, or that nothing blocks on, is a warning."""
-    tools = {(m.server, tool) for m in manifests for tool in m.tools}
-    servers = {m.server for m in manifests}
+    manifest lists it or selects it by name; a mark that nothing sets, or that nothing blocks on,
+    is a warning."""
+    by_server = {m.server: m for m in manifests}
     sets: set[str] = set()
     blocks: dict[str, str] = {}
     for m in manifests:
-        for tool, grants in m.tools.items():
-            for i, grant in enumerate(grants):
-                for j, req in enumerate(grant.requires):
-                    server, name = req.target(m.server, servers)
-                    if (server, name) not in tools:
-                        msg = f"requires {req.tool!r}, which no manifest lists (server {server!r})"
-                        raise ConfigError(str(m.source), f"tools.{tool}[{i}].requires[{j}].tool", msg)
-                sets.update(grant.marks)
-                for mark in grant.blocked_after.marks if grant.blocked_after else ():
-                    blocks.setdefault(mark, f"{m.source}:tools.{tool}[{i}].blocked_after")
+        for where, i, grant in m.all_grants():
+            for j, req in enumerate(grant.requires):
+                server, name = req.target(m.server, by_server)
+                target = by_server.get(server)
+                if target is None or not (
+                    name in target.tools or any(fnmatchcase(name, s.tools) for s in target.select)
+                ):
+                    msg = f"requires {req.tool!r}, which no manifest lists (server {server!r})"
+                    raise ConfigError(str(m.source), f"{where}[{i}].requires[{j}].tool", msg)
+            sets.update(grant.marks)
+            for mark in grant.blocked_after.marks if grant.blocked_after else ():
+                blocks.setdefault(mark, f"{m.source}:{where}[{i}].blocked_after")
     for mark in sorted(sets - blocks.keys()):
         LOGGER.warning(f"warning: mark {mark!r} is set but no grant is blocked_after it")
     for mark, where in sorted(blocks.items()):

@@ -34,20 +34,20 @@ def add_grants_parsers(subparsers: Any) -> None:
     listing = commands.add_parser("list", help="the activations in force")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     activate = commands.add_parser("activate", help="put a grant that needs activation in force for a while")
-    activate.add_argument("agent", metavar="AGENT")
-    activate.add_argument("tool", metavar="SERVER.TOOL")
+    activate.add_argument("agent", metavar="AGENT", help="the agent, as named in guard.yaml")
+    activate.add_argument("tool", metavar="SERVER.TOOL", help="the tool, e.g. billing.refund")
     activate.add_argument(
         "--for", dest="duration", required=True, metavar="D", help="30m, 2h (at most the grant's max)"
     )
     activate.add_argument("--reason", required=True, help="why (recorded in the ledger)")
     revoke = commands.add_parser("revoke", help="end an activation early")
-    revoke.add_argument("agent", metavar="AGENT")
-    revoke.add_argument("tool", metavar="SERVER.TOOL")
+    revoke.add_argument("agent", metavar="AGENT", help="the agent, as named in guard.yaml")
+    revoke.add_argument("tool", metavar="SERVER.TOOL", help="the tool, e.g. billing.refund")
 
     a = subparsers.add_parser("agents", help="agents' standing")
     a_sub = a.add_subparsers(dest="agents_command", required=True, metavar="ACTION")
     unlock = a_sub.add_parser("unlock", help="end an agent's lockout")
-    unlock.add_argument("name", metavar="NAME")
+    unlock.add_argument("name", metavar="NAME", help="the agent, as named in guard.yaml")
 
 
 def run_grants(

@@ -4,12 +4,15 @@ failed or a runtime error, 2 bad usage or bad config (one line on stderr, no tra
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import anyio
 from pydantic import ValidationError
@@ -18,8 +21,9 @@ from mcp_guard import __version__
 from mcp_guard.cli.approvals import add_approvals_parser, run_approvals
 from mcp_guard.cli.grants import add_grants_parsers, run_agents, run_grants
 from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
-from mcp_guard.config import GuardConfig, LedgerConfig, find_config, load_config
+from mcp_guard.config import GuardConfig, LedgerConfig, find_config, load_config, load_ledger_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError, UsageError
+from mcp_guard.ledger.checkpoints import signing_key
 from mcp_guard.logs import use_format
 from mcp_guard.manifest import Manifest, Upstream, load_deployment
 from mcp_guard.policy.engine import Agent, Policy
@@ -33,24 +37,29 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"mcp-guard {__version__}")
     p.add_argument("--config", help="guard.yaml (default: $MCP_GUARD_CONFIG, else ./guard.yaml)")
+    p.add_argument(
+        "--ledger",
+        metavar="PATH",
+        help="for `ledger` and `approvals`: read this ledger file, no guard.yaml needed",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="serve over stdio (default) or Streamable HTTP")
     s.add_argument("--agent", help="the agent this stdio guard serves (default: $MCP_GUARD_AGENT)")
     s.add_argument("--http", metavar="[HOST:]PORT", nargs="?", const="", help="serve Streamable HTTP at /mcp")
     s.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="stderr lines: text, or JSON lines"
+        "--log-format", choices=("text", "json"), default="text", help="stderr: text or JSON lines"
     )
 
     c = sub.add_parser("check", help="validate config and manifests")
     c.add_argument("--live", action="store_true", help="also start each upstream and check against it")
 
     t = sub.add_parser("tools", help="the tools an agent would be shown, with their effective limits")
-    t.add_argument("--agent", required=True)
+    t.add_argument("--agent", required=True, help="the agent, as named in guard.yaml")
     t.add_argument("--json", action="store_true", help="one JSON object per tool")
 
     e = sub.add_parser("explain", help="the decision for one call and why; forwards and writes nothing")
-    e.add_argument("--agent", required=True)
+    e.add_argument("--agent", required=True, help="the agent, as named in guard.yaml")
     e.add_argument("tool", help="the advertised tool name, e.g. billing__refund")
     e.add_argument("arguments", help="the arguments as a JSON object")
 
@@ -64,7 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     mi.add_argument("--url", help="a Streamable HTTP upstream")
     mi.add_argument("--header", action="append", default=[], metavar="K:V", help="an HTTP header for --url")
-    mi.add_argument("upstream_command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    mi.add_argument(
+        "upstream_command",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND ...",
+        help="a stdio upstream to start",
+    )
     ml = mf_sub.add_parser("lock", help="write <server>.lock (pinned definitions) from the live upstreams")
     ml.add_argument("server", nargs="?", metavar="SERVER", help="only this server (default: every one)")
 
@@ -76,14 +90,33 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("agent", help="agent credentials for HTTP")
     a_sub = a.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
     k = a_sub.add_parser("key", help="print a new random API key once, and the sha256: line for guard.yaml")
-    k.add_argument("name", metavar="NAME")
+    k.add_argument("name", metavar="NAME", help="the agent the key is for")
 
     tk = sub.add_parser("token", help="short-lived signed tokens for HTTP")
     tk_sub = tk.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     ti = tk_sub.add_parser("issue", help="print a short-lived signed token for an agent")
-    ti.add_argument("--agent", required=True)
+    ti.add_argument("--agent", required=True, help="the agent the token names (its sub)")
     ti.add_argument("--ttl", help="lifetime: 30s, 15m, 1h (default 15m, at most tokens.max_ttl)")
+    _everywhere(p, "--config", help="guard.yaml (also accepted before the command)")
+    _everywhere(
+        p, "--ledger", metavar="PATH", help="a ledger file to read (also accepted before the command)"
+    )
     return p
+
+
+def _everywhere(parser: argparse.ArgumentParser, flag: str, **kwargs: Any) -> None:
+    """Accept a global option after any subcommand too; given there, it wins over the global one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if flag not in sub._option_string_actions:
+                    sub.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
+                _everywhere(sub, flag, **kwargs)
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 manifest`, `2 manifests`."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
 
 
 def load(args: argparse.Namespace) -> tuple[GuardConfig, tuple[Manifest, ...]]:
@@ -158,6 +191,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if not re.match(NAME_PATTERN, args.name):
         msg = f"agent key: {args.name!r} is not an agent name (lowercase letters, digits, - and _)"
         raise UsageError(msg)
+    try:
+        defined = load_config(find_config(args.config)).agents
+    except ConfigError:
+        defined = None  # no readable guard.yaml here: nothing to compare with
+    if defined is not None and args.name not in defined:
+        note = f"{args.name!r} is not an agent in guard.yaml yet: add it under agents with this key"
+        print(f"mcp-guard: warning: {note}", file=sys.stderr)
     key = new_key()
     print(f"key: {key}")
     print(f'guard.yaml, under agents.{args.name}.keys: "{hash_key(key)}"')
@@ -195,8 +235,6 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config, manifests = load(args)
     if config.ledger.checkpoints is not None:  # what would stop `serve` from starting
-        from mcp_guard.ledger.checkpoints import signing_key
-
         signing_key(config.ledger.checkpoints)
     known = set(config.agents)
     roles = {r for a in config.agents.values() for r in a.roles}
@@ -218,11 +256,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         for problem in problems:
             print(problem)
         if problems:
-            print(f"mcp-guard: check --live: {len(problems)} problems", file=sys.stderr)
+            print(f"mcp-guard: check --live: {plural(len(problems), 'problem')}", file=sys.stderr)
             return 1
-        print(f"ok: {config.source}: {len(manifests)} manifests match their live upstreams ({tools} tools)")
+        fit = "matches its live upstream" if len(manifests) == 1 else "match their live upstreams"
+        print(f"ok: {config.source}: {plural(len(manifests), 'manifest')} {fit} ({plural(tools, 'tool')})")
         return 0
-    print(f"ok: {config.source}: {len(config.agents)} agents, {len(manifests)} manifests, {tools} tools")
+    counts = [plural(len(config.agents), "agent"), plural(len(manifests), "manifest"), plural(tools, "tool")]
+    print(f"ok: {config.source}: {', '.join(counts)}")
     return 0
 
 
@@ -248,8 +288,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         msg = "explain: ARGS_JSON must be a JSON object"
         raise UsageError(msg)
     agent = agent_of(config, Policy(config, manifests), args.agent)
-    allowed, line = explain(load_preview(config, manifests, agent), config, args.tool, arguments)
+    preview = load_preview(config, manifests, agent)
+    allowed, line = explain(preview, config, args.tool, arguments)
     print(line)
+    near = difflib.get_close_matches(args.tool, list(preview.offers), n=1, cutoff=0.75)
+    if near and args.tool not in preview.offers:
+        print(f"mcp-guard: did you mean {near[0]}? ({agent.name} is shown that tool)", file=sys.stderr)
     return 0 if allowed else 1
 
 
@@ -334,9 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ledger" and args.ledger_command == "keygen":
             return run_ledger(args, LedgerConfig())  # needs no guard.yaml
         if args.command in ("ledger", "approvals"):
-            config = load_config(find_config(args.config))
+            ledger = (
+                LedgerConfig(path=Path(args.ledger))
+                if args.ledger
+                else load_ledger_config(find_config(args.config))
+            )
             run = run_ledger if args.command == "ledger" else run_approvals
-            return int(run(args, config.ledger))
+            return int(run(args, ledger))
         if args.command == "grants":
             return run_grants(args, *load(args))
         if args.command == "agents":

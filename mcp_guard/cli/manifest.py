@@ -200,6 +200,10 @@ def render_manifest(upstream: Upstream, tools: Sequence[types.Tool], name: str) 
         out.append(f"  {_key(tool.name)}:")
         if description := _comment(tool.description):
             out.append(f"    # {description}")
+        if tool.annotations is not None:
+            hints = tool.annotations.model_dump(mode="json", by_alias=True, exclude_none=True)
+            shown = ", ".join(f"{k}: {json.dumps(v, ensure_ascii=False)}" for k, v in sorted(hints.items()))
+            out.append(f"    # annotations (the upstream's own claims): {_comment(shown)}")
         schema = tool.input_schema if isinstance(tool.input_schema, Mapping) else {}
         props = schema.get("properties")
         required = set(schema.get("required") or [])

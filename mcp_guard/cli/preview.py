@@ -23,12 +23,14 @@ from mcp_guard.config import GuardConfig
 from mcp_guard.guard import holds, pins
 from mcp_guard.guard.calls import UNREACHABLE, hold_of, record_of, unreachable_denial
 from mcp_guard.guard.convert import advertise, offered, tool_def
+from mcp_guard.guard.paths import contained
 from mcp_guard.ledger import ActivationEvent, LockoutEvent, Window
 from mcp_guard.ledger.entries import CallRecord
 from mcp_guard.loading import format_duration
 from mcp_guard.manifest import Budget, Manifest
 from mcp_guard.policy import budgets, flows
-from mcp_guard.policy.engine import Agent, Decision, Offer, Policy, escape_name
+from mcp_guard.policy.engine import Agent, Decision, Policy, escape_name
+from mcp_guard.policy.offers import Offer
 from mcp_guard.policy.reasons import Reason, denial
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
@@ -56,6 +58,8 @@ class Preview:
                 or unreachable_denial(policy, agent, name, arguments, self.down)
                 or decision
             )
+        if decision.allowed and decision.server is not None:
+            decision = contained(decision, policy.manifests[decision.server])
         if decision.allowed and decision.server in self.down:
             return replace(decision, allowed=False, reason=Reason.UPSTREAM_UNAVAILABLE, detail=UNREACHABLE)
         return decision

@@ -28,7 +28,8 @@ from mcp_guard.guard.telemetry import Telemetry
 from mcp_guard.ledger import LedgerStore, PolicyEvent, open_ledger
 from mcp_guard.ledger.checkpoints import keep_checkpoints, signing_key
 from mcp_guard.manifest import Manifest
-from mcp_guard.policy.engine import Agent, Catalog, Offer, Policy
+from mcp_guard.policy.engine import Agent, Catalog, Policy
+from mcp_guard.policy.offers import Offer
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import Pool, Upstream, open_pool
 from mcp_guard.upstream.transports import Transport

@@ -21,7 +21,8 @@ from mcp_guard.config import LockoutConfig
 from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.guard import holds, pins
 from mcp_guard.guard.convert import refusal, relay
-from mcp_guard.ledger.entries import CallRecord
+from mcp_guard.guard.paths import contained
+from mcp_guard.ledger.entries import CallRecord, sensitive
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.engine import Agent, Decision, Policy, escape_name
 from mcp_guard.policy.reasons import Reason, denial
@@ -105,6 +106,9 @@ class Call:
                 or unreachable_denial(policy, agent, self.name, self.arguments, guard.pool.down())
                 or decision
             )
+        if decision.allowed and decision.paths:
+            assert decision.server is not None
+            decision = await anyio.to_thread.run_sync(contained, decision, policy.manifests[decision.server])
         if decision.allowed:
             return await self._check_upstream(decision)
         return decision
@@ -223,13 +227,18 @@ def record_of(
     scrubber: Any,
 ) -> CallRecord:
     """The decision as recorded. The ledger redacts every row it appends; the arguments are
-    redacted here already because budgets scope by their recorded values, and a name that
+    redacted here already (and the tool's sensitive ones made digests) because budgets scope by
+    their recorded values, and a name that
     resolved to no tool is redacted whole before it is cut to 256 characters, so no part of a
     secret is left at the cut."""
     tool, detail = decision.tool, decision.detail
+    arguments = _jsonable(decision.arguments)
     if decision.server is None:
         tool = escape_name(scrubber.record(sent))
         detail = f"Unknown tool: {tool}"
+    else:
+        hidden = decision.sensitive
+        arguments = {k: sensitive(v) if k in hidden else v for k, v in arguments.items()}
     return CallRecord(
         method=decision.target.method,
         call_id=call_id,
@@ -237,7 +246,7 @@ def record_of(
         session=session,
         server=decision.server,
         tool=tool,
-        arguments=scrubber.json(_jsonable(decision.arguments), record=True),
+        arguments=scrubber.json(arguments, record=True),
         decision="allow" if decision.allowed else "deny",
         reason=decision.reason,
         detail=None if decision.allowed else scrubber.record(detail),

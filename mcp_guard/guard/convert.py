@@ -10,7 +10,8 @@ from typing import Any
 
 import mcp_types as types
 
-from mcp_guard.policy.engine import Offer, ToolDef, canonical
+from mcp_guard.policy.engine import canonical
+from mcp_guard.policy.offers import Offer, ToolDef
 from mcp_guard.policy.schemas import clean_text
 from mcp_guard.secrets import Scrubber
 
@@ -56,7 +57,7 @@ def advertise(offer: Offer, scrubber: Scrubber) -> types.Tool:
         annotations = types.ToolAnnotations.model_validate(scrubbed)
     return types.Tool(
         name=offer.name,
-        title=text(tool.title),
+        title=text(offer.title),
         description=text(offer.description),
         input_schema=scrubber.json(dict(offer.input_schema)),
         output_schema=scrubber.json(tool.output_schema) if tool.output_schema else None,

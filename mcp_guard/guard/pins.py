@@ -20,7 +20,8 @@ from mcp_guard.errors import ConfigError, GuardError, LedgerError
 from mcp_guard.ledger import LedgerStore, PinEvent, Window
 from mcp_guard.loading import check_file_permissions
 from mcp_guard.manifest import Manifest
-from mcp_guard.policy.engine import Agent, Catalog, Decision, Policy, ToolDef
+from mcp_guard.policy.engine import Agent, Catalog, Decision, Policy
+from mcp_guard.policy.offers import ToolDef
 from mcp_guard.policy.reasons import Reason
 
 LOCK_SUFFIX = ".lock"

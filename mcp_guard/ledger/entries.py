@@ -78,6 +78,18 @@ def canonical_json(value: object) -> str:
         raise ValueError(msg) from exc
 
 
+def sensitive(value: object) -> str:
+    """What the ledger records for a sensitive argument's value: its SHA-256 (of canonical JSON),
+    marked so every view shows it for what it is. Equal values record equal digests, so budgets,
+    `unique` and `requires` still compare them; a value of few possibilities can be guessed back
+    from its digest."""
+    try:
+        text = canonical_json(value)
+    except ValueError:
+        text = repr(value)
+    return f"[sensitive sha256:{hashlib.sha256(text.encode('utf-8', 'backslashreplace')).hexdigest()}]"
+
+
 def _text(value: str) -> str:
     # SQLite text is UTF-8: a lone surrogate cannot be stored, so it is kept as a visible escape.
     try:

@@ -7,17 +7,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mcp_guard.config import GuardConfig
 from mcp_guard.manifest import Approval, BlockedAfter, Grant, Manifest
 from mcp_guard.policy.approvals import needs_approval
-from mcp_guard.policy.arguments import Compiled, Violation, check_schema, check_strict, compile_schema
+from mcp_guard.policy.arguments import Violation, check_schema, check_strict
 from mcp_guard.policy.budgets import Charge, Once, charges, once
-from mcp_guard.policy.flows import Prerequisite, blocked_sentence, prerequisites
+from mcp_guard.policy.flows import Prerequisite, prerequisites
+from mcp_guard.policy.offers import Offer, ToolDef, compile_offer, declared_arguments, default_escapes
 from mcp_guard.policy.reasons import Reason, denial
-from mcp_guard.policy.schemas import DIALECT, clean_text, merge_limits, one_dialect, typed_limit
 from mcp_guard.policy.targets import Target
 
 
@@ -25,36 +25,6 @@ from mcp_guard.policy.targets import Target
 class Agent:
     name: str
     roles: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class ToolDef:
-    """An upstream tool definition, in our terms; `digest` identifies its exact content."""
-
-    name: str
-    input_schema: Mapping[str, Any]
-    digest: str
-    title: str | None = None
-    description: str | None = None
-    output_schema: Mapping[str, Any] | None = None
-    annotations: Mapping[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Offer:
-    """A tool as one agent sees it: advertised name, merged schema, and compiled checks."""
-
-    name: str
-    server: str
-    tool: ToolDef
-    grant: Grant
-    input_schema: Mapping[str, Any]
-    description: str | None
-    declared: frozenset[str]
-    upstream_validator: Compiled = field(repr=False)
-    limits_validator: Compiled = field(repr=False)
-    merged_validator: Compiled = field(repr=False)  # the advertised schema: passing it passes both
-    when_validator: Compiled | None = field(repr=False, default=None)  # the grant's approval.when
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +43,8 @@ class Decision:
     blocked: BlockedAfter | None = None  # marks that refuse it
     marks: tuple[str, ...] = ()  # marks its session carries once it is allowed
     activated: bool = False  # decided by a grant that applies only while activated
+    sensitive: frozenset[str] = frozenset()  # arguments the ledger records only as a digest
+    paths: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the grant's folders by argument
 
     @classmethod
     def refuse(
@@ -124,23 +96,27 @@ class Policy:
         self.hash = hashlib.sha256(blob.encode()).hexdigest()
         self.secrets = frozenset(config.injected).union(*(m.injected for m in manifests))
         self.prefixes = {m.server: m.name_prefix for m in manifests}
-        grants = [(m, tool, g) for m in manifests for tool, gs in m.tools.items() for g in gs]
+        grants = [(m, where, g) for m in manifests for where, _, g in m.all_grants()]
         # How far back a session's marks matter: the longest `blocked_after.within`.
         self.mark_horizon = max(
             (g.blocked_after.within for _, _, g in grants if g.blocked_after), default=0.0
         )
-        # The tools with a grant that applies only while activated: whose decisions depend on it.
+        # Where a grant applies only while activated: the tools whose decisions depend on it.
         self.activatable = frozenset(
-            (m.server, tool)
-            for m in manifests
-            for tool, grants in m.tools.items()
-            if any(g.activation for g in grants)
+            (m.server, where.removeprefix("tools.") if where != "select" else "*")
+            for m, where, g in grants
+            if g.activation
         )
         self._compiled: dict[tuple[str, str, int, str], Offer | None] = {}
         self._schema_checked: dict[str, bool] = {}
 
     def grant_for(
-        self, agent: Agent, server: str, tool: str, active: Collection[tuple[str, str]] = ()
+        self,
+        agent: Agent,
+        server: str,
+        tool: str,
+        active: Collection[tuple[str, str]] = (),
+        annotations: Mapping[str, Any] | None = None,
     ) -> tuple[int, Grant] | None:
         """The first grant, in file order, whose allow matches: chosen by identity alone, and by
         the agent's activations in force (`active`: (server, tool) pairs) for a grant that applies
@@ -149,8 +125,8 @@ class Policy:
         if self.config.forbid and self.config.forbids(server, tool) is not None:
             return None
         manifest = self.manifests.get(server)
-        grants = manifest.tools.get(tool) if manifest else None
-        for i, grant in enumerate(grants or ()):
+        grants = manifest.grants_for(tool, annotations) if manifest else ()
+        for i, grant in enumerate(grants):
             if grant.activation is not None and (server, tool) not in active:
                 continue
             if grant.matches(agent.name, agent.roles):
@@ -169,7 +145,7 @@ class Policy:
             if manifest is None:
                 continue
             for tool in tools:
-                found = self.grant_for(agent, server, tool.name, active)
+                found = self.grant_for(agent, server, tool.name, active, tool.annotations)
                 if found is None:
                     continue
                 offer = self._offer(manifest, tool, *found)
@@ -180,7 +156,7 @@ class Policy:
     def _offer(self, manifest: Manifest, tool: ToolDef, index: int, grant: Grant) -> Offer | None:
         key = (manifest.server, tool.name, index, tool.digest)
         if key not in self._compiled:
-            self._compiled[key] = _compile_offer(manifest, tool, grant)
+            self._compiled[key] = compile_offer(manifest, tool, grant)
         return self._compiled[key]
 
     def _schema_ok(self, offer: Offer) -> bool:
@@ -207,12 +183,15 @@ class Policy:
                 if name not in live:
                     out.append(f"{manifest.source}:tools.{name}: upstream {server!r} has no such tool")
                     continue
-                declared = _declared(live[name].input_schema)
+                schema = live[name].input_schema
+                declared = declared_arguments(schema)
                 for i, grant in enumerate(grants):
+                    where = f"{manifest.source}:tools.{name}[{i}]"
                     for arg in grant.arguments:
                         if arg not in declared:
                             msg = f"upstream tool has no argument {arg!r}; this grant matches nothing"
-                            out.append(f"{manifest.source}:tools.{name}[{i}].arguments.{arg}: {msg}")
+                            out.append(f"{where}.arguments.{arg}: {msg}")
+                    out += [f"{where}.{problem}" for problem in default_escapes(schema, grant)]
         return out
 
     def decide(
@@ -232,6 +211,9 @@ class Policy:
                 Reason.UNKNOWN_TOOL, f"Unknown tool: {escape_name(name)}", None, escape_name(name), arguments
             )
         violations = check_strict(arguments, offer.declared, self.config.limits.max_argument_bytes)
+        violations = violations or _unsettable(offer, arguments)
+        if offer.fixed and not violations:
+            arguments = {**arguments, **offer.fixed}  # what is checked, recorded and forwarded
         if not violations and not self._schema_ok(offer):
             violations = [
                 Violation(Reason.INVALID_ARGUMENTS, "the upstream's schema for this tool is invalid")
@@ -271,59 +253,24 @@ class Policy:
             grant.blocked_after,
             grant.marks,
             grant.activation is not None,
+            offer.sensitive,
+            grant.paths,
         )
 
 
-def _described(description: str | None, grant: Grant) -> str | None:
-    """The upstream's description, with one sentence added for a tool its marks block."""
-    if grant.blocked_after is None:
-        return description
-    sentence = blocked_sentence(grant.blocked_after)
-    return f"{description.rstrip()} {sentence}" if description else sentence
+def _unsettable(offer: Offer, arguments: Mapping[str, Any]) -> list[Violation]:
+    """An argument the guard sets that the agent sent anyway, or one the grant requires that it
+    did not send."""
+    for name in offer.fixed:
+        if name in arguments:
+            detail = f"{name} is set by the guard for this tool; leave it out"
+            return [Violation(Reason.LIMIT_EXCEEDED, detail)]
+    for name in offer.grant.required:
+        if name not in arguments:
+            return [Violation(Reason.INVALID_ARGUMENTS, f"{name} is required")]
+    return []
 
 
 def _deny(offer: Offer, violation: Violation, arguments: Mapping[str, Any]) -> Decision:
-    return Decision.refuse(violation.reason, violation.detail, offer.server, offer.tool.name, arguments)
-
-
-def _declared(schema: Mapping[str, Any]) -> frozenset[str]:
-    props = schema.get("properties")
-    return frozenset(props) if isinstance(props, Mapping) else frozenset()
-
-
-def _compile_offer(manifest: Manifest, tool: ToolDef, grant: Grant) -> Offer | None:
-    declared = _declared(tool.input_schema)
-    if any(arg not in declared for arg in grant.arguments):
-        return None  # the grant limits an argument the upstream does not have: fail closed
-    # The upstream's schema is read under the guard's one dialect, and each limit fixes the type it
-    # speaks of, so no upstream keyword can weaken a limit. `when` stays as written: a value of
-    # another type matching it asks for approval, the safe side.
-    upstream = one_dialect(tool.input_schema)
-    try:
-        limits = {name: typed_limit(limit) for name, limit in grant.arguments.items()}
-    except ValueError:
-        return None  # a limit that lets nothing through (also refused when the manifest loads)
-    merged = merge_limits(upstream, limits)
-    if "$schema" in tool.input_schema:  # the advertised schema names the dialect it is checked under
-        merged = {"$schema": DIALECT, **merged}
-    when = grant.approval.when if grant.approval else None
-    try:
-        upstream_validator = compile_schema(upstream)
-        limits_validator = compile_schema({"type": "object", "properties": limits})
-        merged_validator = compile_schema(merged)
-        when_validator = compile_schema({"type": "object", "properties": dict(when)}) if when else None
-    except Exception:
-        return None  # an upstream schema that will not compile is not offered
-    return Offer(
-        name=manifest.name_prefix + tool.name,
-        server=manifest.server,
-        tool=tool,
-        grant=grant,
-        input_schema=merged,
-        description=_described(clean_text(tool.description), grant),
-        declared=declared,
-        upstream_validator=upstream_validator,
-        limits_validator=limits_validator,
-        merged_validator=merged_validator,
-        when_validator=when_validator,
-    )
+    refused = Decision.refuse(violation.reason, violation.detail, offer.server, offer.tool.name, arguments)
+    return replace(refused, sensitive=offer.sensitive)

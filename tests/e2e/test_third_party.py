@@ -10,7 +10,7 @@ import mcp_types as types
 import pytest
 from mcp import MCPError
 
-from tests.helpers import TIMEOUT, Deployment, assert_denied, stdio_guard, text_of
+from tests.helpers import TIMEOUT, Deployment, assert_denied, ledger_bytes, stdio_guard, text_of
 
 TIME_SERVER = Path(sys.executable).parent / "mcp-server-time"
 
@@ -77,3 +77,51 @@ async def test_a_third_party_server_behind_the_guard_is_limited_relayed_and_reco
         (None, "time__convert_time", "deny", "unknown_tool", None),
     ]
     assert rows[2]["arguments"] == {"timezone": "America/New_York"}
+
+
+async def test_a_grant_fixes_an_argument_overrides_the_text_and_keeps_a_sensitive_value_out_of_the_ledger(
+    time_deployment: Deployment,
+) -> None:
+    tools = time_deployment.manifests["time"]["tools"]
+    paris_only = {
+        "allow": ["finance-bot"],
+        "set": {"timezone": "Europe/Paris"},
+        "title": "Paris time",
+        "description": "The current time in the Paris office.",
+    }
+    tools["get_current_time"] = [tools["get_current_time"], paris_only]
+    tools["convert_time"] = {"allow": ["finance-bot"], "required": ["time"], "sensitive": ["time"]}
+    async with stdio_guard(time_deployment, "finance-bot") as session:
+        with anyio.fail_after(TIMEOUT):
+            listed = {t.name: t for t in (await session.list_tools()).tools}
+            paris = await session.call_tool("time__get_current_time", {})
+            chosen = await session.call_tool("time__get_current_time", {"timezone": "UTC"})
+            converted = await session.call_tool(
+                "time__convert_time",
+                {"source_timezone": "UTC", "time": "12:34", "target_timezone": "Asia/Tokyo"},
+            )
+
+    fixed = listed["time__get_current_time"]
+    assert "timezone" not in fixed.input_schema["properties"]
+    assert "timezone" not in fixed.input_schema.get("required", [])
+    assert (fixed.title, fixed.description) == ("Paris time", "The current time in the Paris office.")
+    assert paris.is_error is False, text_of(paris)
+    assert isinstance(paris.structured_content, dict)
+    assert paris.structured_content["timezone"] == "Europe/Paris"  # what the guard sent
+    assert_denied(chosen, "limit_exceeded")
+    assert (
+        text_of(chosen) == "denied (limit_exceeded): timezone is set by the guard for this tool; leave it out"
+    )
+    assert converted.is_error is False, text_of(converted)
+    assert "21:34" in text_of(converted)  # the upstream got the real value
+
+    rows = time_deployment.ledger()
+    assert [(r["tool"], r["decision"], r["reason"]) for r in rows] == [
+        ("get_current_time", "allow", None),
+        ("get_current_time", "deny", "limit_exceeded"),
+        ("convert_time", "allow", None),
+    ]
+    assert rows[0]["arguments"] == {"timezone": "Europe/Paris"}  # recorded as forwarded
+    recorded = rows[2]["arguments"]["time"]
+    assert recorded.startswith("[sensitive sha256:")
+    assert b"12:34" not in ledger_bytes(time_deployment.ledger_path)

@@ -18,7 +18,8 @@ from mcp_guard.config import AgentConfig, GuardConfig, LockoutConfig
 from mcp_guard.errors import ConfigError
 from mcp_guard.manifest import BlockedAfter, Grant, Manifest, Requirement, load_deployment
 from mcp_guard.policy import flows
-from mcp_guard.policy.engine import Agent, Policy, ToolDef
+from mcp_guard.policy.engine import Agent, Policy
+from mcp_guard.policy.offers import ToolDef
 from mcp_guard.policy.reasons import NOT_COUNTED, Reason
 from tests.helpers import write_private
 

@@ -14,7 +14,8 @@ import yaml
 from mcp_guard.config import AgentConfig, GuardConfig
 from mcp_guard.errors import ConfigError
 from mcp_guard.manifest import Manifest, load_deployment
-from mcp_guard.policy.engine import Policy, ToolDef
+from mcp_guard.policy.engine import Policy
+from mcp_guard.policy.offers import ToolDef
 from tests.helpers import write_private
 
 MATCHES = [

@@ -12,7 +12,8 @@ import pytest
 from mcp_guard.config import AgentConfig, GuardConfig
 from mcp_guard.errors import ConfigError
 from mcp_guard.manifest import Manifest
-from mcp_guard.policy.engine import Policy, ToolDef
+from mcp_guard.policy.engine import Policy
+from mcp_guard.policy.offers import ToolDef
 from mcp_guard.policy.schemas import one_dialect, typed_limit
 
 # What the SDK's own MCPServer advertises for `amount: Decimal` and `count: int`.

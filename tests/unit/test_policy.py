@@ -11,7 +11,8 @@ import pytest
 
 from mcp_guard.config import AgentConfig, GuardConfig
 from mcp_guard.manifest import Manifest
-from mcp_guard.policy.engine import Policy, ToolDef
+from mcp_guard.policy.engine import Policy
+from mcp_guard.policy.offers import ToolDef
 from mcp_guard.wire import parse_strict
 
 REFUND_SCHEMA = {
