@@ -45,7 +45,9 @@ def add_audit_parsers(commands: Any, verify: argparse.ArgumentParser) -> None:
         help="write an Ed25519 key pair for signed checkpoints",
         description="Write DIR/checkpoint.key (private, mode 0600) and DIR/checkpoint.pub.",
     )
-    keys.add_argument("dir", metavar="DIR", type=Path)
+    keys.add_argument(
+        "dir", metavar="DIR", type=Path, help="where the key pair goes (created 0700 if missing)"
+    )
     commands.add_parser(
         "checkpoint",
         help="append a signed checkpoint now",

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO, TypedDict
+from typing import Any, TextIO
 
 import anyio
 
@@ -23,7 +23,9 @@ from mcp_guard.cli.audit import add_audit_parsers, run_audit, run_keygen, wants_
 from mcp_guard.cli.browse import add_browse_parser, run_browse
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
-from mcp_guard.ledger import Invocation, LedgerEvent, LedgerStore, open_ledger
+from mcp_guard.ledger import Invocation, LedgerEvent, LedgerStore, exists, open_ledger
+from mcp_guard.ledger.base import POLL, Filter
+from mcp_guard.ledger.entries import OUTCOMES, format_ts
 
 EVENT_KINDS = ("activation", "lockout", "unlock", "mark", "approval", "pin", "policy")
 
@@ -33,18 +35,27 @@ _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _COLOURS = {"allow": "32", "ok": "32", "deny": "31", "error": "33", "upstream_error": "31", "timeout": "33"}
 
 
-class Filters(TypedDict):
-    agent: str | None
-    tool: str | None
-    decision: str | None
-
-
 def parse_duration(text: str) -> timedelta:
     """`30s`, `15m`, `1h`, `1d` (argparse `type=`)."""
     try:
         return timedelta(seconds=loading.parse_duration(text))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def point_in_time(text: str) -> str:
+    """`1h` (that long ago) or a UTC time (`2026-11-29T10:00:00Z`, `2026-11-29 10:00`), as a
+    timestamp in the ledger's format (argparse `type=`)."""
+    try:
+        return format_ts(datetime.now(UTC) - timedelta(seconds=loading.parse_duration(text)))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace(" ", "T"))
+    except ValueError:
+        msg = f"invalid time {text!r}: a duration (1h: that long ago) or a UTC time (2026-11-29T10:00:00Z)"
+        raise argparse.ArgumentTypeError(msg) from None
+    return format_ts(when if when.tzinfo else when.replace(tzinfo=UTC))
 
 
 def _count(text: str) -> int:
@@ -66,6 +77,18 @@ def add_ledger_parser(subparsers: Any) -> None:
     tail.add_argument("--agent", metavar="A", help="only this agent")
     tail.add_argument("--tool", metavar="T", help="only this tool (TOOL or SERVER.TOOL)")
     tail.add_argument("--decision", choices=("allow", "deny"), help="only this decision")
+    tail.add_argument("--server", metavar="S", help="only this manifest's server")
+    tail.add_argument("--session", metavar="ID", help="only this session")
+    tail.add_argument("--reason", metavar="CODE", help="only refusals with this reason code")
+    tail.add_argument(
+        "--outcome", choices=(*OUTCOMES, "none"), metavar="O", help="only this outcome (none: no outcome)"
+    )
+    tail.add_argument(
+        "--since", type=point_in_time, metavar="WHEN", help="decided at or after: 1h ago, or a UTC time"
+    )
+    tail.add_argument(
+        "--until", type=point_in_time, metavar="WHEN", help="decided at or before: 1h ago, or a UTC time"
+    )
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     events = commands.add_parser(
         "events",
@@ -89,6 +112,7 @@ def add_ledger_parser(subparsers: Any) -> None:
         description="Counts by agent, tool, decision and reason.",
     )
     stats.add_argument("--since", type=parse_duration, metavar="DURATION", help="e.g. 30s, 15m, 1h, 1d")
+    stats.add_argument("--json", action="store_true", help="one JSON object, with p50/p95 durations per tool")
     add_audit_parsers(commands, verify)
     add_browse_parser(commands)
 
@@ -115,7 +139,9 @@ def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextI
 async def _run(args: argparse.Namespace, config: LedgerConfig, out: TextIO) -> int:
     if args.ledger_command == "keygen":
         return run_keygen(args, out)
-
+    if args.ledger_command == "tail" and args.follow and not exists(config):
+        print(f"mcp-guard: {config.path}: no ledger yet; waiting for a guard to write one", file=sys.stderr)
+        await _until_written(config)
     async with await open_ledger(config, readonly=True) as ledger:
         if wants_audit(args):
             return await run_audit(args, ledger, config, out)
@@ -129,9 +155,22 @@ async def _run(args: argparse.Namespace, config: LedgerConfig, out: TextIO) -> i
             return 0
         if args.ledger_command == "stats":
             since = datetime.now(UTC) - args.since if args.since else None
-            out.write(format_stats(await ledger.stats(since)))
+            counts = await ledger.stats(since)
+            out.write(json.dumps(counts, ensure_ascii=True) + "\n" if args.json else format_stats(counts))
             return 0
         return await _tail(ledger, args, out)
+
+
+async def _until_written(config: LedgerConfig) -> None:
+    """Wait until a guard has created the ledger and its schema (the file appears a moment before)."""
+    while True:
+        await anyio.sleep(POLL)
+        if exists(config):
+            try:
+                async with await open_ledger(config, readonly=True):
+                    return
+            except LedgerError:
+                continue
 
 
 def format_event(event: LedgerEvent, *, as_json: bool = False) -> str:
@@ -155,7 +194,17 @@ async def _verify(ledger: LedgerStore, out: TextIO) -> int:
 
 
 async def _tail(ledger: LedgerStore, args: argparse.Namespace, out: TextIO) -> int:
-    filters = Filters(agent=args.agent, tool=args.tool, decision=args.decision)
+    where = Filter(
+        agent=args.agent,
+        tool=args.tool,
+        decision=args.decision,
+        server=args.server,
+        session=args.session,
+        reason=args.reason,
+        outcome=args.outcome,
+        since=args.since,
+        until=args.until,
+    )
     colour = _wants_colour(out)
 
     def show(invocations: list[Invocation]) -> None:
@@ -165,12 +214,12 @@ async def _tail(ledger: LedgerStore, args: argparse.Namespace, out: TextIO) -> i
         out.flush()
 
     if not args.follow:
-        show(await ledger.invocations(limit=args.n, **filters))
+        show(await ledger.invocations(limit=args.n, where=where))
         return 0
     after = await ledger.head()
     follower = Follower()
-    show(follower.begin(await ledger.invocations(limit=args.n, until=after, **filters) if args.n else []))
-    async for changed in ledger.follow(after, **filters):
+    show(follower.begin(await ledger.invocations(limit=args.n, until=after, where=where) if args.n else []))
+    async for changed in ledger.follow(after, where=where):
         show(follower.take(changed, time.monotonic()))
     return 0
 
@@ -271,6 +320,14 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(f"{title}:")
         width = max((len(printable(k)) for k in stats[key]), default=0)
         lines += [f"  {printable(k):<{width}}  {n}" for k, n in stats[key].items()]
+    durations = stats.get("duration_ms") or {}
+    if durations:
+        lines.append("duration of allowed calls (ms):")
+        width = max(len(printable(k)) for k in durations)
+        for key, d in durations.items():
+            lines.append(
+                f"  {printable(key):<{width}}  p50 {d['p50']:g}  p95 {d['p95']:g}  ({d['count']} calls)"
+            )
     return "\n".join(lines) + "\n"
 
 

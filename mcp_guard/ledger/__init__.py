@@ -8,6 +8,7 @@ from mcp_guard.config import LedgerConfig
 from mcp_guard.ledger.base import (
     ActivationEvent,
     ApprovalEvent,
+    Filter,
     Invocation,
     LedgerEvent,
     LedgerStore,
@@ -24,6 +25,7 @@ from mcp_guard.ledger.sqlite.store import SQLiteStore
 __all__ = [
     "ActivationEvent",
     "ApprovalEvent",
+    "Filter",
     "Invocation",
     "LedgerEvent",
     "LedgerStore",

@@ -174,6 +174,26 @@ _JSON_FIELDS = [
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which invocations to read; a field left None matches all. `tool` is the upstream tool name
+    or `server.tool`; `outcome` "none" matches a call without one (refused, or still in flight);
+    `since` and `until` bound the decision's time (timestamps in the ledger's format)."""
+
+    agent: str | None = None
+    tool: str | None = None
+    decision: str | None = None
+    server: str | None = None
+    session: str | None = None
+    reason: str | None = None
+    outcome: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+
+ALL = Filter()
+
+
 class Window(Protocol):
     """The history as one transaction sees it: inside the one that records a decision (the settle
     step), or one read-only snapshot. What is appended is committed with the transaction (in a
@@ -302,22 +322,18 @@ class LedgerStore(Protocol):
         self,
         *,
         limit: int | None = None,
-        agent: str | None = None,
-        tool: str | None = None,
-        decision: str | None = None,
         until: int | None = None,
+        where: Filter = ALL,
     ) -> list[Invocation]:
-        """Decisions joined with their first outcome, oldest first; `limit` keeps the most recent,
-        `until` a position from `head`. `tool` matches the upstream tool name or `server.tool`."""
+        """Decisions joined with their first outcome that `where` matches, oldest first; `limit`
+        keeps the most recent, `until` a position from `head`."""
         ...
 
     async def head(self) -> int:
         """The position of the last entry: what `follow` starts after."""
         ...
 
-    def follow(
-        self, after: int, *, agent: str | None = None, tool: str | None = None, decision: str | None = None
-    ) -> AsyncIterator[list[Invocation]]:
+    def follow(self, after: int, *, where: Filter = ALL) -> AsyncIterator[list[Invocation]]:
         """The invocations whose decision or outcome any process committed since `after` (then since
         the previous batch), one batch at least every `POLL` seconds ([] when nothing landed)."""
         ...

@@ -24,6 +24,7 @@ from mcp_guard.errors import LedgerError
 from mcp_guard.ledger import (
     ActivationEvent,
     ApprovalEvent,
+    Filter,
     LockoutEvent,
     MarkEvent,
     PinEvent,
@@ -121,7 +122,7 @@ async def test_decisions_outcomes_and_events_form_one_chain_that_verifies(kind: 
             (denied.call_id, "deny", None, "tools/call"),
         ]
         assert [i.call_id for i in await store.invocations(limit=1)] == [denied.call_id]
-        assert [i.call_id for i in await store.invocations(decision="deny")] == [denied.call_id]
+        assert [i.call_id for i in await store.invocations(where=Filter(decision="deny"))] == [denied.call_id]
 
 
 async def test_a_decision_is_in_the_ledger_for_every_reader_before_the_call_goes_on(kind: SQLiteKind):
@@ -291,7 +292,7 @@ async def test_follow_sees_what_another_process_commits(kind: SQLiteKind):
         with anyio.fail_after(WAIT):
             done = await anyio.run_process([sys.executable, "-c", FOLLOWED, str(kind.path), call_id])
             assert done.returncode == 0
-            async for batch in store.follow(after, agent="finance-bot"):
+            async for batch in store.follow(after, where=Filter(agent="finance-bot")):
                 seen += [inv.call_id for inv in batch]
                 if seen:
                     break

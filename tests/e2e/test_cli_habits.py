@@ -87,3 +87,34 @@ def test_explain_of_a_near_miss_name_suggests_the_tool_the_agent_is_shown(
         == 1
     )
     assert "did you mean" not in capsys.readouterr().err  # not granted: nothing to suggest
+
+
+async def test_tail_follow_waits_for_a_ledger_that_does_not_exist_yet(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    import anyio
+
+    from mcp_guard.ledger.entries import CallRecord
+    from mcp_guard.ledger.sqlite.engine import Ledger
+    from tests.helpers import TIMEOUT
+
+    path = tmp_path / "later.db"
+    command = [sys.executable, "-m", "mcp_guard", "--ledger", str(path), "ledger", "tail", "-f", "--json"]
+    async with await anyio.open_process(command) as process:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        with anyio.fail_after(TIMEOUT):
+            said = b""
+            while b"waiting for a guard to write one" not in said:
+                said += await process.stderr.receive()
+            ledger = Ledger.open(path)
+            ledger.record_decision(
+                CallRecord("c1", "bot", None, "fs", "read", {}, "deny", "limit_exceeded", "no", "0" * 64)
+            )
+            ledger.close()
+            out = b""
+            while b"\n" not in out:
+                out += await process.stdout.receive()
+        process.terminate()
+    assert json.loads(out.splitlines()[0])["call_id"] == "c1"

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from mcp_guard.cli.ledger import (
-    Filters,
     Follower,
     add_ledger_parser,
     format_line,
@@ -32,7 +31,7 @@ from mcp_guard.cli.ledger import (
     run_ledger,
 )
 from mcp_guard.errors import LedgerError, LedgerUnavailable
-from mcp_guard.ledger.base import ApprovalEvent, Invocation
+from mcp_guard.ledger.base import ApprovalEvent, Filter, Invocation
 from mcp_guard.ledger.chain import COLUMNS, HASH_DOMAIN, HASH_DOMAIN_V2, HASHED_COLUMNS, ZERO_HASH, entry_hash
 from mcp_guard.ledger.entries import CallRecord
 from mcp_guard.ledger.sqlite import verify as ledger_verify
@@ -155,8 +154,9 @@ def test_reopening_applies_each_migration_once(path: Path, raw: Raw):
         ("mcp_guard_ledger", "0001_entries"),
         ("mcp_guard_ledger", "0002_method"),
         ("mcp_guard_ledger", "0003_standing"),
+        ("mcp_guard_ledger", "0004_invocations_in_order"),
     ]
-    assert raw(path).execute("PRAGMA user_version").fetchone() == (3,)
+    assert raw(path).execute("PRAGMA user_version").fetchone() == (4,)
 
 
 def test_a_ledger_from_a_newer_version_is_refused(path: Path, raw: Raw):
@@ -724,10 +724,22 @@ def test_invocations_filter_and_limit_to_the_most_recent_oldest_first(ledger: Le
         ledger.record_decision(rec)
     ids = [inv.call_id for inv in ledger.invocations(limit=2)]
     assert ids == [recs[2].call_id, recs[3].call_id]
-    assert [i.call_id for i in ledger.invocations(agent="finance-bot")] == [recs[1].call_id, recs[2].call_id]
-    assert [i.call_id for i in ledger.invocations(tool="billing.payout")] == [recs[1].call_id]
-    assert [i.call_id for i in ledger.invocations(tool="nope")] == [recs[2].call_id]
-    assert [i.call_id for i in ledger.invocations(decision="deny")] == [recs[1].call_id]
+    assert [i.call_id for i in ledger.invocations(where=Filter(agent="finance-bot"))] == [
+        recs[1].call_id,
+        recs[2].call_id,
+    ]
+    assert [i.call_id for i in ledger.invocations(where=Filter(tool="billing.payout"))] == [recs[1].call_id]
+    assert [i.call_id for i in ledger.invocations(where=Filter(tool="nope"))] == [recs[2].call_id]
+    assert [i.call_id for i in ledger.invocations(where=Filter(decision="deny"))] == [recs[1].call_id]
+    assert [i.call_id for i in ledger.invocations(where=Filter(server="billing", agent="support-bot"))] == [
+        recs[0].call_id,
+        recs[3].call_id,
+    ]
+    assert [i.call_id for i in ledger.invocations(where=Filter(reason="limit_exceeded"))] == [recs[1].call_id]
+    assert len(ledger.invocations(where=Filter(outcome="none"))) == 4  # none has an outcome yet
+    assert ledger.invocations(where=Filter(outcome="ok")) == []
+    assert ledger.invocations(where=Filter(since="2999-01-01T00:00:00.000000Z")) == []
+    assert len(ledger.invocations(where=Filter(until="2999-01-01T00:00:00.000000Z"))) == 4
     assert [i.call_id for i in ledger.invocations(after_id=2, until_id=3)] == [recs[2].call_id]
 
 
@@ -924,16 +936,16 @@ def ids(invocations: list[Invocation]) -> list[tuple[str, str | None]]:
 class Following:
     """Drives the CLI's Follower from the engine, as `tail -f` drives it from a store's `follow`."""
 
-    def __init__(self, reader: Ledger, filters: Filters) -> None:
-        self.reader, self.filters, self.follower, self.after = reader, filters, Follower(), 0
+    def __init__(self, reader: Ledger, where: Filter) -> None:
+        self.reader, self.where, self.follower, self.after = reader, where, Follower(), 0
 
     def start(self, n: int) -> list[Invocation]:
         self.after = self.reader.last_id()
-        shown = self.reader.invocations(limit=n, until_id=self.after, **self.filters) if n else []
+        shown = self.reader.invocations(limit=n, until_id=self.after, where=self.where) if n else []
         return self.follower.begin(shown)
 
     def poll(self, now: float) -> list[Invocation]:
-        self.after, changed = self.reader.updates(self.after, **self.filters)
+        self.after, changed = self.reader.updates(self.after, where=self.where)
         return self.follower.take(changed, now)
 
 
@@ -941,7 +953,7 @@ def test_follow_prints_a_denial_at_once_and_an_allowed_call_when_its_outcome_lan
     ledger: Ledger, path: Path
 ):
     with Ledger.open_readonly(path) as reader:
-        follower = Following(reader, Filters(agent=None, tool=None, decision=None))
+        follower = Following(reader, Filter())
         assert follower.start(10) == []
         allowed, denied = record(), record("deny")
         ledger.record_decision(allowed)
@@ -957,7 +969,7 @@ def test_follow_prints_a_call_in_flight_after_three_seconds_and_again_when_it_en
     ledger: Ledger, path: Path
 ):
     with Ledger.open_readonly(path) as reader:
-        follower = Following(reader, Filters(agent=None, tool=None, decision=None))
+        follower = Following(reader, Filter())
         follower.start(10)
         slow = record()
         ledger.record_decision(slow)
@@ -974,14 +986,14 @@ def test_follow_starts_with_the_last_n_and_reprints_those_that_were_still_open(l
     ledger.record_decision(finished)
     ledger.record_outcome(finished.call_id, "ok", 1)
     ledger.record_decision(open_call)
-    follower = Following(ledger, Filters(agent=None, tool=None, decision=None))
+    follower = Following(ledger, Filter())
     assert ids(follower.start(10)) == [(finished.call_id, "ok"), (open_call.call_id, None)]
     ledger.record_outcome(open_call.call_id, "cancelled", 2)
     assert ids(follower.poll(0.0)) == [(open_call.call_id, "cancelled")]
 
 
 def test_follow_applies_the_filters(ledger: Ledger):
-    follower = Following(ledger, Filters(agent="finance-bot", tool=None, decision="deny"))
+    follower = Following(ledger, Filter(agent="finance-bot", decision="deny"))
     follower.start(0)
     mine = record("deny", agent="finance-bot")
     ledger.record_decision(record("deny"))

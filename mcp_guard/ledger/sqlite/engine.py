@@ -18,7 +18,7 @@ from typing import Any, Literal, NoReturn, Self, TypeVar
 from sqlite_utils import Database
 
 from mcp_guard.errors import LedgerError, LedgerUnavailable
-from mcp_guard.ledger.base import Invocation
+from mcp_guard.ledger.base import ALL, Filter, Invocation
 from mcp_guard.ledger.chain import COLUMNS, ZERO_HASH, VerifyResult, entry_hash
 from mcp_guard.ledger.entries import (
     CallRecord,
@@ -344,34 +344,21 @@ class Ledger:
         self,
         *,
         limit: int | None = None,
-        agent: str | None = None,
-        tool: str | None = None,
-        decision: str | None = None,
         after_id: int | None = None,
         until_id: int | None = None,
+        where: Filter = ALL,
     ) -> list[Invocation]:
-        """Decisions joined with their first outcome, oldest first; `limit` keeps the most recent.
-
-        `tool` matches the upstream tool name or `server.tool`; the ids bound the decision's id.
-        """
+        """Decisions joined with their first outcome, oldest first; `limit` keeps the most recent;
+        the ids bound the decision's id."""
         with self._read() as conn:
             return queries.invocations(
-                conn,
-                v1=self._v1,
-                limit=limit,
-                agent=agent,
-                tool=tool,
-                decision=decision,
-                after_id=after_id,
-                until_id=until_id,
+                conn, v1=self._v1, limit=limit, after_id=after_id, until_id=until_id, where=where
             )
 
-    def updates(
-        self, after_id: int, *, agent: str | None = None, tool: str | None = None, decision: str | None = None
-    ) -> tuple[int, list[Invocation]]:
+    def updates(self, after_id: int, *, where: Filter = ALL) -> tuple[int, list[Invocation]]:
         """The new last entry id, and the invocations whose decision or outcome came after `after_id`."""
         with self._read() as conn:
-            return queries.updates(conn, after_id, v1=self._v1, agent=agent, tool=tool, decision=decision)
+            return queries.updates(conn, after_id, v1=self._v1, where=where)
 
     def events(
         self, kind: str, *, server: str | None = None, tool: str | None = None, after_id: int | None = None

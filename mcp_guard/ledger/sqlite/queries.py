@@ -5,12 +5,13 @@ ledger's values (the engine imports this)."""
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mcp_guard.ledger.base import Invocation
+from mcp_guard.ledger.base import ALL, Filter, Invocation
 
 # SQL is only ever built from these constants; every value is a bound parameter.
 _SELECT_INVOCATIONS = (
@@ -64,14 +65,12 @@ def invocations(
     *,
     v1: bool = False,
     limit: int | None = None,
-    agent: str | None = None,
-    tool: str | None = None,
-    decision: str | None = None,
     after_id: int | None = None,
     until_id: int | None = None,
+    where: Filter = ALL,
 ) -> list[Invocation]:
     """What `Ledger.invocations` returns, read from `conn` (`v1`: a file without the method column)."""
-    where_sql, params = where(*_filters(agent, tool, decision), ("id > ?", after_id), ("id <= ?", until_id))
+    where_sql, params = _where(where, ("id > ?", after_id), ("id <= ?", until_id))
     sql = (_SELECT_INVOCATIONS_V1 if v1 else _SELECT_INVOCATIONS) + where_sql
     if limit is not None:
         sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?)"  # noqa: S608
@@ -80,13 +79,7 @@ def invocations(
 
 
 def updates(
-    conn: sqlite3.Connection,
-    after_id: int,
-    *,
-    v1: bool = False,
-    agent: str | None = None,
-    tool: str | None = None,
-    decision: str | None = None,
+    conn: sqlite3.Connection, after_id: int, *, v1: bool = False, where: Filter = ALL
 ) -> tuple[int, list[Invocation]]:
     """What `Ledger.updates` returns, read from `conn`."""
     high = last_id(conn)
@@ -96,7 +89,7 @@ def updates(
         "call_id IN (SELECT call_id FROM entries WHERE id > ? AND id <= ? "
         "AND kind IN ('decision', 'outcome'))"
     )
-    where_sql, params = where(*_filters(agent, tool, decision), (touched, (after_id, high)))
+    where_sql, params = _where(where, (touched, (after_id, high)))
     select = _SELECT_INVOCATIONS_V1 if v1 else _SELECT_INVOCATIONS
     rows = conn.execute(select + where_sql + " ORDER BY id", params)
     return high, [_invocation(row) for row in rows]
@@ -144,16 +137,44 @@ def stats(conn: sqlite3.Connection, since: str | None) -> dict[str, Any]:
         result[key] = _ranked(conn.execute(sql, params))
     sql = "SELECT coalesce(outcome, 'none') AS k, count(*) FROM invocations WHERE decision = 'allow'"
     result["by_outcome"] = _ranked(conn.execute(f"{sql} AND {when} GROUP BY k", params))
+    sql = (
+        "SELECT server || '.' || tool, duration_ms FROM invocations "  # noqa: S608
+        f"WHERE decision = 'allow' AND duration_ms IS NOT NULL AND {when}"
+    )
+    durations: dict[str, list[float]] = {}
+    for key, ms in conn.execute(sql, params):
+        durations.setdefault(str(key), []).append(float(ms))
+    result["duration_ms"] = {key: _percentiles(values) for key, values in sorted(durations.items())}
     return result
 
 
-def _filters(agent: str | None, tool: str | None, decision: str | None) -> list[tuple[str, object]]:
-    by_tool = None if tool is None else (tool, tool)
-    return [
-        ("agent = ?", agent),
+def _percentiles(values: list[float]) -> dict[str, float]:
+    """p50 and p95 (nearest rank) of a tool's call durations, and how many there were."""
+    ordered = sorted(values)
+
+    def rank(p: int) -> float:
+        return round(ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)], 3)
+
+    return {"count": len(ordered), "p50": rank(50), "p95": rank(95)}
+
+
+def _where(f: Filter, *more: tuple[str, object]) -> tuple[str, list[object]]:
+    """The SQL of a Filter over the invocations view (and more conditions), with its parameters."""
+    by_tool = None if f.tool is None else (f.tool, f.tool)
+    outcome = f.outcome if f.outcome != "none" else None
+    return where(
+        ("agent = ?", f.agent),
         ("(tool = ? OR server || '.' || tool = ?)", by_tool),
-        ("decision = ?", decision),
-    ]
+        ("decision = ?", f.decision),
+        ("server = ?", f.server),
+        ("session = ?", f.session),
+        ("reason = ?", f.reason),
+        ("outcome = ?", outcome),
+        ("outcome IS NULL", () if f.outcome == "none" else None),
+        ("ts >= ?", f.since),
+        ("ts <= ?", f.until),
+        *more,
+    )
 
 
 def where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:

@@ -25,6 +25,7 @@ _MIGRATION_NAMES = (
     "0001_entries",
     "0002_method",
     "0003_standing",
+    "0004_invocations_in_order",
 )  # in order, one per function registered below
 SCHEMA_VERSION = len(_MIGRATION_NAMES)
 """Kept in the file's `PRAGMA user_version` (0 in a file from before versions were kept: 1)."""
@@ -73,10 +74,18 @@ def _add_standing(db: Database) -> None:
     # lockouts and marks by agent (and session, time); refusals by agent and time.
     db.execute(f"CREATE INDEX entries_standing ON entries (kind, agent, session, ts) WHERE {STANDING}")
     db.execute(f"CREATE INDEX entries_denials ON entries (agent, ts) WHERE {DENIED}")
+    db.execute("PRAGMA user_version = 3")
+
+
+@MIGRATIONS(name=_MIGRATION_NAMES[3])
+def _order_invocations(db: Database) -> None:
+    # `select * from invocations` lists calls in the order they were decided, as `ledger tail` does.
+    db.execute("DROP VIEW invocations")
+    _create_invocations(db, "coalesce(d.method, 'tools/call') AS method, ", " ORDER BY d.id")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _create_invocations(db: Database, method: str) -> None:
+def _create_invocations(db: Database, method: str, order: str = "") -> None:
     db.create_view(
         "invocations",
         "SELECT d.id AS id, d.call_id AS call_id, d.ts AS ts, d.agent AS agent, d.session AS session, "  # noqa: S608
@@ -84,7 +93,7 @@ def _create_invocations(db: Database, method: str) -> None:
         "d.reason AS reason, d.detail AS detail, d.policy_hash AS policy_hash, o.id AS outcome_id, "
         "o.ts AS outcome_ts, o.outcome AS outcome, o.duration_ms AS duration_ms, o.detail AS outcome_detail "
         "FROM entries AS d LEFT JOIN entries AS o ON o.id = (SELECT min(x.id) FROM entries AS x "
-        "WHERE x.call_id = d.call_id AND x.kind = 'outcome') WHERE d.kind = 'decision'",
+        f"WHERE x.call_id = d.call_id AND x.kind = 'outcome') WHERE d.kind = 'decision'{order}",
     )
 
 

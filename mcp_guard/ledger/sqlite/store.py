@@ -16,7 +16,7 @@ from typing import Any, Literal, Self, TypeVar
 import anyio
 
 from mcp_guard.errors import LedgerError
-from mcp_guard.ledger.base import POLL, Invocation, LedgerEvent, Settle, Window
+from mcp_guard.ledger.base import ALL, POLL, Filter, Invocation, LedgerEvent, Settle, Window
 from mcp_guard.ledger.chain import Anchor, VerifyResult
 from mcp_guard.ledger.entries import CallRecord, Redactor
 from mcp_guard.ledger.sqlite import rows
@@ -130,23 +130,19 @@ class SQLiteStore:
         self,
         *,
         limit: int | None = None,
-        agent: str | None = None,
-        tool: str | None = None,
-        decision: str | None = None,
         until: int | None = None,
+        where: Filter = ALL,
     ) -> list[Invocation]:
-        return self.engine.invocations(limit=limit, agent=agent, tool=tool, decision=decision, until_id=until)
+        return self.engine.invocations(limit=limit, until_id=until, where=where)
 
     async def head(self) -> int:
         return self.engine.last_id()
 
-    async def follow(
-        self, after: int, *, agent: str | None = None, tool: str | None = None, decision: str | None = None
-    ) -> AsyncIterator[list[Invocation]]:
+    async def follow(self, after: int, *, where: Filter = ALL) -> AsyncIterator[list[Invocation]]:
         """Polled: another process's commits are seen by reading again."""
         while True:
             await anyio.sleep(POLL)
-            after, changed = self.engine.updates(after, agent=agent, tool=tool, decision=decision)
+            after, changed = self.engine.updates(after, where=where)
             yield changed
 
     async def stats(self, since: datetime | None = None) -> dict[str, Any]:
