@@ -19,9 +19,26 @@ KeyHash = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 ForbidGlob = Annotated[str, Field(pattern=r"^[A-Za-z0-9_*?\[\]!-]+\.[^\s]+$")]
 
 
+class CheckpointsConfig(Frozen):
+    """Signed checkpoints a serving guard appends to `dir`/checkpoints.jsonl every `every`."""
+
+    key: Path  # the Ed25519 private key `mcp-guard ledger keygen` wrote (mode 0600)
+    dir: Path  # meant to be shipped off the host (write-once storage)
+    every: Duration = 60.0
+
+    @field_validator("every")
+    @classmethod
+    def _at_least_a_second(cls, value: float) -> float:
+        if value < 1:
+            msg = "must be at least 1s"
+            raise ValueError(msg)
+        return value
+
+
 class LedgerConfig(Frozen):
     path: Path = Path("mcp-guard-ledger.db")
     durability: Literal["normal", "full"] = "normal"
+    checkpoints: CheckpointsConfig | None = None
 
 
 class AgentConfig(Frozen):
@@ -50,6 +67,16 @@ class HttpConfig(Frozen):
     # that is reached through a proxy or by a DNS name.
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    # Prometheus /metrics, for callers presenting a key whose hash is listed (never an agent's).
+    metrics: bool = False
+    metrics_keys: tuple[KeyHash, ...] = ()
+
+    @model_validator(mode="after")
+    def _metrics_need_a_key(self) -> HttpConfig:
+        if self.metrics and not self.metrics_keys:
+            msg = "metrics: true needs at least one key hash under metrics_keys (mcp-guard agent key NAME)"
+            raise ValueError(msg)
+        return self
 
 
 class LimitsConfig(Frozen):
@@ -131,7 +158,16 @@ def load_ledger_config(path: Path) -> LedgerConfig:
         ledger = build(LedgerConfig, section, file)
     except ConfigError as exc:
         raise ConfigError(file, f"ledger.{exc.path}".rstrip("."), exc.reason) from None
-    return ledger.model_copy(update={"path": path.resolve().parent / ledger.path})
+    return _resolved(ledger, path.resolve().parent)
+
+
+def _resolved(ledger: LedgerConfig, base: Path) -> LedgerConfig:
+    """The ledger section with its paths (the file, the checkpoints' key and folder) from `base`."""
+    ledger = ledger.model_copy(update={"path": base / ledger.path})
+    if (points := ledger.checkpoints) is not None:
+        points = points.model_copy(update={"key": base / points.key, "dir": base / points.dir})
+        ledger = ledger.model_copy(update={"checkpoints": points})
+    return ledger
 
 
 def load_config(path: Path) -> GuardConfig:
@@ -149,7 +185,7 @@ def load_config(path: Path) -> GuardConfig:
     return config.model_copy(
         update={
             "manifests": base / config.manifests,
-            "ledger": config.ledger.model_copy(update={"path": base / config.ledger.path}),
+            "ledger": _resolved(config.ledger, base),
             "source": path.resolve(),
             "injected": frozenset(injected),
         }

@@ -1,6 +1,7 @@
-"""`mcp-guard ledger tail|events|verify|stats`: the ledger formatted for people (escaped, coloured on a tty)
-or as JSON lines. Opens the ledger read-only, through the LedgerStore protocol, and never writes.
-Imports only ledger, config, loading and errors.
+"""`mcp-guard ledger tail|events|verify|stats`: the ledger formatted for people (escaped, coloured
+on a tty) or as JSON lines; keygen, checkpoint, export and verify's checkpoints are audit.py's,
+browse is browse.py's. Opens the ledger read-only, through the LedgerStore protocol, and never
+writes. Imports only ledger, config, loading, errors and those two.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, TextIO
 import anyio
 
 from mcp_guard import loading
+from mcp_guard.cli.audit import add_audit_parsers, run_audit, run_keygen, wants_audit
+from mcp_guard.cli.browse import add_browse_parser, run_browse
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.ledger import Invocation, LedgerEvent, LedgerStore, exists, open_ledger
@@ -97,10 +100,11 @@ def add_ledger_parser(subparsers: Any) -> None:
         "--kind", action="append", choices=EVENT_KINDS, metavar="KIND", help="only this kind (repeatable)"
     )
     events.add_argument("--json", action="store_true", help="one JSON object per line")
-    commands.add_parser(
+    verify = commands.add_parser(
         "verify",
-        help="check the hash chain",
-        description="Check the hash chain; exit 1 and name the first bad entry.",
+        help="check the hash chain (and signed checkpoints)",
+        description="Check the hash chain, and the ledger against signed checkpoints when given; exit 1 "
+        "and name the first bad entry or failed checkpoint.",
     )
     stats = commands.add_parser(
         "stats",
@@ -109,6 +113,8 @@ def add_ledger_parser(subparsers: Any) -> None:
     )
     stats.add_argument("--since", type=parse_duration, metavar="DURATION", help="e.g. 30s, 15m, 1h, 1d")
     stats.add_argument("--json", action="store_true", help="one JSON object, with p50/p95 durations per tool")
+    add_audit_parsers(commands, verify)
+    add_browse_parser(commands)
 
 
 def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextIO | None = None) -> int:
@@ -116,6 +122,8 @@ def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextI
     out = out if out is not None else sys.stdout
     config = ledger if isinstance(ledger, LedgerConfig) else LedgerConfig(path=Path(ledger))
     try:
+        if args.ledger_command == "browse":  # Datasette runs its own event loop
+            return run_browse(args, config)
         return anyio.run(_run, args, config, out)
     except LedgerError as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)
@@ -129,10 +137,14 @@ def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextI
 
 
 async def _run(args: argparse.Namespace, config: LedgerConfig, out: TextIO) -> int:
+    if args.ledger_command == "keygen":
+        return run_keygen(args, out)
     if args.ledger_command == "tail" and args.follow and not exists(config):
         print(f"mcp-guard: {config.path}: no ledger yet; waiting for a guard to write one", file=sys.stderr)
         await _until_written(config)
     async with await open_ledger(config, readonly=True) as ledger:
+        if wants_audit(args):
+            return await run_audit(args, ledger, config, out)
         if args.ledger_command == "verify":
             return await _verify(ledger, out)
         if args.ledger_command == "events":

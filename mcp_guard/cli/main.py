@@ -23,6 +23,8 @@ from mcp_guard.cli.grants import add_grants_parsers, run_agents, run_grants
 from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
 from mcp_guard.config import GuardConfig, LedgerConfig, find_config, load_config, load_ledger_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError, UsageError
+from mcp_guard.ledger.checkpoints import signing_key
+from mcp_guard.logs import use_format
 from mcp_guard.manifest import Manifest, Upstream, load_deployment
 from mcp_guard.policy.engine import Agent, Policy
 from mcp_guard.wire import StrictJSONError, parse_strict
@@ -44,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve over stdio (default) or Streamable HTTP")
     s.add_argument("--agent", help="the agent this stdio guard serves (default: $MCP_GUARD_AGENT)")
     s.add_argument("--http", metavar="[HOST:]PORT", nargs="?", const="", help="serve Streamable HTTP at /mcp")
+    s.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="stderr: text or JSON lines"
+    )
 
     c = sub.add_parser("check", help="validate config and manifests")
     c.add_argument("--live", action="store_true", help="also start each upstream and check against it")
@@ -137,6 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_guard.transports import stop_on_signal
     from mcp_guard.transports.stdio import serve_stdio
 
+    use_format(args.log_format)
     config, manifests = load(args)
     if args.http is not None:
         if args.agent:
@@ -229,6 +235,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config, manifests = load(args)
+    if config.ledger.checkpoints is not None:  # what would stop `serve` from starting
+        signing_key(config.ledger.checkpoints)
     known = set(config.agents)
     roles = {r for a in config.agents.values() for r in a.roles}
     for m in manifests:
@@ -364,6 +372,8 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "ledger" and args.ledger_command == "keygen":
+            return run_ledger(args, LedgerConfig())  # needs no guard.yaml
         if args.command in ("ledger", "approvals"):
             ledger = (
                 LedgerConfig(path=Path(args.ledger))

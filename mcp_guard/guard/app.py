@@ -23,8 +23,11 @@ from mcp_guard.config import GuardConfig, NotifyConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.guard import pins, standing
 from mcp_guard.guard.convert import offered, tool_def
+from mcp_guard.guard.observed import ObservedLedger
 from mcp_guard.guard.standing import Standing
+from mcp_guard.guard.telemetry import Telemetry
 from mcp_guard.ledger import LedgerStore, PolicyEvent, open_ledger
+from mcp_guard.ledger.checkpoints import keep_checkpoints, signing_key
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Agent, Catalog, Policy
 from mcp_guard.policy.offers import Offer
@@ -49,6 +52,7 @@ class Guard:
     pool: Pool
     ledger: LedgerStore
     served: tuple[str, ...] = ()  # agents to prepare offers for at start (stdio: its one agent)
+    telemetry: Telemetry = field(default_factory=Telemetry)  # metrics and traces, each off unless configured
     scrubber: Scrubber = field(init=False)
     # Caches for the policy in force: (policy, the upstreams' lists, the pin-checked catalog).
     _catalog: tuple[Policy, Lists, Catalog] | None = field(default=None, init=False)
@@ -264,12 +268,17 @@ async def open_guard(
     manifests: tuple[Manifest, ...],
     served: tuple[str, ...] = (),
     transports: Mapping[str, Transport] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Guard]:
     """Open the ledger, start every upstream, and close them all on exit. `served` names the agents
-    whose offers are prepared at start (default: every agent); `transports` goes to the pool."""
+    whose offers are prepared at start (default: every agent); `transports` goes to the pool;
+    `telemetry` defaults to what guard.yaml and the OTEL_* variables configure."""
     policy = Policy(config, manifests)
     scrubber = Scrubber(policy.secrets)
-    ledger = await open_ledger(config.ledger)
+    points = config.ledger.checkpoints
+    key = signing_key(points) if points is not None else None  # a bad key stops the start
+    telemetry = telemetry or Telemetry(metrics=config.http.metrics)
+    ledger = ObservedLedger.around(await open_ledger(config.ledger))  # decisions and outcomes reach telemetry
     guards: list[Guard] = []
 
     async def changed(up: Upstream) -> None:
@@ -288,7 +297,7 @@ async def open_guard(
             max_result_bytes=config.limits.max_result_bytes,
             transports=transports,
         ) as pool:
-            guards.append(Guard(policy=policy, pool=pool, ledger=ledger, served=served))
+            guards.append(Guard(policy=policy, pool=pool, ledger=ledger, served=served, telemetry=telemetry))
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
             try:
                 await guards[0].refresh_standing()
@@ -296,6 +305,8 @@ async def open_guard(
                 log(f"could not read activations and lockouts from the ledger: {exc}")
             assert pool.tg is not None
             pool.tg.start_soon(ledger.maintain, guards[0].log)
+            if points is not None and key is not None:
+                pool.tg.start_soon(keep_checkpoints, ledger, key, points, guards[0].log)
             pool.tg.start_soon(guards[0].watch_standing)
             pool.tg.start_soon(guards[0].warm)
             yield guards[0]
@@ -305,3 +316,4 @@ async def open_guard(
                 await ledger.close()  # commits the outcomes still deferred
         except LedgerError as exc:
             log(f"could not record the outcomes of the last calls: {exc}")
+        telemetry.close()

@@ -63,4 +63,6 @@ class Caller:
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
-        return await Call(self.guard, self.identify(ctx), self.session_of(ctx), ctx, params).run()
+        agent = self.identify(ctx)
+        async with self.guard.telemetry.call(agent.name, params.name, ctx.meta):
+            return await Call(self.guard, agent, self.session_of(ctx), ctx, params).run()

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
 
-from mcp_guard.ledger.chain import VerifyResult
+from mcp_guard.ledger.chain import Anchor, VerifyResult
 from mcp_guard.ledger.entries import CallRecord, Redactor, event_fields
 
 if TYPE_CHECKING:
@@ -342,8 +342,22 @@ class LedgerStore(Protocol):
         """Counts of invocations by agent, tool, decision and reason, and of allowed ones by outcome."""
         ...
 
-    async def verify(self) -> VerifyResult:
-        """Recompute the chain and check what keeps it append-only; name the first bad entry."""
+    async def verify(self, since: Anchor | None = None) -> VerifyResult:
+        """Recompute the chain and check what keeps it append-only; name the first bad entry. With
+        `since` (a checkpoint's anchor, whose entry the caller has checked), only the entries after it."""
+        ...
+
+    # -- leaving the host: checkpoints and export ---------------------------------------------------
+
+    async def anchor(self, upto: int | None = None, since: Anchor | None = None) -> Anchor | None:
+        """The ledger's id and where it stands as of entry `upto` (default: the last entry), with the
+        count of entries up to it (counted on from `since`, an earlier anchor, when given); None
+        when it is empty or holds no entry `upto`."""
+        ...
+
+    async def entries(self, after: int = 0, limit: int = 1000) -> list[dict[str, object]]:
+        """Up to `limit` entries of every kind with an id above `after`, oldest first: every column,
+        hashes included (the keys of `ledger export`)."""
         ...
 
 

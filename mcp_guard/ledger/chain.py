@@ -43,6 +43,18 @@ class VerifyResult:
     head: str  # entry_hash of the last good entry: anchor it elsewhere to detect a rewrite
 
 
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """Where a ledger stood: what a signed checkpoint records, and where `verify` can start again.
+    `ledger` is the ledger's id, the entry_hash of its first entry: fixed once that entry is
+    written, and different for every ledger (it covers the first entry's time and content)."""
+
+    ledger: str
+    entry_id: int
+    entry_hash: str
+    entries: int  # how many entries have an id <= entry_id
+
+
 def entry_hash(values: Sequence[object]) -> str:
     """SHA-256 of the domain + the canonical JSON of a row's `values`, given in COLUMNS order (or,
     for a row written before the method column, in HASHED_COLUMNS order).

@@ -34,9 +34,10 @@ from mcp_guard.guard.caller import AGENT_SCOPE_KEY, Caller
 from mcp_guard.identity.base import Authenticator, Chain, Refusal, bearer_credential
 from mcp_guard.identity.keys import StaticKeys
 from mcp_guard.identity.tokens import SignedTokens
+from mcp_guard.logs import json_lines
 from mcp_guard.policy.engine import Agent
 from mcp_guard.secrets import LOGGER
-from mcp_guard.transports import stop_on_signal
+from mcp_guard.transports import ops, stop_on_signal
 from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
 from mcp_guard.transports.sessions import SESSION_IDLE_TIMEOUT, SessionOwners
 from mcp_guard.wire import StrictJSONError, parse_strict
@@ -135,6 +136,9 @@ class GuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["path"] in (ops.HEALTH, ops.READY):  # for probes that know no Host name: reveals nothing
+            await ops.serve_health(self.guard, scope, receive, send)
+            return
         request = Request(scope)
         # Host or Origin of another site (DNS rebinding), compared exactly, never by prefix.
         if not self.allowed.host_ok(request.headers.get("host")):
@@ -150,6 +154,9 @@ class GuardMiddleware:
                 "error_description": "credentials in the URL are refused; send Authorization: Bearer",
             }
             await _json(400, body)(scope, receive, send)
+            return
+        if scope["path"] == ops.METRICS:  # its own keys, never an agent's
+            await ops.serve_metrics(self.guard, scope, receive, send)
             return
         agent = await self._identify(scope)
         if isinstance(agent, Response):
@@ -347,6 +354,7 @@ async def serve_http(guard: Guard, sock: socket.socket) -> None:
         limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=15,
         timeout_graceful_shutdown=5,
+        log_config=None if json_lines() else uvicorn.config.LOGGING_CONFIG,
     )
     server = _Uvicorn(config)
     shown = f"[{host}]" if ":" in host else host

@@ -16,6 +16,7 @@ import mcp_types as types
 from mcp import ClientSession, MCPError
 from mcp.shared.dispatcher import ProgressFnT as ProgressFn
 
+from mcp_guard import tracing
 from mcp_guard.config import LimitsConfig
 from mcp_guard.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.manifest import Manifest
@@ -196,7 +197,7 @@ class Upstream:
         session = await self.ensure(tg)
         timeout = self.manifest.upstream.timeout
         try:
-            with anyio.fail_after(timeout + 5):
+            with anyio.fail_after(timeout + 5), tracing.upstream_call(self.name, tool):
                 return await session.call_tool(
                     tool, arguments, read_timeout_seconds=timeout, progress_callback=progress
                 )

@@ -14,7 +14,15 @@ from mcp_guard.cli import demo
 from tests.helpers import REPO_ROOT
 
 # Import names that differ from their distribution names.
-DISTRIBUTION = {"yaml": "pyyaml", "jwt": "pyjwt", "mcp_types": "mcp", "sqlite_utils": "sqlite-utils"}
+DISTRIBUTION = {
+    "yaml": "pyyaml",
+    "jwt": "pyjwt",
+    "mcp_types": "mcp",
+    "sqlite_utils": "sqlite-utils",
+    "opentelemetry": "opentelemetry-api",
+}
+EXTRAS = ("otel", "browse")
+"""Extras whose modules the package imports where they are used (the guard runs without them)."""
 
 
 def _imported_top_level(package: Path) -> set[str]:
@@ -30,9 +38,10 @@ def _imported_top_level(package: Path) -> set[str]:
 
 def test_every_third_party_module_the_package_imports_is_a_declared_dependency() -> None:
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    extras = [dep for extra in EXTRAS for dep in project["optional-dependencies"][extra]]
     declared = {
         dep.split(">")[0].split("<")[0].split("=")[0].split("[")[0].strip().lower()
-        for dep in project["dependencies"]
+        for dep in [*project["dependencies"], *extras]
     }
     third_party = _imported_top_level(REPO_ROOT / "mcp_guard") - set(sys.stdlib_module_names) - {"mcp_guard"}
     missing = {name for name in third_party if DISTRIBUTION.get(name, name).replace("_", "-") not in declared}

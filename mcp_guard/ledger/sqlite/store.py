@@ -17,9 +17,11 @@ import anyio
 
 from mcp_guard.errors import LedgerError
 from mcp_guard.ledger.base import ALL, POLL, Filter, Invocation, LedgerEvent, Settle, Window
-from mcp_guard.ledger.chain import VerifyResult
+from mcp_guard.ledger.chain import Anchor, VerifyResult
 from mcp_guard.ledger.entries import CallRecord, Redactor
+from mcp_guard.ledger.sqlite import rows
 from mcp_guard.ledger.sqlite.engine import Ledger
+from mcp_guard.ledger.sqlite.verify import verify
 
 T = TypeVar("T")
 OUTCOME_DELAY = 0.02
@@ -146,5 +148,16 @@ class SQLiteStore:
     async def stats(self, since: datetime | None = None) -> dict[str, Any]:
         return self.engine.stats(since)
 
-    async def verify(self) -> VerifyResult:
-        return await anyio.to_thread.run_sync(self.engine.verify)
+    async def verify(self, since: Anchor | None = None) -> VerifyResult:
+        if since is None:
+            return await anyio.to_thread.run_sync(self.engine.verify)
+        walk = partial(verify, start=(since.entry_id, since.entry_hash))
+        return await anyio.to_thread.run_sync(rows.snapshot, self.engine.path, walk)
+
+    async def anchor(self, upto: int | None = None, since: Anchor | None = None) -> Anchor | None:
+        read = partial(rows.anchor, upto=upto, since=since)
+        return await anyio.to_thread.run_sync(rows.snapshot, self.engine.path, read)
+
+    async def entries(self, after: int = 0, limit: int = 1000) -> list[dict[str, object]]:
+        read = partial(rows.entries, after=after, limit=limit)
+        return await anyio.to_thread.run_sync(rows.snapshot, self.engine.path, read)

@@ -38,8 +38,9 @@ _SELECT_CHAIN = (
 )
 
 
-def verify(conn: sqlite3.Connection) -> VerifyResult:
-    """The chain, the triggers and the tail, checked inside the caller's read transaction."""
+def verify(conn: sqlite3.Connection, start: tuple[int, str] = (0, ZERO_HASH)) -> VerifyResult:
+    """The chain, the triggers and the tail, checked inside the caller's read transaction; from
+    `start` (an entry id and its hash, taken as good) on, when given."""
     schema = {name: sql for kind, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master")}
     if "entries" not in schema:
         return VerifyResult(False, 0, None, "there is no entries table", ZERO_HASH)
@@ -49,7 +50,7 @@ def verify(conn: sqlite3.Connection) -> VerifyResult:
             damage.append(f"trigger {name!r} is missing, so entries could be edited")
         elif " ".join(str(schema[name]).split()) != sql:
             damage.append(f"trigger {name!r} was altered")
-    count, last_id, head, first_bad, problem = walk_chain(conn)
+    count, last_id, head, first_bad, problem = walk_chain(conn, start)
     if first_bad is None:
         # The chain cannot see a cut-off tail; AUTOINCREMENT remembers the highest id ever used.
         row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
@@ -61,8 +62,11 @@ def verify(conn: sqlite3.Connection) -> VerifyResult:
     return VerifyResult(not problems, count, first_bad, "; ".join(problems), head)
 
 
-def walk_chain(conn: sqlite3.Connection) -> tuple[int, int, str, int | None, str]:
-    """(good entries, last good id, head hash, first bad id, problem); streams rows in id order.
+def walk_chain(
+    conn: sqlite3.Connection, start: tuple[int, str] = (0, ZERO_HASH)
+) -> tuple[int, int, str, int | None, str]:
+    """(good entries, last good id, head hash, first bad id, problem); streams rows in id order,
+    after `start` (an entry id and its hash).
 
     For speed SQLite builds the canonical JSON (its json_object escapes text exactly as Python's json
     does) but for duration_ms, whose float Python prints. A row whose hash does not match is rebuilt
@@ -73,7 +77,7 @@ def walk_chain(conn: sqlite3.Connection) -> tuple[int, int, str, int | None, str
     except sqlite3.OperationalError:  # SQLite built without JSON: the same text, built in Python
         conn.create_function("json_object", -1, json_object, deterministic=True)
     sha256, dumps = hashlib.sha256, _JSON
-    count, last_id, head = 0, 0, ZERO_HASH
+    count, (last_id, head) = 0, start
     columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
     select = _SELECT_CHAIN if "method" in columns else _SELECT_CHAIN.replace(", method,", ", NULL,")
     cur: sqlite3.Cursor | None = conn.execute(select, (last_id,))
