@@ -170,12 +170,25 @@ def _resolved(ledger: LedgerConfig, base: Path) -> LedgerConfig:
     return ledger
 
 
-def load_config(path: Path) -> GuardConfig:
+UNUSED_BY_READERS = ("tokens.", "oauth.")
+"""guard.yaml's values that only a serving guard uses: a command that does not serve reads the
+file with their variables unset (and `check` says so)."""
+
+
+def load_config(path: Path, missing: dict[str, str] | None = None) -> GuardConfig:
+    """guard.yaml. With `missing`, a variable that is not set in a value only a serving guard uses
+    (UNUSED_BY_READERS) is noted there instead of refused; any other is still an error."""
     if not path.is_file():
         raise ConfigError(str(path), "", "no such config file (give --config or set MCP_GUARD_CONFIG)")
     file = str(path)
     injected: set[str] = set()
-    data = expand_env(load_yaml(path) or {}, file, injected)
+    found: dict[str, str] = {}
+    data = expand_env(load_yaml(path) or {}, file, injected, missing=None if missing is None else found)
+    for where, name in found.items():
+        if not where.startswith(UNUSED_BY_READERS):
+            raise ConfigError(file, where, f"environment variable {name!r} is not set")
+    if missing is not None:
+        missing.update(found)
     if isinstance(data, dict):
         for key in ("source", "injected"):
             if key in data:

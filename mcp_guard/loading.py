@@ -84,22 +84,29 @@ def load_yaml(path: Path) -> Any:
         raise ConfigError(str(path), "", str(exc)) from None
 
 
-def expand_env(value: Any, file: str, injected: set[str], path: str = "") -> Any:
-    """Replace `${NAME}` in every string; remember each substituted value in `injected`."""
+def expand_env(
+    value: Any, file: str, injected: set[str], path: str = "", missing: dict[str, str] | None = None
+) -> Any:
+    """Replace `${NAME}` in every string; remember each substituted value in `injected`. A
+    variable that is not set is an error, or, given `missing`, is noted there (path -> name) and
+    stands in as a placeholder, for a command that does not use the value."""
     if isinstance(value, str):
 
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)
             if name not in os.environ:
-                raise ConfigError(file, path, f"environment variable {name!r} is not set")
+                if missing is None:
+                    raise ConfigError(file, path, f"environment variable {name!r} is not set")
+                missing[path] = name
+                return f"unset-variable-{name}".ljust(32, "-")
             injected.add(os.environ[name])
             return os.environ[name]
 
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, file, injected, join_path(path, k)) for k, v in value.items()}
+        return {k: expand_env(v, file, injected, join_path(path, k), missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, file, injected, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [expand_env(v, file, injected, f"{path}[{i}]", missing) for i, v in enumerate(value)]
     return value
 
 

@@ -290,10 +290,13 @@ def load_manifest(path: Path) -> Manifest:
     return manifest.model_copy(update={"source": path.resolve(), "injected": secrets})
 
 
-def load_deployment(config_path: Path) -> tuple[GuardConfig, tuple[Manifest, ...]]:
+def load_deployment(
+    config_path: Path, missing: dict[str, str] | None = None
+) -> tuple[GuardConfig, tuple[Manifest, ...]]:
     """guard.yaml and the manifests it names, checked against each other: a grant that allows a
-    tool guard.yaml forbids is a load error (the operator's hard line is never contradicted)."""
-    config = load_config(config_path)
+    tool guard.yaml forbids is a load error (the operator's hard line is never contradicted).
+    `missing`: as for `load_config`, for a command that does not serve."""
+    config = load_config(config_path, missing)
     manifests = load_manifests(config.manifests)
     for manifest in manifests:
         for tool, grants in manifest.tools.items():

@@ -1,26 +1,29 @@
 """`mcp-guard grants (list [--json] | activate AGENT SERVER.TOOL --for D --reason T | revoke AGENT
-SERVER.TOOL)` (just-in-time grants) and `mcp-guard agents unlock NAME` (end a lockout). Every
-change is a ledger entry naming who made it (the operating-system user running the command);
-serving guards read it from the ledger and tell their clients within seconds."""
+SERVER.TOOL)` (just-in-time grants), `mcp-guard agents unlock NAME` (end a lockout) and `mcp-guard
+agent key NAME` (a new static key). Every grant and lockout change is a ledger entry naming who
+made it (the operating-system user running the command); serving guards read it from the ledger
+and tell their clients within seconds."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
 import json
+import re
 import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 import anyio
 
 from mcp_guard.cli.ledger import printable
-from mcp_guard.config import GuardConfig, LedgerConfig
+from mcp_guard.config import GuardConfig, LedgerConfig, load_config
 from mcp_guard.errors import ConfigError, LedgerError, UsageError
 from mcp_guard.ledger import ActivationEvent, UnlockEvent, Window, exists, open_ledger
 from mcp_guard.ledger.entries import format_ts
-from mcp_guard.loading import format_duration, parse_duration
+from mcp_guard.loading import NAME_PATTERN, format_duration, parse_duration
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Policy
 
@@ -189,3 +192,25 @@ async def _read(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
 async def _hold(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
     async with await open_ledger(config) as ledger:
         return await ledger.hold(fn)
+
+
+def run_agent_key(args: argparse.Namespace, config_path: Path) -> int:
+    """`agent key NAME`: a new random key, shown once, and the line guard.yaml takes; a warning
+    when guard.yaml (if there is one here) does not define NAME yet."""
+    from mcp_guard.identity.keys import hash_key, new_key
+
+    if not re.match(NAME_PATTERN, args.name):
+        msg = f"agent key: {args.name!r} is not an agent name (lowercase letters, digits, - and _)"
+        raise UsageError(msg)
+    try:
+        defined = load_config(config_path, {}).agents
+    except ConfigError:
+        defined = None  # no readable guard.yaml here: nothing to compare with
+    if defined is not None and args.name not in defined:
+        note = f"{args.name!r} is not an agent in guard.yaml yet: add it under agents with this key"
+        print(f"mcp-guard: warning: {note}", file=sys.stderr)
+    key = new_key()
+    print(f"key: {key}")
+    print(f'guard.yaml, under agents.{args.name}.keys: "{hash_key(key)}"')
+    print("mcp-guard: the key is shown once and is not stored; give it to the agent only", file=sys.stderr)
+    return 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from pydantic import ValidationError
 
 from mcp_guard import __version__
 from mcp_guard.cli.approvals import add_approvals_parser, run_approvals
-from mcp_guard.cli.grants import add_grants_parsers, run_agents, run_grants
+from mcp_guard.cli.grants import add_grants_parsers, run_agent_key, run_agents, run_grants
 from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
 from mcp_guard.config import GuardConfig, LedgerConfig, find_config, load_config, load_ledger_config
 from mcp_guard.errors import ConfigError, GuardError, ListenError, UsageError
@@ -120,8 +119,16 @@ def plural(count: int, word: str, words: str | None = None) -> str:
     return f"{count} {word if count == 1 else (words or word + 's')}"
 
 
-def load(args: argparse.Namespace) -> tuple[GuardConfig, tuple[Manifest, ...]]:
-    return load_deployment(find_config(args.config))
+def load(args: argparse.Namespace, *, serving: bool = False) -> tuple[GuardConfig, tuple[Manifest, ...]]:
+    """guard.yaml and the manifests. A command that does not serve needs no variable that only a
+    serving guard uses (a signing key): `check` names each one not set here; others say nothing."""
+    missing: dict[str, str] | None = None if serving else {}
+    found = load_deployment(find_config(args.config), missing)
+    if args.command == "check":
+        for where, name in (missing or {}).items():
+            note = f"environment variable {name!r} is not set here; `serve` needs it"
+            print(f"warning: {found[0].source}:{where}: {note}", file=sys.stderr)
+    return found
 
 
 def agent_of(config: GuardConfig, policy: Policy, name: str | None) -> Agent:
@@ -143,7 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_guard.transports.stdio import serve_stdio
 
     use_format(args.log_format)
-    config, manifests = load(args)
+    config, manifests = load(args, serving=True)
     if args.http is not None:
         if args.agent:
             msg = "serve: --agent is for stdio; over HTTP each request's credential names its agent"
@@ -182,27 +189,6 @@ def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: st
             tg.cancel_scope.cancel()
 
     anyio.run(run)
-    return 0
-
-
-def cmd_agent(args: argparse.Namespace) -> int:
-    from mcp_guard.identity.keys import hash_key, new_key
-    from mcp_guard.loading import NAME_PATTERN
-
-    if not re.match(NAME_PATTERN, args.name):
-        msg = f"agent key: {args.name!r} is not an agent name (lowercase letters, digits, - and _)"
-        raise UsageError(msg)
-    try:
-        defined = load_config(find_config(args.config)).agents
-    except ConfigError:
-        defined = None  # no readable guard.yaml here: nothing to compare with
-    if defined is not None and args.name not in defined:
-        note = f"{args.name!r} is not an agent in guard.yaml yet: add it under agents with this key"
-        print(f"mcp-guard: warning: {note}", file=sys.stderr)
-    key = new_key()
-    print(f"key: {key}")
-    print(f'guard.yaml, under agents.{args.name}.keys: "{hash_key(key)}"')
-    print("mcp-guard: the key is shown once and is not stored; give it to the agent only", file=sys.stderr)
     return 0
 
 
@@ -364,7 +350,7 @@ COMMANDS = {
     "explain": cmd_explain,
     "demo": cmd_demo,
     "manifest": cmd_manifest,
-    "agent": cmd_agent,
+    "agent": lambda args: run_agent_key(args, find_config(args.config)),
     "token": cmd_token,
 }
 
@@ -385,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "grants":
             return run_grants(args, *load(args))
         if args.command == "agents":
-            return run_agents(args, load_config(find_config(args.config)))
+            return run_agents(args, load_config(find_config(args.config), {}))
         return COMMANDS[args.command](args)
     except (ConfigError, UsageError) as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)

@@ -34,8 +34,29 @@ def test_ledger_tail_reads_with_a_signing_key_variable_unset(
     )
     assert main(["--config", str(tmp_path / "guard.yaml"), "ledger", "tail", "--json"]) == 0
     assert '"agent":"support-bot"' in capsys.readouterr().out
-    assert main(["--config", str(tmp_path / "guard.yaml"), "check"]) == 2  # the guard itself needs it
-    assert "SURELY_UNSET_SIGNING_KEY" in capsys.readouterr().err
+    (tmp_path / "tool_manifests").mkdir()
+    assert main(["--config", str(tmp_path / "guard.yaml"), "check"]) == 0  # it says serve needs it
+    said = capsys.readouterr().err
+    assert (
+        "tokens.signing_key: environment variable 'SURELY_UNSET_SIGNING_KEY' is not set here; `serve` needs it"
+        in said
+    )
+    assert main(["--config", str(tmp_path / "guard.yaml"), "serve", "--agent", "x"]) == 2  # serving needs it
+    assert (
+        "tokens.signing_key: environment variable 'SURELY_UNSET_SIGNING_KEY' is not set"
+        in capsys.readouterr().err
+    )
+
+
+def test_a_variable_a_reader_would_use_is_still_required(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_private(tmp_path / "guard.yaml", "agents: {}\nmanifests: '${SURELY_UNSET_FOLDER}'\n")
+    assert main(["--config", str(tmp_path / "guard.yaml"), "check"]) == 2
+    assert (
+        "guard.yaml:manifests: environment variable 'SURELY_UNSET_FOLDER' is not set"
+        in capsys.readouterr().err
+    )
 
 
 def test_ledger_option_reads_a_ledger_without_any_config(
