@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     ti = tk_sub.add_parser("issue", help="print a short-lived signed token for an agent")
     ti.add_argument("--agent", required=True)
     ti.add_argument("--ttl", help="lifetime: 30s, 15m, 1h (default 15m, at most tokens.max_ttl)")
+    tr = tk_sub.add_parser("revoke", help="refuse a token id (jti) from now on, in every guard on the ledger")
+    tr.add_argument("jti", metavar="JTI")
     return p
 
 
@@ -165,6 +167,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     from mcp_guard.loading import format_duration, parse_duration
 
     config = load_config(find_config(args.config))
+    if args.token_command == "revoke":  # noqa: S105 - a subcommand
+        from mcp_guard.cli.tokens import run_revoke
+
+        return run_revoke(args, config)
     if config.tokens is None:
         msg = f"token issue: {config.source} has no `tokens` section (add tokens.signing_key)"
         raise UsageError(msg)

@@ -117,9 +117,26 @@ class MarkEvent(LedgerEvent):
         return tuple(str(m) for m in found) if isinstance(found, list) else ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationEvent(LedgerEvent):
+    """An operator revoked a token id: `{"jti", "by"}`. Every guard process on the ledger refuses
+    a token with that id from then on, whoever issued it."""
+
+    kind: ClassVar[str] = "revocation"
+
+
 EVENT_TYPES: dict[str, type[LedgerEvent]] = {
     e.kind: e
-    for e in (PolicyEvent, PinEvent, ApprovalEvent, ActivationEvent, LockoutEvent, UnlockEvent, MarkEvent)
+    for e in (
+        PolicyEvent,
+        PinEvent,
+        ApprovalEvent,
+        ActivationEvent,
+        LockoutEvent,
+        UnlockEvent,
+        MarkEvent,
+        RevocationEvent,
+    )
 }
 
 
@@ -226,6 +243,10 @@ class Window(Protocol):
     ) -> Sequence[MarkEvent]:
         """The mark entries of `agent` in `session` (None: calls without one; `any_session`: in
         all of them) within the last `seconds`, newest first."""
+        ...
+
+    def revoked(self, jti: str) -> bool:
+        """Whether a `revocation` entry names this token id."""
         ...
 
     def append(self, event: LedgerEvent) -> None:
