@@ -70,9 +70,18 @@ class Scrubber:
     base64 binary content. Built once per policy: its patterns are compiled here, never per call."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        forms = sorted(
-            {v for s in secrets if len(s) >= MIN_SECRET for v in _variants(s)}, key=len, reverse=True
-        )
+        self._secrets = {s for s in secrets if len(s) >= MIN_SECRET}
+        self._compile()
+
+    def learn(self, secret: str) -> None:
+        """Scrub one more secret from now on: a credential the guard obtained while serving (an
+        upstream's access token). Compiled again at once, so it is rare by design."""
+        if len(secret) >= MIN_SECRET and secret not in self._secrets:
+            self._secrets.add(secret)
+            self._compile()
+
+    def _compile(self) -> None:
+        forms = sorted({v for s in self._secrets for v in _variants(s)}, key=len, reverse=True)
         known = "|".join(re.escape(f) for f in forms)
         self._known = re.compile(known) if forms else None
         self._known_bytes = re.compile(b"|".join(re.escape(f.encode()) for f in forms)) if forms else None

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from mcp_guard.guard.caller import Caller
 
 Lists = dict[str, tuple[types.Tool, ...]]  # each upstream's tool list, by server
+MAX_LEARNED = 64
+"""Credentials obtained while serving that stay scrubbed (a token is renewed every few minutes)."""
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Guard:
     # The clients' connections, to tell of tool list changes. The SDK builds a ServerSession per
     # request (a weak set of those empties at once); its connection lives as long as the client.
     _sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, init=False)
+    learned: tuple[str, ...] = field(default=(), init=False)  # see learn_secret
 
     def __post_init__(self) -> None:
         self.scrubber = Scrubber(self.policy.secrets)
@@ -65,6 +68,12 @@ class Guard:
 
     def log(self, text: str) -> None:
         self.scrubber.log(text)
+
+    def learn_secret(self, secret: str) -> None:
+        """Scrub a credential obtained while serving (an upstream's access token) from now on, in
+        the scrubber in force and in those of later policies (the latest few are kept)."""
+        self.learned = (*self.learned[-(MAX_LEARNED - 1) :], secret)
+        self.scrubber.learn(secret)
 
     async def catalog(self, policy: Policy | None = None) -> Catalog:
         """The pin-checked catalog under `policy` (default: the one in force); only the policy in
@@ -156,7 +165,7 @@ class Guard:
         (the old one drains), then the policy, its scrubber and the caches are swapped in one step
         (no await between), the swap is stamped in the ledger and every client is told."""
         policy = Policy(config, manifests)
-        scrubber = Scrubber(policy.secrets)
+        scrubber = Scrubber(policy.secrets | set(self.learned))
         await self.pool.update(manifests, max_result_bytes=config.limits.max_result_bytes)
         self.policy, self.scrubber = policy, scrubber
         self.ledger.redactor = scrubber
@@ -253,6 +262,11 @@ async def open_guard(
         # Through the guard once it exists, so a reload's new secrets are scrubbed too.
         (guards[0].log if guards else scrubber.log)(text)
 
+    def learn(secret: str) -> None:
+        scrubber.learn(secret)
+        if guards:
+            guards[0].learn_secret(secret)
+
     try:
         async with open_pool(
             manifests,
@@ -260,6 +274,7 @@ async def open_guard(
             on_change=changed,
             max_result_bytes=config.limits.max_result_bytes,
             transports=transports,
+            on_secret=learn,
         ) as pool:
             guards.append(Guard(policy=policy, pool=pool, ledger=ledger, served=served))
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})

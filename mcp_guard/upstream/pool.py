@@ -44,8 +44,10 @@ class Upstream:
         max_result_bytes: int = MAX_RESULT_BYTES,
         errlog: Log | None = None,
         transport: Transport = manifest_transport,
+        on_secret: Log | None = None,
     ) -> None:
         self.manifest = manifest
+        self._on_secret = on_secret or _ignore_secret
         self.tools: tuple[types.Tool, ...] = ()
         self.max_result_bytes = max_result_bytes
         self._on_change = on_change
@@ -103,7 +105,7 @@ class Upstream:
         self._too_large = False
         try:
             async with AsyncExitStack() as stack:
-                wiring = Wiring(self.max_result_bytes, self._on_stderr, self._on_too_large)
+                wiring = Wiring(self.max_result_bytes, self._on_stderr, self._on_too_large, self._on_secret)
                 read, write = await stack.enter_async_context(self._transport(self.manifest, wiring))
                 session = await stack.enter_async_context(
                     ClientSession(
@@ -236,6 +238,10 @@ def _describe(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
+def _ignore_secret(_: str) -> None:
+    pass
+
+
 class Pool:
     """Every upstream of the policy, started together and kept by name."""
 
@@ -248,8 +254,10 @@ class Pool:
         max_result_bytes: int = MAX_RESULT_BYTES,
         errlog: Log | None = None,
         transports: Mapping[str, Transport] | None = None,
+        on_secret: Log | None = None,
     ) -> None:
         self.log = log
+        self.on_secret = on_secret
         self.errlog = errlog
         self.transports = dict(transports or {})
         self.max_result_bytes = max_result_bytes
@@ -265,6 +273,7 @@ class Pool:
             max_result_bytes=self.max_result_bytes,
             errlog=self.errlog,
             transport=self.transports.get(manifest.server, manifest_transport),
+            on_secret=self.on_secret,
         )
 
     def upstream(self, server: str) -> Upstream:
@@ -363,14 +372,22 @@ async def open_pool(
     max_result_bytes: int = MAX_RESULT_BYTES,
     errlog: Log | None = None,
     transports: Mapping[str, Transport] | None = None,
+    on_secret: Log | None = None,
 ) -> AsyncIterator[Pool]:
     """Start every upstream (waiting up to `wait` seconds for them); stop them all on exit.
     `on_change` hears of an upstream whose tool list changed (a serving guard tells its clients);
-    the upstreams' stderr lines go to `errlog` (default `log`). `transports` names, by server, a
+    the upstreams' stderr lines go to `errlog` (default `log`); `on_secret` hears of each credential
+    obtained for an upstream (its access tokens), to scrub it. `transports` names, by server, a
     transport to use instead of the manifest's (tests: `memory_transport`); it outlives reloads."""
     on_change = on_change or _ignore
     pool = Pool(
-        manifests, on_change, log, max_result_bytes=max_result_bytes, errlog=errlog, transports=transports
+        manifests,
+        on_change,
+        log,
+        max_result_bytes=max_result_bytes,
+        errlog=errlog,
+        transports=transports,
+        on_secret=on_secret,
     )
     async with anyio.create_task_group() as tg:
         await pool.start(tg, wait)

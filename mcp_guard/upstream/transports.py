@@ -28,6 +28,7 @@ from mcp.server import Server
 from mcp.shared.message import SessionMessage
 
 from mcp_guard.manifest import Manifest
+from mcp_guard.upstream.credentials import ClientCredentialsAuth
 from mcp_guard.upstream.framing import dump, parse, read_messages, relay_lines
 
 Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
@@ -46,6 +47,7 @@ class Wiring:
     max_message_bytes: int
     on_stderr: Callable[[str], None]
     on_too_large: Callable[[], None]
+    on_secret: Callable[[str], None] = lambda _: None  # a credential obtained for the upstream
 
 
 Transport = Callable[[Manifest, Wiring], AbstractAsyncContextManager[Streams]]
@@ -76,7 +78,10 @@ def manifest_transport(manifest: Manifest, wiring: Wiring) -> AbstractAsyncConte
             on_too_large=wiring.on_too_large,
         )
     assert up.url is not None
-    client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes)
+    auth = None
+    if up.auth is not None:  # the guard's own token for it, never the agent's
+        auth = ClientCredentialsAuth(up.auth.client_credentials, wiring.on_secret)
+    client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes, auth=auth)
     return _owned_http(up.url, client, wiring.max_message_bytes)
 
 
@@ -205,11 +210,14 @@ def capped_http_client(
     timeout: float,
     max_bytes: int,
     transport: httpx2.AsyncBaseTransport | None = None,
+    *,
+    auth: httpx2.Auth | None = None,
 ) -> httpx2.AsyncClient:
-    """An HTTP client for one upstream whose response bodies are read no further than `max_bytes`
-    (ResponseTooLarge past it). Server-sent events are bounded per event by the SDK instead (give
-    it the same cap): an event stream lasts as long as the session. Bodies are asked for
-    uncompressed, and a compressed one is refused, so the cap also bounds what is decoded."""
+    """An HTTP client for one upstream (authenticated by `auth`, if any) whose response bodies are
+    read no further than `max_bytes` (ResponseTooLarge past it). Server-sent events are bounded
+    per event by the SDK instead (give it the same cap): an event stream lasts as long as the
+    session. Bodies are asked for uncompressed, and a compressed one is refused, so the cap also
+    bounds what is decoded."""
 
     async def cap_body(response: httpx2.Response) -> None:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
@@ -227,6 +235,7 @@ def capped_http_client(
         timeout=httpx2.Timeout(timeout, read=None),
         event_hooks={"response": [cap_body]},
         transport=transport,  # None: the client's own (with the environment's proxies)
+        auth=auth,
     )
 
 
