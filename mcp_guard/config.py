@@ -3,6 +3,7 @@ manifests are loaded by manifest.py."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -91,7 +92,10 @@ def check_https(url: str) -> None:
     machine, as in tests); no userinfo, no fragment. ValueError otherwise."""
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
-    loopback = host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
     if not ((parts.scheme == "https" and host) or (parts.scheme == "http" and loopback)):
         msg = f"{url!r} must be an https:// URL (http:// only to a loopback host)"
         raise ValueError(msg)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx2
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 
 from mcp_guard.config import OAuthConfig, check_https
 from mcp_guard.wire import StrictJSONError, parse_strict
@@ -134,7 +134,7 @@ def _unusable(jwk: Any) -> str | None:
         return "no accepted algorithm uses it"
     try:
         loaded = PyJWK(jwk, algorithm=fits[0]).key
-    except (PyJWKError, ValueError, TypeError, KeyError) as exc:
+    except (PyJWTError, ValueError, TypeError, KeyError) as exc:
         return f"it cannot be read ({type(exc).__name__})"
     if kty == "RSA" and getattr(loaded, "key_size", 0) < MIN_RSA_BITS:
         return f"RSA keys under {MIN_RSA_BITS} bits are refused"
@@ -245,8 +245,11 @@ async def _fetch(client: httpx2.AsyncClient, url: str) -> tuple[Any, str | None]
             if response.status_code != 200:
                 msg = f"{url}: HTTP {response.status_code}"
                 raise KeysUnavailable(msg)
+            if response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity"):
+                msg = f"{url}: a compressed document is refused"
+                raise KeysUnavailable(msg)
             body = bytearray()
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_DOCUMENT_BYTES:
                     msg = f"{url}: the document is larger than {MAX_DOCUMENT_BYTES} bytes"

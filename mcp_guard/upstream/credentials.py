@@ -103,8 +103,14 @@ class ClientCredentialsAuth(httpx2.Auth):
                 ) as client,
                 client.stream("POST", cc.token_url, data=form, headers=headers, auth=auth) as response,
             ):
+                if response.headers.get("content-encoding", "identity").strip().lower() not in (
+                    "",
+                    "identity",
+                ):
+                    msg = f"{cc.token_url}: a compressed token response is refused"
+                    raise TokenUnavailable(msg)
                 body = bytearray()
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_bytes():
                     body += chunk
                     if len(body) > MAX_RESPONSE_BYTES:
                         msg = f"{cc.token_url}: the token response is too large"
