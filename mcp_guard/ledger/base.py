@@ -164,13 +164,14 @@ class Invocation:
     duration_ms: float | None
     outcome_detail: str | None
     policy_hash: str | None
+    credential: str | None = None  # which credential made the call (schema 4 on)
 
     def to_json(self) -> dict[str, object]:
-        """SPEC's `ledger tail --json` fields, plus id, method and policy_hash."""
+        """SPEC's `ledger tail --json` fields, plus id, method, policy_hash and credential."""
         fields = {name: getattr(self, name) for name in _JSON_FIELDS}
         if self.detail is None:
             fields["detail"] = self.outcome_detail
-        return fields | {"policy_hash": self.policy_hash}
+        return fields | {"policy_hash": self.policy_hash, "credential": self.credential}
 
 
 _JSON_FIELDS = [

@@ -106,3 +106,13 @@ def test_a_revocation_is_seen_by_every_process_on_the_file_and_names_only_its_to
 def test_a_credential_over_the_detail_cap_is_cut_not_refused(ledger: Ledger) -> None:
     ledger.record_decision(replace(record("oauth:" + "s" * 5000 + ":j"), agent="a"))
     assert len(rows(ledger)[0]["credential"]) == 1024
+
+
+def test_ledger_tail_json_shows_the_credential(ledger: Ledger) -> None:
+    ledger.record_decision(record("token:abc123"))
+    ledger.record_decision(record(None))
+    first, second = ledger.invocations()
+    assert (first.credential, second.credential) == ("token:abc123", None)
+    assert first.to_json()["credential"] == "token:abc123"
+    with Ledger.open_readonly(ledger.path) as reader:
+        assert [i.credential for i in reader.invocations()] == ["token:abc123", None]

@@ -711,6 +711,7 @@ def test_invocations_join_the_outcome_and_keep_an_unfinished_call_with_a_null_ou
         "outcome": None,
         "duration_ms": None,
         "policy_hash": POLICY,
+        "credential": None,
     }
 
 

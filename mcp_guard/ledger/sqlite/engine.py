@@ -118,7 +118,7 @@ class Ledger:
 
     def __init__(self, conn: sqlite3.Connection, path: Path, busy_timeout: float) -> None:
         self._conn = conn
-        self._v1 = not queries.has_method(conn)  # a reader of a file not yet migrated
+        self._select = queries.invocation_select(conn)  # a reader of a file not yet migrated
         self._path = path  # as given, for messages
         self._file = path.absolute()  # for connections opened later, whatever the cwd by then
         self._busy_timeout = busy_timeout
@@ -357,7 +357,7 @@ class Ledger:
         with self._read() as conn:
             return queries.invocations(
                 conn,
-                v1=self._v1,
+                select=self._select,
                 limit=limit,
                 agent=agent,
                 tool=tool,
@@ -371,7 +371,9 @@ class Ledger:
     ) -> tuple[int, list[Invocation]]:
         """The new last entry id, and the invocations whose decision or outcome came after `after_id`."""
         with self._read() as conn:
-            return queries.updates(conn, after_id, v1=self._v1, agent=agent, tool=tool, decision=decision)
+            return queries.updates(
+                conn, after_id, select=self._select, agent=agent, tool=tool, decision=decision
+            )
 
     def events(
         self, kind: str, *, server: str | None = None, tool: str | None = None, after_id: int | None = None
