@@ -55,7 +55,12 @@ HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text
 
 @pytest.fixture(scope="session")
 def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
-    entry = install(request.config.cache.mkdir("oidc-provider"))
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    folder = (
+        cache.mkdir("oidc-provider") if cache is not None else REPO_ROOT / ".pytest_cache" / "oidc-provider"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = install(folder)
     with run_provider(entry, CLIENTS) as running:
         yield running
 
