@@ -76,6 +76,9 @@ class OAuthConfig(Frozen):
         if "#" in value or "?" in value:
             msg = "must not have a query or a fragment (RFC 8707)"
             raise ValueError(msg)
+        if any(c.isspace() or c in '"\\<>' or not c.isprintable() for c in value):
+            msg = "must not hold spaces, quotes, backslashes or control characters (it goes into a header)"
+            raise ValueError(msg)
         return value
 
     @field_validator("algorithms")

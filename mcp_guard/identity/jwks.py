@@ -166,11 +166,12 @@ class IssuerKeys:
     async def find(self, kid: str | None, alg: str) -> Key | None:
         """The key `kid` (a kid-less token: the one key that fits `alg`), fetching the JWKS when
         the cache has expired or, at most once per MIN_REFETCH, when it lacks that key."""
-        now = self.clock()
-        if now >= self.expires or self._pick(kid, alg) is None:
-            async with self._lock:
-                if self._may_fetch(kid, alg):
-                    await self._refresh()
+        cached = self._pick(kid, alg)
+        if cached is not None and (self.clock() < self.expires or self._lock.locked()):
+            return cached  # fresh, or stale while a refresh is under way: no request waits for it
+        async with self._lock:
+            if self._may_fetch(kid, alg):
+                await self._refresh()
         return self._pick(kid, alg)
 
     def _may_fetch(self, kid: str | None, alg: str) -> bool:

@@ -338,6 +338,8 @@ def test_the_metadata_document_and_its_url() -> None:
         ({"issuer": "https://user:pw@login.example.test"}, "user"),
         ({"issuer": "ftp://login.example.test"}, "https"),
         ({"resource": "https://g.test/mcp#x"}, "fragment"),
+        ({"resource": 'https://g.test/m"cp'}, "quotes"),
+        ({"resource": "https://g.test/mcp\r\nX-Evil: 1"}, "quotes"),
         ({"algorithms": ["HS256"]}, "algorithms"),
         ({"algorithms": ["none"]}, "algorithms"),
         ({"algorithms": []}, "at least one"),
@@ -382,3 +384,26 @@ async def test_keys_from_an_explicit_jwks_uri_skip_discovery(issuer: Issuer) -> 
     keys = IssuerKeys(oauth, lambda _: None, transport=httpx2.MockTransport(issuer.handle), clock=Clock())
     assert await keys.find("k1", "RS256") is not None
     assert issuer.fetches == ["https://login.example.test/jwks"]
+
+
+async def test_a_slow_refresh_holds_up_no_request_whose_key_is_cached(issuer: Issuer) -> None:
+    import anyio
+
+    clock, release = Clock(), anyio.Event()
+    serve = issuer.handle
+
+    async def slow(request: httpx2.Request) -> httpx2.Response:
+        if issuer.jwks_fetches >= 1:
+            await release.wait()
+        return serve(request)
+
+    keys = IssuerKeys(OAUTH, lambda _: None, transport=httpx2.MockTransport(slow), clock=clock)
+    assert await keys.find("k1", "RS256") is not None
+    clock.now += 601  # the cache has expired: the next look refreshes it
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keys.find, "k1", "RS256")
+        await anyio.wait_all_tasks_blocked()
+        with anyio.fail_after(1):
+            assert await keys.find("k1", "RS256") is not None  # served from the cache meanwhile
+        release.set()
+    assert issuer.jwks_fetches == 2
