@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -81,14 +81,19 @@ class Key:
     crv: str | None
     alg: str | None
     jwk: Mapping[str, Any]
+    _made: dict[str, PyJWK] = field(default_factory=dict, compare=False, repr=False)
 
     def fits(self, alg: str) -> bool:
         kty, curves = FITS.get(alg, ("", None))
         return self.kty == kty and (curves is None or self.crv in curves) and self.alg in (None, alg)
 
     def verifier(self, alg: str) -> PyJWK:
-        """The key as PyJWT verifies with it, bound to `alg`; PyJWKError if it is unusable."""
-        return PyJWK(dict(self.jwk), algorithm=alg)
+        """The key as PyJWT verifies with it, bound to `alg` (made once per algorithm); PyJWKError
+        if it is unusable."""
+        made = self._made.get(alg)
+        if made is None:
+            made = self._made[alg] = PyJWK(dict(self.jwk), algorithm=alg)
+        return made
 
 
 def parse_jwks(document: Any, log: Callable[[str], None]) -> dict[str | None, Key]:
