@@ -207,6 +207,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                             f"warning: {m.source}:tools.{tool}[{i}].allow: {who!r} is not defined",
                             file=sys.stderr,
                         )
+    from mcp_guard.cli.tokens import oauth_warnings
+
+    for warning in oauth_warnings(config):
+        print(warning, file=sys.stderr)
     tools = sum(len(m.tools) for m in manifests)
     if args.live:
         from mcp_guard.cli.manifest import check_live

@@ -18,6 +18,28 @@ from mcp_guard.identity.oauth import MAX_ID_CHARS
 from mcp_guard.ledger import RevocationEvent, Window, open_ledger
 
 
+def oauth_warnings(config: GuardConfig) -> list[str]:
+    """What `check` says of the agents' `subjects`: a subject under two agents (its tokens are
+    refused 403), subjects without an `oauth` section, or an `oauth` section no agent can use."""
+    where = f"{config.source}:agents"
+    owners: dict[str, list[str]] = {}
+    for name, agent in config.agents.items():
+        for subject in agent.subjects:
+            owners.setdefault(subject, []).append(name)
+    warnings = [
+        f"warning: {where}: subject {subject!r} is listed under {', '.join(names)}; its tokens are refused"
+        for subject, names in owners.items()
+        if len(names) > 1
+    ]
+    if owners and config.oauth is None:
+        warnings.append(f"warning: {where}: agents list subjects but there is no `oauth` section")
+    if config.oauth is not None and not owners:
+        warnings.append(
+            f"warning: {where}: `oauth` is set but no agent lists subjects, so no token proves one"
+        )
+    return warnings
+
+
 def run_revoke(args: argparse.Namespace, config: GuardConfig, out: TextIO | None = None) -> int:
     out = out if out is not None else sys.stdout
     jti = args.jti

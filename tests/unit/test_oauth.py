@@ -407,3 +407,16 @@ async def test_a_slow_refresh_holds_up_no_request_whose_key_is_cached(issuer: Is
             assert await keys.find("k1", "RS256") is not None  # served from the cache meanwhile
         release.set()
     assert issuer.jwks_fetches == 2
+
+
+def test_check_warns_of_a_subject_under_two_agents_and_of_subjects_without_oauth() -> None:
+    from mcp_guard.cli.tokens import oauth_warnings
+
+    assert POLICY.config.oauth is not None
+    [twice] = oauth_warnings(POLICY.config)
+    assert "'twice' is listed under finance-bot, other-bot" in twice
+    without = GuardConfig(agents=AGENTS)
+    assert ["no `oauth` section" in w for w in oauth_warnings(without)] == [False, True]
+    nobody = GuardConfig(agents={"a": AgentConfig()}, oauth=OAUTH)
+    assert "no agent lists subjects" in oauth_warnings(nobody)[0]
+    assert oauth_warnings(GuardConfig(agents={"a": AgentConfig()})) == []
