@@ -26,7 +26,7 @@ from mcp_guard.guard.standing import Standing
 from mcp_guard.ledger import LedgerStore, PolicyEvent, open_ledger
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Agent, Catalog, Offer, Policy
-from mcp_guard.secrets import Scrubber
+from mcp_guard.secrets import MAX_LEARNED, Scrubber
 from mcp_guard.upstream.pool import Pool, Upstream, open_pool
 from mcp_guard.upstream.transports import Transport
 
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from mcp_guard.guard.caller import Caller
 
 Lists = dict[str, tuple[types.Tool, ...]]  # each upstream's tool list, by server
-MAX_LEARNED = 64
-"""Credentials obtained while serving that stay scrubbed (a token is renewed every few minutes)."""
 
 
 @dataclass
@@ -72,7 +70,7 @@ class Guard:
     def learn_secret(self, secret: str) -> None:
         """Scrub a credential obtained while serving (an upstream's access token) from now on, in
         the scrubber in force and in those of later policies (the latest few are kept)."""
-        self.learned = (*self.learned[-(MAX_LEARNED - 1) :], secret)
+        self.learned = (*self.learned, secret)[-MAX_LEARNED:]
         self.scrubber.learn(secret)
 
     async def catalog(self, policy: Policy | None = None) -> Catalog:
@@ -165,7 +163,9 @@ class Guard:
         (the old one drains), then the policy, its scrubber and the caches are swapped in one step
         (no await between), the swap is stamped in the ledger and every client is told."""
         policy = Policy(config, manifests)
-        scrubber = Scrubber(policy.secrets | set(self.learned))
+        scrubber = Scrubber(policy.secrets)
+        for secret in self.learned:
+            scrubber.learn(secret)
         await self.pool.update(manifests, max_result_bytes=config.limits.max_result_bytes)
         self.policy, self.scrubber = policy, scrubber
         self.ledger.redactor = scrubber

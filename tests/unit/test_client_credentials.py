@@ -176,3 +176,32 @@ def test_manifest_rules_for_upstream_auth() -> None:
         cc = good["auth"]["client_credentials"] | cc_changes
         with pytest.raises(ValueError, match=fragment):
             Upstream.model_validate(good | {"auth": {"client_credentials": cc}})
+
+
+def test_a_learned_token_is_scrubbed_everywhere_a_secret_is_and_only_the_latest_are_kept() -> None:
+    import base64 as b64
+
+    from mcp_guard.secrets import MAX_LEARNED, REDACTED, Scrubber
+
+    scrubber = Scrubber(["static-secret-value"])
+    token = "tok+en/with=odd-chars-0123456789"
+    scrubber.learn(token)
+    assert scrubber.text(f"a {token} b") == f"a {REDACTED} b"
+    assert (
+        scrubber.text("x" + token.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D"))
+        == "x" + REDACTED
+    )
+    assert scrubber.texts(["one " + token[:10], token[10:] + " two"]) == [
+        "one " + REDACTED,
+        REDACTED + " two",
+    ]
+    assert scrubber.json({"k": [token]}) == {"k": [REDACTED]}
+    blob = b64.b64encode(b"\x00\x01" + token.encode()).decode()
+    assert token.encode() not in b64.b64decode(scrubber.binary(blob))
+    assert scrubber.flags(f"opaque {token}")
+    assert token not in scrubber.record(f"opaque {token}")
+    assert scrubber.text("static-secret-value") == REDACTED  # the policy's secrets stay
+    for n in range(MAX_LEARNED):
+        scrubber.learn(f"later-token-{n:04d}")
+    assert scrubber.text(token) == token  # the oldest fell out (it expired long ago)
+    assert scrubber.text("later-token-0015") == REDACTED
