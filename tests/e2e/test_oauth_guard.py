@@ -252,10 +252,13 @@ async def test_the_sdks_oauth_client_finds_the_provider_and_calls_through_the_gu
     assert [c["decision"] for c in calls[-2:]] == ["allow", "allow"]
     assert guard.credentials()[-1] == f"oauth:support-client:{claims['jti']}"
     assert agent_token not in guard.deployment.ledger_path.read_bytes().decode("utf-8", "replace")
-    # The upstream saw only the guard's own token, issued for the upstream, never the agent's.
+    # The upstream saw only the guard's own token, issued for the upstream, never the agent's. It
+    # refused the first one it got: the guard fetched another and sent that request again.
     seen = guard.upstream_seen()
-    assert seen
-    assert all(entry["refused"] is None for entry in seen)
+    assert seen[0]["refused"] == "the first token is refused"
+    assert seen[1]["refused"] is None
+    assert seen[1]["authorization"] != seen[0]["authorization"]
+    assert all(entry["refused"] is None for entry in seen[1:])
     for entry in seen:
         token = entry["authorization"].removeprefix("Bearer ")
         assert token != agent_token

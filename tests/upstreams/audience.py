@@ -2,6 +2,8 @@
 behind a check of the bearer token (signature from the issuer's JWKS, `iss`, `aud` = its own
 resource URI, the `billing:write` scope). Every Authorization header it receives, accepted or
 not, goes to the journal, so a test can prove which credentials reached it (never an agent's).
+It refuses the first token it is ever sent, valid or not (as if it had been revoked), so that a
+test sees the guard fetch a new one and send the request again.
 
 Run: python -m tests.upstreams.audience PORT ISSUER JOURNAL  (prints "READY <url>")"""
 
@@ -47,11 +49,16 @@ class Checked:
         with urllib.request.urlopen(f"{issuer}/.well-known/openid-configuration", timeout=10) as answer:
             jwks_uri = json.load(answer)["jwks_uri"]
         self.keys = jwt.PyJWKClient(jwks_uri)
+        self.first: str | None = None  # the first token sent: refused whenever it comes
 
     def check(self, authorization: str) -> str | None:
         if not authorization.startswith("Bearer "):
             return "no bearer token"
         token = authorization.removeprefix("Bearer ")
+        if self.first is None:
+            self.first = token
+        if token == self.first:
+            return "the first token is refused"
         try:
             key = self.keys.get_signing_key_from_jwt(token)
             claims = jwt.decode(token, key, algorithms=["RS256"], audience=self.resource, issuer=self.issuer)
