@@ -1,6 +1,7 @@
 """What the HTTP listener answers about credentials: the authenticators it asks (static keys, the
 authorization server's tokens, the guard's own tokens, with revocations read from the ledger), the
-`WWW-Authenticate` challenge of a refusal, and where the RFC 9728 metadata is served."""
+`WWW-Authenticate` challenge of a refusal, and where the RFC 9728 metadata is served. Imports the
+guard for its type only; knows nothing of MCP messages."""
 
 from __future__ import annotations
 
