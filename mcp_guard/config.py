@@ -3,10 +3,12 @@ manifests are loaded by manifest.py."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -16,6 +18,11 @@ from mcp_guard.loading import NAME_PATTERN, Duration, Frozen, build, expand_env,
 AgentName = Annotated[str, Field(pattern=NAME_PATTERN)]
 KeyHash = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
 # A glob over `server.tool` (fnmatch, case-sensitive): a server glob, a dot, a tool glob.
+# RFC 6749 scope-token: printable ASCII but space, '"' and '\\'.
+ScopeToken = Annotated[str, Field(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]{1,128}$")]
+Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+"""The algorithms an authorization server's keys may sign with: never HS* (a public key is no
+secret) and never none."""
 ForbidGlob = Annotated[str, Field(pattern=r"^[A-Za-z0-9_*?\[\]!-]+\.[^\s]+$")]
 
 
@@ -44,6 +51,8 @@ class LedgerConfig(Frozen):
 class AgentConfig(Frozen):
     roles: tuple[Annotated[str, Field(pattern=NAME_PATTERN)], ...] = ()
     keys: tuple[KeyHash, ...] = ()
+    # Values of oauth.agent_claim (e.g. the client id the identity provider gave it) that are this agent.
+    subjects: tuple[Annotated[str, Field(min_length=1, max_length=256)], ...] = ()
 
 
 class TokensConfig(Frozen):
@@ -58,6 +67,61 @@ class TokensConfig(Frozen):
             msg = "must be at least 32 bytes"
             raise ValueError(msg)
         return SecretStr(value) if isinstance(value, str) else value
+
+
+class OAuthConfig(Frozen):
+    """The organisation's OAuth 2.1 authorization server, whose JWT access tokens the guard accepts
+    over HTTP beside its own keys and tokens (identity/oauth.py checks them)."""
+
+    issuer: str  # the exact `iss`; metadata is discovered from it
+    resource: str  # this guard's canonical URI: every token's `aud` must contain it
+    scopes: tuple[ScopeToken, ...] = ()  # every one required on every token
+    agent_claim: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")] = "sub"
+    jwks_uri: str | None = None  # default: from the issuer's metadata
+    algorithms: tuple[Algorithm, ...] = ("RS256", "ES256", "EdDSA")
+
+    @field_validator("issuer", "resource", "jwks_uri")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_https(value)
+        return value
+
+    @field_validator("resource")
+    @classmethod
+    def _no_fragment(cls, value: str) -> str:
+        if "#" in value or "?" in value:
+            msg = "must not have a query or a fragment (RFC 8707)"
+            raise ValueError(msg)
+        if any(c.isspace() or c in '"\\<>' or not c.isprintable() for c in value):
+            msg = "must not hold spaces, quotes, backslashes or control characters (it goes into a header)"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _some(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            msg = "must name at least one algorithm"
+            raise ValueError(msg)
+        return value
+
+
+def check_https(url: str) -> None:
+    """An identity provider's URL: https, or http to a loopback host only (a provider on this very
+    machine, as in tests); no userinfo, no fragment. ValueError otherwise."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not ((parts.scheme == "https" and host) or (parts.scheme == "http" and loopback)):
+        msg = f"{url!r} must be an https:// URL (http:// only to a loopback host)"
+        raise ValueError(msg)
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        msg = f"{url!r} must not carry a user, a password or a fragment"
+        raise ValueError(msg)
 
 
 class HttpConfig(Frozen):
@@ -126,6 +190,7 @@ class GuardConfig(Frozen):
     forbid: tuple[ForbidGlob, ...] = ()
     lockout: LockoutConfig | None = None  # off unless set
     approvals: ApprovalsConfig = ApprovalsConfig()
+    oauth: OAuthConfig | None = None  # tokens from the organisation's authorization server
     # Where it was loaded from and the values its ${VAR}s injected (never printed).
     source: Path = Path("guard.yaml")
     injected: frozenset[str] = frozenset()

@@ -8,13 +8,13 @@ from collections.abc import Collection, Mapping
 from decimal import Decimal
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from mcp_guard.config import GuardConfig, load_config
+from mcp_guard.config import GuardConfig, check_https, load_config
 from mcp_guard.errors import ConfigError
 from mcp_guard.loading import NAME_PATTERN, Duration, Frozen, build, expand_env, load_yaml
 from mcp_guard.policy.schemas import has_dialect, typed_limit
@@ -198,6 +198,38 @@ def _one_or_many(value: object) -> object:
     return [value] if isinstance(value, dict) else value
 
 
+class ClientCredentials(Frozen):
+    """OAuth client credentials (RFC 6749 section 4.4) the guard uses to fetch its own short-lived
+    token for an HTTP upstream; `resource` is the RFC 8707 resource indicator."""
+
+    token_url: str
+    client_id: Annotated[str, Field(min_length=1, max_length=256)]
+    client_secret: SecretStr
+    scope: (
+        Annotated[str, Field(pattern=r"^[\x21\x23-\x5b\x5d-\x7e]+( [\x21\x23-\x5b\x5d-\x7e]+)*$")] | None
+    ) = None
+    resource: str | None = None
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+
+    @field_validator("token_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        check_https(value)  # the secret goes there: never in plain HTTP beyond this machine
+        return value
+
+    @field_validator("resource")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^#\s]+$", value):
+            msg = f"resource {value!r} must be an absolute URI without a fragment (RFC 8707)"
+            raise ValueError(msg)
+        return value
+
+
+class UpstreamAuth(Frozen):
+    client_credentials: ClientCredentials
+
+
 class Upstream(Frozen):
     command: str | None = None
     args: tuple[str, ...] = ()
@@ -206,6 +238,7 @@ class Upstream(Frozen):
     url: str | None = None
     headers: dict[str, str] = {}
     timeout: Duration = 60.0
+    auth: UpstreamAuth | None = None  # a token the guard fetches for an HTTP upstream
 
     @model_validator(mode="after")
     def _one_transport(self) -> Upstream:
@@ -215,8 +248,11 @@ class Upstream(Frozen):
         if self.url is not None and (self.args or self.env or self.cwd):
             msg = "args, env and cwd go with command, not url"
             raise ValueError(msg)
-        if self.command is not None and self.headers:
-            msg = "headers go with url, not command"
+        if self.command is not None and (self.headers or self.auth):
+            msg = "headers and auth go with url, not command"
+            raise ValueError(msg)
+        if self.auth is not None and any(name.lower() == "authorization" for name in self.headers):
+            msg = "auth and an Authorization header cannot both be given"
             raise ValueError(msg)
         if self.url is not None and not re.match(r"^https?://", self.url):
             msg = f"url {self.url!r} must start with http:// or https://"
@@ -286,6 +322,8 @@ def load_manifest(path: Path) -> Manifest:
             LOGGER.warning(f"warning: {file}:tools.{tool}: {msg}")
     # Everything handed to the upstream (env, headers) and every ${VAR} value is a secret.
     handed = {*manifest.upstream.env.values(), *manifest.upstream.headers.values()}
+    if manifest.upstream.auth is not None:
+        handed.add(manifest.upstream.auth.client_credentials.client_secret.get_secret_value())
     secrets = frozenset(v for v in injected | handed if len(v) >= 8)
     return manifest.model_copy(update={"source": path.resolve(), "injected": secrets})
 

@@ -19,6 +19,8 @@ from urllib.parse import quote, quote_plus
 REDACTED = "[REDACTED]"
 MIN_SECRET = 8
 """A value shorter than this is not treated as a secret (SPEC): it would redact ordinary words."""
+MAX_LEARNED = 16
+"""Credentials learned while serving that stay scrubbed (the latest: a token lives minutes)."""
 MAX_LOG_CHARS = 8192  # one stderr line at most; an upstream can send a message of megabytes
 
 _CREDENTIAL_PATTERN = (
@@ -79,21 +81,52 @@ class Scrubber:
         # Literals only, so one fast search clears a record with nothing to redact (the common case).
         hints = f"{known}|{_CREDENTIAL_HINT.pattern}" if forms else _CREDENTIAL_HINT.pattern
         self._recordable = re.compile(hints)
+        self._learned_secrets: tuple[str, ...] = ()
+        self._learned: tuple[str, ...] = ()  # their forms, longest first
+
+    def learn(self, secret: str) -> None:
+        """Scrub a credential obtained while serving (an upstream's access token) from now on, in
+        its raw, URL-escaped and JSON-escaped forms. Found by plain substring search, with nothing
+        compiled: tokens are long and renewed every few minutes, and a pattern of all their
+        base64 forms would take seconds to compile. Only the latest MAX_LEARNED are kept (older
+        tokens have expired); the ledger also redacts whatever looks like a token or a JWT."""
+        if len(secret) < MIN_SECRET:
+            return
+        latest = (*(s for s in self._learned_secrets if s != secret), secret)[-MAX_LEARNED:]
+        forms = {f for s in latest for f in (s, quote(s, safe=""), json.dumps(s)[1:-1])}
+        self._learned_secrets, self._learned = latest, tuple(sorted(forms, key=len, reverse=True))
+
+    def _learned_in(self, value: str) -> bool:
+        return any(form in value for form in self._learned)
+
+    def _replace_learned(self, value: str) -> str:
+        for form in self._learned:
+            if form in value:
+                value = value.replace(form, REDACTED)
+        return value
 
     def text(self, value: str) -> str:
         """Known secrets out of text that goes back to an agent."""
-        return self._known.sub(REDACTED, value) if self._known is not None else value
+        if self._known is not None:
+            value = self._known.sub(REDACTED, value)
+        return self._replace_learned(value) if self._learned else value
 
     def texts(self, values: Sequence[str]) -> list[str] | None:
         """Known secrets out of consecutive pieces of text read as one (a result's text blocks):
         a secret split across pieces is replaced in each piece that holds part of it. None when
         there is nothing to scrub, after one search (the common case)."""
-        if self._known is None:
+        if self._known is None and not self._learned:
             return None
         joined = "".join(values)
-        spans = [m.span() for m in self._known.finditer(joined)]
+        spans = [m.span() for m in self._known.finditer(joined)] if self._known is not None else []
+        for form in self._learned:
+            at = joined.find(form)
+            while at >= 0:
+                spans.append((at, at + len(form)))
+                at = joined.find(form, at + 1)
         if not spans:
             return None
+        spans = _merged(spans)
         out: list[str] = []
         start = 0
         for value in values:
@@ -115,14 +148,18 @@ class Scrubber:
         encoded again, so it stays valid base64 and a secret at any byte offset is found. Content
         that does not decode as base64, or whose encoding still shows a secret's encoding (bits
         shifted off the byte grid), is scrubbed as text instead: never valid then, never leaking."""
-        if self._known is None or self._known_bytes is None:
+        if (self._known is None or self._known_bytes is None) and not self._learned:
             return data
         decoded = _decode_base64(data)
         if decoded is None:
             return self.text(data)
         raw, urlsafe = decoded
-        if self._known_bytes.search(raw) is not None:
-            clean = self._known_bytes.sub(REDACTED.encode(), raw)
+        clean = raw
+        if self._known_bytes is not None and self._known_bytes.search(raw) is not None:
+            clean = self._known_bytes.sub(REDACTED.encode(), clean)
+        for form in self._learned:
+            clean = clean.replace(form.encode(), REDACTED.encode())
+        if clean != raw:
             data = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(clean).decode()
         return self.text(data)
 
@@ -133,12 +170,12 @@ class Scrubber:
 
     def finds(self, value: str) -> bool:
         """Whether text holds a known secret."""
-        return self._known is not None and self._known.search(value) is not None
+        return (self._known is not None and self._known.search(value) is not None) or self._learned_in(value)
 
     def flags(self, value: str) -> bool:
         """Whether text that is recorded holds a known secret or a credential-looking value."""
         if self._recordable.search(value) is None:
-            return False
+            return self._learned_in(value)
         return self.finds(value) or _CREDENTIAL.search(value) is not None
 
     def record(self, value: str) -> str:
@@ -149,9 +186,20 @@ class Scrubber:
     def json(self, value: Any, *, record: bool = False) -> Any:
         """The same over every string (keys included) of a JSON value."""
         fn = self.record if record else self.text
-        if self._known is None and not record:
+        if self._known is None and not record and not self._learned:
             return value
         return _walk(value, fn)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans in order, overlapping ones joined."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if out and first <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
+    return out
 
 
 def _decode_base64(data: str) -> tuple[bytes, bool] | None:

@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     ti = tk_sub.add_parser("issue", help="print a short-lived signed token for an agent")
     ti.add_argument("--agent", required=True, help="the agent the token names (its sub)")
     ti.add_argument("--ttl", help="lifetime: 30s, 15m, 1h (default 15m, at most tokens.max_ttl)")
+    tr = tk_sub.add_parser("revoke", help="refuse a token id (jti) from now on, in every guard on the ledger")
+    tr.add_argument("jti", metavar="JTI")
     _everywhere(p, "--config", help="guard.yaml (also accepted before the command)")
     _everywhere(
         p, "--ledger", metavar="PATH", help="a ledger file to read (also accepted before the command)"
@@ -197,6 +199,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     from mcp_guard.loading import format_duration, parse_duration
 
     config = load_config(find_config(args.config))
+    if args.token_command == "revoke":  # noqa: S105 - a subcommand
+        from mcp_guard.cli.tokens import run_revoke
+
+        return run_revoke(args, config)
     if config.tokens is None:
         msg = f"token issue: {config.source} has no `tokens` section (add tokens.signing_key)"
         raise UsageError(msg)
@@ -235,6 +241,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                             f"warning: {m.source}:tools.{tool}[{i}].allow: {who!r} is not defined",
                             file=sys.stderr,
                         )
+    from mcp_guard.cli.tokens import oauth_warnings
+
+    for warning in oauth_warnings(config):
+        print(warning, file=sys.stderr)
     tools = sum(len(m.tools) for m in manifests)
     if args.live:
         from mcp_guard.cli.manifest import check_live

@@ -31,7 +31,7 @@ from mcp_guard.ledger.checkpoints import keep_checkpoints, signing_key
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Agent, Catalog, Policy
 from mcp_guard.policy.offers import Offer
-from mcp_guard.secrets import Scrubber
+from mcp_guard.secrets import MAX_LEARNED, Scrubber
 from mcp_guard.upstream.pool import Pool, Upstream, open_pool
 from mcp_guard.upstream.transports import Transport
 
@@ -65,6 +65,7 @@ class Guard:
     # The clients' connections, to tell of tool list changes. The SDK builds a ServerSession per
     # request (a weak set of those empties at once); its connection lives as long as the client.
     _sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, init=False)
+    learned: tuple[str, ...] = field(default=(), init=False)  # see learn_secret
 
     def __post_init__(self) -> None:
         self.scrubber = Scrubber(self.policy.secrets)
@@ -72,6 +73,12 @@ class Guard:
 
     def log(self, text: str) -> None:
         self.scrubber.log(text)
+
+    def learn_secret(self, secret: str) -> None:
+        """Scrub a credential obtained while serving (an upstream's access token) from now on, in
+        the scrubber in force and in those of later policies (the latest few are kept)."""
+        self.learned = (*self.learned, secret)[-MAX_LEARNED:]
+        self.scrubber.learn(secret)
 
     async def catalog(self, policy: Policy | None = None) -> Catalog:
         """The pin-checked catalog under `policy` (default: the one in force); only the policy in
@@ -164,6 +171,8 @@ class Guard:
         (no await between), the swap is stamped in the ledger and every client is told."""
         policy = Policy(config, manifests)
         scrubber = Scrubber(policy.secrets)
+        for secret in self.learned:
+            scrubber.learn(secret)
         await self.pool.update(manifests, max_result_bytes=config.limits.max_result_bytes)
         self.policy, self.scrubber = policy, scrubber
         self.ledger.redactor = scrubber
@@ -289,6 +298,11 @@ async def open_guard(
         # Through the guard once it exists, so a reload's new secrets are scrubbed too.
         (guards[0].log if guards else scrubber.log)(text)
 
+    def learn(secret: str) -> None:
+        scrubber.learn(secret)
+        if guards:
+            guards[0].learn_secret(secret)
+
     try:
         async with open_pool(
             manifests,
@@ -296,6 +310,7 @@ async def open_guard(
             on_change=changed,
             max_result_bytes=config.limits.max_result_bytes,
             transports=transports,
+            on_secret=learn,
         ) as pool:
             guards.append(Guard(policy=policy, pool=pool, ledger=ledger, served=served, telemetry=telemetry))
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})

@@ -5,7 +5,7 @@ what belongs to one connection lives here, so one guard serves any number of cal
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import mcp_types as types
@@ -37,7 +37,8 @@ class Caller:
         authenticated for this very request."""
         agent: Any = None
         if self.agent_name is not None:
-            agent = self.guard.policy.agents.get(self.agent_name) or Agent(self.agent_name, frozenset())
+            known = self.guard.policy.agents.get(self.agent_name) or Agent(self.agent_name, frozenset())
+            agent = replace(known, credential="stdio")
         elif ctx.request is not None:
             agent = ctx.request.scope.get(AGENT_SCOPE_KEY)
         if not isinstance(agent, Agent):

@@ -253,6 +253,7 @@ def record_of(
         reason=decision.reason,
         detail=None if decision.allowed else scrubber.record(detail),
         policy_hash=policy.hash,
+        credential=agent.credential,
     )
 
 

@@ -8,7 +8,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +16,9 @@ from mcp_guard.policy.engine import Agent, Policy
 
 PolicySource = Callable[[], Policy]
 """The policy in force, read on every request: a reload changes keys, tokens and agents at once."""
+
+Revoked = Callable[[str], Awaitable[bool]]
+"""Whether a token id (`jti`) has been revoked: read from the ledger, shared by every guard process."""
 
 MAX_CREDENTIAL_CHARS = 4096
 INVALID = "the credential is invalid or expired"
@@ -38,13 +41,16 @@ class Refusal:
     scope: str | None = None
     not_mine: bool = False
 
-    def challenge(self, realm: str) -> str:
-        """The `WWW-Authenticate` value to send with this refusal."""
+    def challenge(self, realm: str, resource_metadata: str | None = None, scope: str | None = None) -> str:
+        """The `WWW-Authenticate` value to send with this refusal; with OAuth configured, where
+        its RFC 9728 metadata is and the scopes a token needs (the refusal's own, if it has one)."""
         params = [f'realm="{realm}"']
+        if resource_metadata is not None:
+            params.append(f'resource_metadata="{resource_metadata}"')
         if self.error is not None:
             params += [f'error="{self.error}"', f'error_description="{self.description}"']
-        if self.scope is not None:
-            params.append(f'scope="{self.scope}"')
+        if (shown := self.scope or scope) is not None:
+            params.append(f'scope="{shown}"')
         return "Bearer " + ", ".join(params)
 
 

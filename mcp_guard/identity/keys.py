@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
+from dataclasses import replace
 
 from mcp_guard.config import AgentConfig
 from mcp_guard.identity.base import PolicySource, Refusal, looks_like_jwt, not_mine
@@ -53,4 +54,9 @@ class StaticKeys:
         agent = policy.agents.get(name) if name is not None else None
         if agent is None:
             return Refusal("the key matches no agent's key hash")
-        return agent
+        return replace(agent, credential=key_credential(credential))
+
+
+def key_credential(key: str) -> str:
+    """How the ledger names a key: `key:` and the first 12 hex digits of its listed hash."""
+    return "key:" + hash_key(key).removeprefix("sha256:")[:12]

@@ -10,6 +10,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import jwt
@@ -28,6 +29,7 @@ from mcp_guard.identity.base import (
     MAX_CREDENTIAL_CHARS,
     PolicySource,
     Refusal,
+    Revoked,
     looks_like_jwt,
     not_mine,
 )
@@ -45,7 +47,7 @@ class _Malformed(jwt.DecodeError):
     """Claims that PyJWT's own JSON parser would have read one way and another parser another."""
 
 
-class _StrictClaims(jwt.PyJWT):
+class StrictClaims(jwt.PyJWT):
     """PyJWT reading the claims with the guard's strict parser (PyJWT keeps the last of two
     duplicate keys and accepts NaN). It runs after the signature is verified."""
 
@@ -61,7 +63,7 @@ class _StrictClaims(jwt.PyJWT):
         return claims
 
 
-_PYJWT = _StrictClaims(
+_PYJWT = StrictClaims(
     options={
         "require": list(REQUIRED_CLAIMS),
         # The times are checked in _check_times against the clock passed in (PyJWT reads its own),
@@ -88,7 +90,7 @@ def issue_token(tokens: TokensConfig, agent: str, ttl: float, now: float) -> tup
     return token, claims
 
 
-def _segment(part: str) -> bytes:
+def segment(part: str) -> bytes:
     """One base64url segment, in its one canonical encoding (no padding, no loose trailing bits)."""
     if not _B64URL.match(part) or len(part) % 4 == 1:
         msg = "not base64url"
@@ -107,7 +109,7 @@ def _check_form(token: str) -> str | None:
     if len(parts) != 3 or not all(parts):
         return "the token is not a compact JWS"
     try:
-        header = parse_strict(_segment(parts[0]), MAX_CREDENTIAL_CHARS)
+        header = parse_strict(segment(parts[0]), MAX_CREDENTIAL_CHARS)
     except (ValueError, binascii.Error, StrictJSONError):
         return "the token header is malformed"
     if not isinstance(header, dict) or header.get("alg") != ALGORITHM:
@@ -116,11 +118,11 @@ def _check_form(token: str) -> str | None:
     if header.get("typ", "JWT") != "JWT" or "crit" in header:
         return "the token header is not a plain JWT header"
     try:
-        _segment(parts[2])
+        segment(parts[2])
     except (ValueError, binascii.Error):
         return "the token signature is malformed"
     try:
-        _segment(parts[1])
+        segment(parts[1])
     except (ValueError, binascii.Error):
         return "the token claims are malformed"
     return None
@@ -191,12 +193,27 @@ class SignedTokens:
     """Authenticator for the tokens `token issue` makes, checked with the `tokens` section and the
     agents of the policy in force. Every credential that says it is a JWT is mine."""
 
-    def __init__(self, policy: PolicySource, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, policy: PolicySource, clock: Callable[[], float] = time.time, *, revoked: Revoked | None = None
+    ) -> None:
         self.policy = policy
         self.clock = clock
+        self.revoked = revoked
 
     async def authenticate(self, credential: str) -> Agent | Refusal:
         if not looks_like_jwt(credential):
             return not_mine("a token")
         policy = self.policy()
-        return verify_token(credential, policy.config.tokens, policy.agents, self.clock())
+        agent = verify_token(credential, policy.config.tokens, policy.agents, self.clock())
+        if isinstance(agent, Refusal):
+            return agent
+        jti = token_id(credential)
+        if self.revoked is not None and await self.revoked(jti):
+            return Refusal(f"token {jti[:64]!r} has been revoked")
+        return replace(agent, credential=f"token:{jti}")
+
+
+def token_id(token: str) -> str:
+    """The `jti` of a token `verify_token` accepted (so its claims are a JSON object with one)."""
+    claims = parse_strict(segment(token.split(".")[1]), MAX_CREDENTIAL_CHARS)
+    return str(claims["jti"]) if isinstance(claims, dict) else ""

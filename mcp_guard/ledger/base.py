@@ -117,9 +117,26 @@ class MarkEvent(LedgerEvent):
         return tuple(str(m) for m in found) if isinstance(found, list) else ()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationEvent(LedgerEvent):
+    """An operator revoked a token id: `{"jti", "by"}`. Every guard process on the ledger refuses
+    a token with that id from then on, whoever issued it."""
+
+    kind: ClassVar[str] = "revocation"
+
+
 EVENT_TYPES: dict[str, type[LedgerEvent]] = {
     e.kind: e
-    for e in (PolicyEvent, PinEvent, ApprovalEvent, ActivationEvent, LockoutEvent, UnlockEvent, MarkEvent)
+    for e in (
+        PolicyEvent,
+        PinEvent,
+        ApprovalEvent,
+        ActivationEvent,
+        LockoutEvent,
+        UnlockEvent,
+        MarkEvent,
+        RevocationEvent,
+    )
 }
 
 
@@ -147,13 +164,14 @@ class Invocation:
     duration_ms: float | None
     outcome_detail: str | None
     policy_hash: str | None
+    credential: str | None = None  # which credential made the call (schema 4 on)
 
     def to_json(self) -> dict[str, object]:
-        """SPEC's `ledger tail --json` fields, plus id, method and policy_hash."""
+        """SPEC's `ledger tail --json` fields, plus id, method, policy_hash and credential."""
         fields = {name: getattr(self, name) for name in _JSON_FIELDS}
         if self.detail is None:
             fields["detail"] = self.outcome_detail
-        return fields | {"policy_hash": self.policy_hash}
+        return fields | {"policy_hash": self.policy_hash, "credential": self.credential}
 
 
 _JSON_FIELDS = [
@@ -251,6 +269,10 @@ class Window(Protocol):
     def events(self, kinds: Collection[str], *, limit: int) -> Sequence[LedgerEvent]:
         """The latest `limit` entries of these event kinds (policy, pin, approval, mark,
         activation, lockout, unlock), oldest first."""
+        ...
+
+    def revoked(self, jti: str) -> bool:
+        """Whether a `revocation` entry names this token id."""
         ...
 
     def append(self, event: LedgerEvent) -> None:

@@ -16,22 +16,38 @@ ZERO_HASH = "0" * 64
 HASH_DOMAIN = b"mcp-guard ledger entry v1\x00"
 HASH_DOMAIN_V2 = b"mcp-guard ledger entry v2\x00"
 """Hash v2: the row has a `method` (decisions from schema 2 on), and it is hashed with it."""
+HASH_DOMAIN_V3 = b"mcp-guard ledger entry v3\x00"
+"""Hash v3: the row names the `credential` that made the call (decisions from schema 4 on)."""
 
-# Every stored column but id, entry_hash and method, sorted: the keys of the canonical JSON of hash v1.
+# Every stored column but id, entry_hash, method and credential, sorted: the keys of hash v1.
 HASHED_COLUMNS = (
     "agent", "arguments", "call_id", "decision", "detail", "duration_ms", "kind", "outcome",
     "payload", "policy_hash", "prev_hash", "reason", "server", "session", "tool", "ts",
 )  # fmt: skip
-COLUMNS = tuple(sorted((*HASHED_COLUMNS, "method")))
-"""Every stored column but id and entry_hash, sorted: the keys of hash v2, and the order in which
-`entry_hash` takes a row's values. A row whose method is null is hashed v1, without the key, so
-every chain written before the column existed verifies as it did; nulling a method, or setting
-one, changes the domain as well as the text, so neither goes unnoticed."""
-METHOD = COLUMNS.index("method")
-_V1 = [i for i, name in enumerate(COLUMNS) if name != "method"]
-_TEMPLATE_V1 = "{" + ",".join(f'"{name}":%s' for name in HASHED_COLUMNS) + "}"
-_TEMPLATE_V2 = "{" + ",".join(f'"{name}":%s' for name in COLUMNS) + "}"
+OPTIONAL = ("credential", "method")
+"""Columns added later, hashed only where they are not null: a row written before one existed
+verifies as it did, and nulling or setting one changes the domain as well as the text."""
+COLUMNS = tuple(sorted((*HASHED_COLUMNS, *OPTIONAL)))
+"""Every stored column but id and entry_hash, sorted: the order in which `entry_hash` takes a
+row's values. The keys hashed are these less the optional columns that are null: none of them
+hashes v1, a method alone v2, a credential v3."""
+METHOD, CREDENTIAL = COLUMNS.index("method"), COLUMNS.index("credential")
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _template(method: bool, credential: bool) -> tuple[str, list[int], bytes]:
+    keep = [
+        i
+        for i, name in enumerate(COLUMNS)
+        if (name != "method" or method) and (name != "credential" or credential)
+    ]
+    text = "{" + ",".join(f'"{COLUMNS[i]}":%s' for i in keep) + "}"
+    domain = HASH_DOMAIN_V3 if credential else HASH_DOMAIN_V2 if method else HASH_DOMAIN
+    return text, keep, domain
+
+
+_TEMPLATES = {(m, c): _template(m, c) for m in (False, True) for c in (False, True)}
+_TEMPLATE_V1 = "{" + ",".join(f'"{name}":%s' for name in HASHED_COLUMNS) + "}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +73,17 @@ class Anchor:
 
 def entry_hash(values: Sequence[object]) -> str:
     """SHA-256 of the domain + the canonical JSON of a row's `values`, given in COLUMNS order (or,
-    for a row written before the method column, in HASHED_COLUMNS order).
+    for a row written before the optional columns, in HASHED_COLUMNS order).
 
     Equals json.dumps(dict(zip(names, values)), sort_keys=True, separators=(",", ":"),
     ensure_ascii=False) for the str, float and None the columns hold, built without the dict;
-    `names` leaves method out when it is null (hash v1).
+    `names` leaves out the optional columns that are null.
     """
     if len(values) == len(HASHED_COLUMNS):
         template, domain = _TEMPLATE_V1, HASH_DOMAIN
-    elif values[METHOD] is None:
-        template, domain, values = _TEMPLATE_V1, HASH_DOMAIN, [values[i] for i in _V1]
     else:
-        template, domain = _TEMPLATE_V2, HASH_DOMAIN_V2
+        template, keep, domain = _TEMPLATES[values[METHOD] is not None, values[CREDENTIAL] is not None]
+        values = [values[i] for i in keep]
     text = template % tuple(
         [
             encode_basestring(v)

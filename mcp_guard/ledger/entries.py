@@ -16,7 +16,9 @@ from typing import Any, Protocol
 from mcp_guard.ledger.chain import _JSON
 from mcp_guard.policy.targets import METHODS
 
-EVENT_KINDS = frozenset({"policy", "pin", "approval", "activation", "lockout", "unlock", "mark"})
+EVENT_KINDS = frozenset(
+    {"policy", "pin", "approval", "activation", "lockout", "unlock", "mark", "revocation"}
+)
 DECISIONS = frozenset({"allow", "deny"})
 OUTCOMES = frozenset({"ok", "error", "upstream_error", "timeout", "cancelled"})
 TEXT_COLUMNS = ("session", "detail")
@@ -57,6 +59,9 @@ class CallRecord:
     detail: str | None
     policy_hash: str  # sha256 hex of the policy in force
     method: str = METHODS["tool"]  # the MCP method: its Target's (tools/call for a tool)
+    # Which credential made the call: `stdio`, `key:<12 hex of its hash>`, `token:<jti>` or
+    # `oauth:<subject>:<jti>`; never the credential itself.
+    credential: str | None = None
 
 
 def format_ts(ts: datetime) -> str:
@@ -149,6 +154,7 @@ def decision_fields(rec: CallRecord) -> dict[str, object]:
         "reason": _opt_text(rec.reason),
         "detail": _bounded(rec.detail),
         "policy_hash": _text(rec.policy_hash),
+        "credential": _bounded(rec.credential),
     }
 
 

@@ -25,6 +25,9 @@ from mcp_guard.policy.targets import Target
 class Agent:
     name: str
     roles: frozenset[str]
+    # Which credential proved it, as the ledger records it (`key:...`, `token:<jti>`, ...); never
+    # the credential itself, and no part of who the agent is.
+    credential: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,13 +31,13 @@ from mcp_guard.config import HttpConfig
 from mcp_guard.errors import ListenError
 from mcp_guard.guard.app import Guard, build_server
 from mcp_guard.guard.caller import AGENT_SCOPE_KEY, Caller
-from mcp_guard.identity.base import Authenticator, Chain, Refusal, bearer_credential
-from mcp_guard.identity.keys import StaticKeys
-from mcp_guard.identity.tokens import SignedTokens
+from mcp_guard.identity.base import Authenticator, Refusal, bearer_credential
+from mcp_guard.identity.oauth import protected_resource_metadata
 from mcp_guard.logs import json_lines
 from mcp_guard.policy.engine import Agent
 from mcp_guard.secrets import LOGGER
 from mcp_guard.transports import ops, stop_on_signal
+from mcp_guard.transports.credentials import authenticators, metadata_paths, refused
 from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
 from mcp_guard.transports.sessions import SESSION_IDLE_TIMEOUT, SessionOwners
 from mcp_guard.wire import StrictJSONError, parse_strict
@@ -52,7 +52,6 @@ MAX_CONNECTIONS = 1000
 BODY_TIMEOUT = 30.0
 """Seconds a client may take to send a request body (slow-drip bodies are cut off)."""
 SESSION_HEADER = "mcp-session-id"
-REALM = "mcp-guard"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -111,11 +110,6 @@ def _rpc_error(status: int, code: int, message: str) -> Response:
     return _json(status, error)
 
 
-def _refused(refusal: Refusal) -> Response:
-    body = {"error": refusal.error or "invalid_request", "error_description": refusal.description}
-    return _json(refusal.status, body, {"WWW-Authenticate": refusal.challenge(REALM)})
-
-
 class GuardMiddleware:
     """Everything the guard checks before the SDK sees an HTTP request; see the module docstring."""
 
@@ -158,6 +152,15 @@ class GuardMiddleware:
         if scope["path"] == ops.METRICS:  # its own keys, never an agent's
             await ops.serve_metrics(self.guard, scope, receive, send)
             return
+        oauth = self.guard.policy.config.oauth
+        if oauth is not None and scope["path"] in metadata_paths(oauth):
+            # RFC 9728 metadata: public, so that a client can find the authorization server.
+            if scope["method"] not in ("GET", "HEAD"):
+                await Response(status_code=405, headers={"Allow": "GET, HEAD"})(scope, receive, send)
+                return
+            headers = {"Cache-Control": "max-age=300", "Access-Control-Allow-Origin": "*"}
+            await _json(200, protected_resource_metadata(oauth), headers)(scope, receive, send)
+            return
         agent = await self._identify(scope)
         if isinstance(agent, Response):
             await agent(scope, receive, send)
@@ -176,7 +179,7 @@ class GuardMiddleware:
         if values:  # a request with no credential at all is not worth a log line
             client = scope.get("client") or ("?", 0)
             self.guard.log(f"HTTP {result.status} for {client[0]}: {result.problem}")
-        return _refused(result)
+        return refused(result, self.guard.policy.config.oauth)
 
     async def _serve(self, agent: Agent, scope: Scope, receive: Receive, send: Send) -> None:
         sids = Request(scope).headers.getlist(SESSION_HEADER)
@@ -309,10 +312,7 @@ def build_app(guard: Guard, host: str) -> GuardMiddleware:
             yield
 
     inner = Starlette(routes=[Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(manager))], lifespan=lifespan)
-    # A key is never a JWT and a token always is, so the order changes no answer; keys go first
-    # because their check is the cheapest.
-    authenticator = Chain(StaticKeys(lambda: guard.policy), SignedTokens(lambda: guard.policy))
-    return GuardMiddleware(inner, guard, allowed, authenticator)
+    return GuardMiddleware(inner, guard, allowed, authenticators(guard))
 
 
 class _Uvicorn(uvicorn.Server):

@@ -11,7 +11,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
-import httpx2
 import mcp_types as types
 from mcp import ClientSession, MCPError
 from mcp.shared.dispatcher import ProgressFnT as ProgressFn
@@ -20,7 +19,7 @@ from mcp_guard import tracing
 from mcp_guard.config import LimitsConfig
 from mcp_guard.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.manifest import Manifest
-from mcp_guard.upstream.transports import Transport, Wiring, manifest_transport
+from mcp_guard.upstream.transports import Transport, Wiring, describe_failure, manifest_transport
 
 START_TIMEOUT = 30.0  # an upstream that has not answered initialize and tools/list by then has failed
 START_WAIT = 5.0  # how long the guard's own start waits for its upstreams before serving
@@ -46,8 +45,10 @@ class Upstream:
         max_result_bytes: int = MAX_RESULT_BYTES,
         errlog: Log | None = None,
         transport: Transport = manifest_transport,
+        on_secret: Log | None = None,
     ) -> None:
         self.manifest = manifest
+        self._on_secret = on_secret or (lambda _: None)
         self.tools: tuple[types.Tool, ...] = ()
         self.max_result_bytes = max_result_bytes
         self._on_change = on_change
@@ -107,7 +108,8 @@ class Upstream:
         reason = "it exited during start-up"
         try:
             async with AsyncExitStack() as stack:
-                wiring = Wiring(self.max_result_bytes, self._on_stderr, self._on_too_large, problems.append)
+                wired = (self._on_stderr, self._on_too_large, problems.append, self._on_secret)
+                wiring = Wiring(self.max_result_bytes, *wired)
                 read, write = await stack.enter_async_context(self._transport(self.manifest, wiring))
                 session = await stack.enter_async_context(
                     ClientSession(
@@ -129,9 +131,13 @@ class Upstream:
             raise
         except Exception as exc:  # whatever an upstream does, the guard keeps serving
             if self._session is session and session is not None:
-                self._log(f"upstream {self.name!r} stopped: {_describe(exc)}")
+                self._log(f"upstream {self.name!r} stopped: {describe_failure(exc)}")
             timed_out = isinstance(exc, TimeoutError)
-            reason = "it did not answer in time" if timed_out else _describe(exc, self.manifest.upstream.url)
+            reason = (
+                "it did not answer in time"
+                if timed_out
+                else describe_failure(exc, self.manifest.upstream.url)
+            )
         finally:
             if self._session is session:
                 self._session = None
@@ -161,7 +167,7 @@ class Upstream:
             try:
                 self.tools = tuple((await self._session.list_tools()).tools)
             except Exception as exc:
-                self._log(f"upstream {self.name!r}: relisting tools failed: {_describe(exc)}")
+                self._log(f"upstream {self.name!r}: relisting tools failed: {describe_failure(exc)}")
                 return
             await self._on_change(self)
 
@@ -209,7 +215,7 @@ class Upstream:
                 if self._too_large:
                     msg = f"upstream {self.name!r}: a message over limits.max_result_bytes was refused"
                     raise UpstreamError(msg) from None
-            raise UpstreamError(f"upstream {self.name!r}: {_describe(exc)}") from None
+            raise UpstreamError(f"upstream {self.name!r}: {describe_failure(exc)}") from None
         except TimeoutError:
             self.mark_dead()
             raise UpstreamTimeout(f"upstream {self.name!r} timed out after {timeout:g}s") from None
@@ -220,7 +226,7 @@ class Upstream:
                 exc, anyio.ClosedResourceError | anyio.BrokenResourceError
             ):
                 self.mark_dead()
-            raise UpstreamError(f"upstream {self.name!r}: {_describe(exc)}") from None
+            raise UpstreamError(f"upstream {self.name!r}: {describe_failure(exc)}") from None
 
     async def aclose(self) -> None:
         self.mark_dead()
@@ -232,21 +238,6 @@ async def _ignore(_: Upstream) -> None:
 
 def _dump(tools: tuple[types.Tool, ...]) -> list[dict[str, Any]]:
     return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]
-
-
-def _innermost(exc: BaseException) -> BaseException:
-    """The exception itself, or the first inside a group (and inside that)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
-def _describe(exc: BaseException, url: str | None = None) -> str:
-    """An exception in words, naming the URL of an HTTP upstream it could not reach."""
-    exc = _innermost(exc)
-    text = (str(exc) or type(exc).__name__).splitlines()[0][:300]
-    unreachable = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | OSError)
-    return f"cannot reach {url}: {text}" if url and unreachable else text
 
 
 class Pool:
@@ -261,8 +252,10 @@ class Pool:
         max_result_bytes: int = MAX_RESULT_BYTES,
         errlog: Log | None = None,
         transports: Mapping[str, Transport] | None = None,
+        on_secret: Log | None = None,
     ) -> None:
         self.log = log
+        self.on_secret = on_secret
         self.errlog = errlog
         self.transports = dict(transports or {})
         self.max_result_bytes = max_result_bytes
@@ -278,6 +271,7 @@ class Pool:
             max_result_bytes=self.max_result_bytes,
             errlog=self.errlog,
             transport=self.transports.get(manifest.server, manifest_transport),
+            on_secret=self.on_secret,
         )
 
     def upstream(self, server: str) -> Upstream:
@@ -376,14 +370,22 @@ async def open_pool(
     max_result_bytes: int = MAX_RESULT_BYTES,
     errlog: Log | None = None,
     transports: Mapping[str, Transport] | None = None,
+    on_secret: Log | None = None,
 ) -> AsyncIterator[Pool]:
     """Start every upstream (waiting up to `wait` seconds for them); stop them all on exit.
     `on_change` hears of an upstream whose tool list changed (a serving guard tells its clients);
-    the upstreams' stderr lines go to `errlog` (default `log`). `transports` names, by server, a
+    the upstreams' stderr lines go to `errlog` (default `log`); `on_secret` hears of each credential
+    obtained for an upstream (its access tokens), to scrub it. `transports` names, by server, a
     transport to use instead of the manifest's (tests: `memory_transport`); it outlives reloads."""
     on_change = on_change or _ignore
     pool = Pool(
-        manifests, on_change, log, max_result_bytes=max_result_bytes, errlog=errlog, transports=transports
+        manifests,
+        on_change,
+        log,
+        max_result_bytes=max_result_bytes,
+        errlog=errlog,
+        transports=transports,
+        on_secret=on_secret,
     )
     async with anyio.create_task_group() as tg:
         await pool.start(tg, wait)

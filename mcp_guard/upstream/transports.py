@@ -28,6 +28,7 @@ from mcp.server import Server
 from mcp.shared.message import SessionMessage
 
 from mcp_guard.manifest import Manifest
+from mcp_guard.upstream.credentials import ClientCredentialsAuth
 from mcp_guard.upstream.framing import dump, parse, read_messages, relay_lines
 
 Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
@@ -49,6 +50,7 @@ class Wiring:
     on_problem: Callable[[str], None] = lambda _: None
     """What went wrong, as the transport saw it (an exit status, an HTTP status): the words the pool
     reports when a start fails, rather than what the session saw of it (`Connection closed`)."""
+    on_secret: Callable[[str], None] = lambda _: None  # a credential obtained for the upstream
 
 
 Transport = Callable[[Manifest, Wiring], AbstractAsyncContextManager[Streams]]
@@ -87,6 +89,10 @@ def manifest_transport(manifest: Manifest, wiring: Wiring) -> AbstractAsyncConte
             wiring.on_problem(f"{url} answered HTTP {response.status_code} {response.reason_phrase}".rstrip())
 
     client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes, on_response=tell)
+    auth = None
+    if up.auth is not None:  # the guard's own token for it, never the agent's
+        auth = ClientCredentialsAuth(up.auth.client_credentials, wiring.on_secret)
+    client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes, auth=auth)
     return _owned_http(up.url, client, wiring.max_message_bytes)
 
 
@@ -221,11 +227,14 @@ def capped_http_client(
     max_bytes: int,
     transport: httpx2.AsyncBaseTransport | None = None,
     on_response: Callable[[httpx2.Response], Awaitable[None]] | None = None,
+    *,
+    auth: httpx2.Auth | None = None,
 ) -> httpx2.AsyncClient:
-    """An HTTP client for one upstream whose response bodies are read no further than `max_bytes`
-    (ResponseTooLarge past it). Server-sent events are bounded per event by the SDK instead (give
-    it the same cap): an event stream lasts as long as the session. Bodies are asked for
-    uncompressed, and a compressed one is refused, so the cap also bounds what is decoded."""
+    """An HTTP client for one upstream (authenticated by `auth`, if any) whose response bodies are
+    read no further than `max_bytes` (ResponseTooLarge past it). Server-sent events are bounded
+    per event by the SDK instead (give it the same cap): an event stream lasts as long as the
+    session. Bodies are asked for uncompressed, and a compressed one is refused, so the cap also
+    bounds what is decoded."""
 
     async def cap_body(response: httpx2.Response) -> None:
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
@@ -243,6 +252,7 @@ def capped_http_client(
         timeout=httpx2.Timeout(timeout, read=None),
         event_hooks={"response": [cap_body] if on_response is None else [on_response, cap_body]},
         transport=transport,  # None: the client's own (with the environment's proxies)
+        auth=auth,
     )
 
 
@@ -344,3 +354,21 @@ async def _in_memory(server: Server[Any], wiring: Wiring) -> AsyncIterator[Strea
                 with anyio.move_on_after(EXIT_GRACE):
                     await exited.wait()
             tg.cancel_scope.cancel()
+
+
+# -- failures, in words ----------------------------------------------------------------------------
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The exception itself, or the first inside a group (and inside that)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def describe_failure(exc: BaseException, url: str | None = None) -> str:
+    """An exception in words, naming the URL of an HTTP upstream it could not reach."""
+    exc = _innermost(exc)
+    text = (str(exc) or type(exc).__name__).splitlines()[0][:300]
+    unreachable = isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout | OSError)
+    return f"cannot reach {url}: {text}" if url and unreachable else text

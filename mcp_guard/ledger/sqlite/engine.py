@@ -118,7 +118,7 @@ class Ledger:
 
     def __init__(self, conn: sqlite3.Connection, path: Path, busy_timeout: float) -> None:
         self._conn = conn
-        self._v1 = not queries.has_method(conn)  # a reader of a file not yet migrated
+        self._select = queries.invocation_select(conn)  # a reader of a file not yet migrated
         self._path = path  # as given, for messages
         self._file = path.absolute()  # for connections opened later, whatever the cwd by then
         self._busy_timeout = busy_timeout
@@ -352,13 +352,13 @@ class Ledger:
         the ids bound the decision's id."""
         with self._read() as conn:
             return queries.invocations(
-                conn, v1=self._v1, limit=limit, after_id=after_id, until_id=until_id, where=where
+                conn, select=self._select, limit=limit, after_id=after_id, until_id=until_id, where=where
             )
 
     def updates(self, after_id: int, *, where: Filter = ALL) -> tuple[int, list[Invocation]]:
         """The new last entry id, and the invocations whose decision or outcome came after `after_id`."""
         with self._read() as conn:
-            return queries.updates(conn, after_id, v1=self._v1, where=where)
+            return queries.updates(conn, after_id, select=self._select, where=where)
 
     def events(
         self, kind: str, *, server: str | None = None, tool: str | None = None, after_id: int | None = None

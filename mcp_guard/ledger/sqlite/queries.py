@@ -16,10 +16,12 @@ from mcp_guard.ledger.base import ALL, Filter, Invocation
 # SQL is only ever built from these constants; every value is a bound parameter.
 _SELECT_INVOCATIONS = (
     "SELECT id, call_id, ts, agent, session, method, server, tool, arguments, decision, reason, detail, "
-    "outcome, duration_ms, outcome_detail, policy_hash FROM invocations WHERE "
+    "outcome, duration_ms, outcome_detail, policy_hash, credential FROM invocations WHERE "
 )
-# A file no guard has migrated to schema 2 yet (a reader never migrates): every decision is a tools/call.
-_SELECT_INVOCATIONS_V1 = _SELECT_INVOCATIONS.replace(" method,", " 'tools/call',")
+# A file no guard has migrated yet (a reader never migrates): before schema 2 every decision is a
+# tools/call; before schema 4 no credential was recorded.
+_SELECT_INVOCATIONS_V3 = _SELECT_INVOCATIONS.replace(" credential FROM", " NULL FROM")
+_SELECT_INVOCATIONS_V1 = _SELECT_INVOCATIONS_V3.replace(" method,", " 'tools/call',")
 _SELECT_EVENTS = (
     "SELECT id, ts, kind, call_id, agent, session, server, tool, payload, policy_hash FROM entries "
 )
@@ -55,23 +57,27 @@ def last_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0])
 
 
-def has_method(conn: sqlite3.Connection) -> bool:
-    """Whether the entries table has the method column (schema 2 on)."""
-    return any(row[1] == "method" for row in conn.execute("PRAGMA table_info(entries)"))
+def invocation_select(conn: sqlite3.Connection) -> str:
+    """How to read invocations from this file: its entries table may predate the method column
+    (schema 2) or the credential column (schema 4)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+    if "method" not in columns:
+        return _SELECT_INVOCATIONS_V1
+    return _SELECT_INVOCATIONS if "credential" in columns else _SELECT_INVOCATIONS_V3
 
 
 def invocations(
     conn: sqlite3.Connection,
     *,
-    v1: bool = False,
+    select: str = _SELECT_INVOCATIONS,
     limit: int | None = None,
     after_id: int | None = None,
     until_id: int | None = None,
     where: Filter = ALL,
 ) -> list[Invocation]:
-    """What `Ledger.invocations` returns, read from `conn` (`v1`: a file without the method column)."""
+    """What `Ledger.invocations` returns, read from `conn` (`select`: the file's invocation_select)."""
     where_sql, params = _where(where, ("id > ?", after_id), ("id <= ?", until_id))
-    sql = (_SELECT_INVOCATIONS_V1 if v1 else _SELECT_INVOCATIONS) + where_sql
+    sql = select + where_sql
     if limit is not None:
         sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?)"  # noqa: S608
         params.append(limit)
@@ -79,7 +85,7 @@ def invocations(
 
 
 def updates(
-    conn: sqlite3.Connection, after_id: int, *, v1: bool = False, where: Filter = ALL
+    conn: sqlite3.Connection, after_id: int, *, select: str = _SELECT_INVOCATIONS, where: Filter = ALL
 ) -> tuple[int, list[Invocation]]:
     """What `Ledger.updates` returns, read from `conn`."""
     high = last_id(conn)
@@ -90,7 +96,6 @@ def updates(
         "AND kind IN ('decision', 'outcome'))"
     )
     where_sql, params = _where(where, (touched, (after_id, high)))
-    select = _SELECT_INVOCATIONS_V1 if v1 else _SELECT_INVOCATIONS
     rows = conn.execute(select + where_sql + " ORDER BY id", params)
     return high, [_invocation(row) for row in rows]
 

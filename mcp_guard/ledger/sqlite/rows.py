@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import TypeVar
 
 from mcp_guard.ledger.chain import Anchor
-from mcp_guard.ledger.sqlite import queries, schema
+from mcp_guard.ledger.sqlite import schema
 from mcp_guard.ledger.sqlite.queries import loads
 
 T = TypeVar("T")
 EXPORTED = (
     "id", "ts", "kind", "call_id", "agent", "session", "method", "server", "tool", "arguments",
-    "decision", "reason", "detail", "outcome", "duration_ms", "policy_hash", "payload", "prev_hash",
-    "entry_hash",
+    "decision", "reason", "detail", "outcome", "duration_ms", "policy_hash", "payload", "credential",
+    "prev_hash", "entry_hash",
 )  # fmt: skip
 """An exported entry's keys: every column of the entries table, id and both hashes included."""
 _CALL = ("agent", "session", "method", "server", "tool")
@@ -68,8 +68,10 @@ def entries(conn: sqlite3.Connection, after: int, limit: int) -> list[dict[str, 
     payload parsed from their JSON); an outcome also gets its decision's agent, session, method,
     server and tool under `call` (not part of the entry, nor of its hash)."""
     select = _SELECT
-    if not queries.has_method(conn):
-        select = select.replace("e.method,", "NULL,").replace("d.method,", "NULL,")
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+    for column in ("method", "credential"):  # a file of an older schema that no guard has migrated
+        if column not in columns:
+            select = select.replace(f"e.{column},", "NULL,").replace(f"d.{column},", "NULL,")
     found = []
     for row in conn.execute(select, (after, limit)):
         entry: dict[str, object] = dict(zip(EXPORTED, row[: len(EXPORTED)], strict=True))

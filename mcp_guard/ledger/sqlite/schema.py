@@ -25,7 +25,8 @@ _MIGRATION_NAMES = (
     "0001_entries",
     "0002_method",
     "0003_standing",
-    "0004_invocations_in_order",
+    "0004_credential",
+    "0005_invocations_in_order",
 )  # in order, one per function registered below
 SCHEMA_VERSION = len(_MIGRATION_NAMES)
 """Kept in the file's `PRAGMA user_version` (0 in a file from before versions were kept: 1)."""
@@ -77,20 +78,40 @@ def _add_standing(db: Database) -> None:
     db.execute("PRAGMA user_version = 3")
 
 
+REVOKED = "kind = 'revocation'"
+"""Likewise for `entries_revoked`: the token revocations."""
+METHOD, CREDENTIAL = "coalesce(d.method, 'tools/call') AS method, ", "d.credential AS credential, "
+
+
 @MIGRATIONS(name=_MIGRATION_NAMES[3])
+def _add_credential(db: Database) -> None:
+    # Which credential made each call (`stdio`, `key:...`, `token:<jti>`, `oauth:<subject>:<jti>`),
+    # never the credential itself. Rows written before it have none, and are hashed as before.
+    db.execute("ALTER TABLE entries ADD COLUMN credential TEXT")
+    db.execute("DROP VIEW invocations")
+    _create_invocations(db, METHOD, CREDENTIAL)
+    # Every request with a token asks whether its id was revoked: it reads the revocations alone
+    # (few: an operator writes each by hand). An index on the payload's jti would need a JSON
+    # function in the schema, which a connection with trusted_schema off refuses.
+    db.execute(f"CREATE INDEX entries_revoked ON entries (id) WHERE {REVOKED}")
+    db.execute("PRAGMA user_version = 4")
+
+
+@MIGRATIONS(name=_MIGRATION_NAMES[4])
 def _order_invocations(db: Database) -> None:
     # `select * from invocations` lists calls in the order they were decided, as `ledger tail` does.
     db.execute("DROP VIEW invocations")
-    _create_invocations(db, "coalesce(d.method, 'tools/call') AS method, ", " ORDER BY d.id")
+    _create_invocations(db, METHOD, CREDENTIAL, " ORDER BY d.id")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
-def _create_invocations(db: Database, method: str, order: str = "") -> None:
+def _create_invocations(db: Database, method: str, credential: str = "", order: str = "") -> None:
     db.create_view(
         "invocations",
         "SELECT d.id AS id, d.call_id AS call_id, d.ts AS ts, d.agent AS agent, d.session AS session, "  # noqa: S608
         f"{method}d.server AS server, d.tool AS tool, d.arguments AS arguments, d.decision AS decision, "
-        "d.reason AS reason, d.detail AS detail, d.policy_hash AS policy_hash, o.id AS outcome_id, "
+        f"d.reason AS reason, d.detail AS detail, d.policy_hash AS policy_hash, {credential}"
+        "o.id AS outcome_id, "
         "o.ts AS outcome_ts, o.outcome AS outcome, o.duration_ms AS duration_ms, o.detail AS outcome_detail "
         "FROM entries AS d LEFT JOIN entries AS o ON o.id = (SELECT min(x.id) FROM entries AS x "
         f"WHERE x.call_id = d.call_id AND x.kind = 'outcome') WHERE d.kind = 'decision'{order}",

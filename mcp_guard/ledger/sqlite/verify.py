@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Collection
 
 from mcp_guard.ledger.chain import (
     _JSON,
     COLUMNS,
     HASH_DOMAIN,
     HASH_DOMAIN_V2,
+    HASH_DOMAIN_V3,
     HASHED_COLUMNS,
+    OPTIONAL,
     ZERO_HASH,
     VerifyResult,
     chain_break,
@@ -27,14 +30,18 @@ TRIGGERS = {
 }
 
 # SQL is only ever built from these constants; every value is a bound parameter.
-_SPLIT, _KIND = HASHED_COLUMNS.index("duration_ms"), HASHED_COLUMNS.index("kind")
-_BEFORE = ", ".join(f"'{n}', {n}" for n in HASHED_COLUMNS[:_SPLIT])
+_CALL, _SPLIT = HASHED_COLUMNS.index("call_id"), HASHED_COLUMNS.index("duration_ms")
+_KIND = HASHED_COLUMNS.index("kind")
+_FIRST = ", ".join(f"'{n}', {n}" for n in HASHED_COLUMNS[: _CALL + 1])
+_BEFORE = ", ".join(f"'{n}', {n}" for n in HASHED_COLUMNS[_CALL + 1 : _SPLIT])
 _AFTER = ", ".join(f"'{n}', {n}" for n in HASHED_COLUMNS[_KIND + 1 :])
-# duration_ms is the one REAL column (SQLite prints floats differently) and method sits between
-# kind and outcome only when it is not null (hash v2): both are spliced in by Python.
+# duration_ms is the one REAL column (SQLite prints floats differently); credential sits between
+# call_id and decision, method between kind and outcome, each only when it is not null (hash v3,
+# v2): all three are spliced in by Python.
 _SELECT_CHAIN = (
-    f"SELECT id, entry_hash, prev_hash, json_object({_BEFORE}), duration_ms, json_object('kind', kind), "  # noqa: S608
-    f"method, json_object({_AFTER}) FROM entries WHERE id > ? ORDER BY id"
+    f"SELECT id, entry_hash, prev_hash, json_object({_FIRST}), credential, json_object({_BEFORE}), "  # noqa: S608
+    f"duration_ms, json_object('kind', kind), method, json_object({_AFTER}) FROM entries "
+    "WHERE id > ? ORDER BY id"
 )
 
 
@@ -79,7 +86,10 @@ def walk_chain(
     sha256, dumps = hashlib.sha256, _JSON
     count, (last_id, head) = 0, start
     columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
-    select = _SELECT_CHAIN if "method" in columns else _SELECT_CHAIN.replace(", method,", ", NULL,")
+    select = _SELECT_CHAIN
+    for optional in OPTIONAL:
+        if optional not in columns:  # a file from before the column: every row null there
+            select = select.replace(f", {optional},", ", NULL,")
     cur: sqlite3.Cursor | None = conn.execute(select, (last_id,))
     while True:
         try:
@@ -95,28 +105,38 @@ def walk_chain(
             return count, last_id, head, bad, f"cannot be read ({exc})"
         if not rows:
             return count, last_id, head, None, ""
-        for entry_id, stored, prev, before, duration, kind, method, after in rows:  # the hot loop
-            if prev != head:
+        for entry_id, stored, prev, first, credential, before, duration, kind, method, after in rows:
+            if prev != head:  # the hot loop
                 return count, last_id, head, entry_id, chain_break(last_id, entry_id)
             try:
                 number = "null" if duration is None else dumps(duration)
                 tagged = "" if method is None else f',"method":{dumps(method)}'
+                named = "" if credential is None else f',"credential":{dumps(credential)}'
             except (TypeError, ValueError):
                 return count, last_id, head, entry_id, "holds a value that is not text or a number"
-            text = f'{before[:-1]},"duration_ms":{number},{kind[1:-1]}{tagged},{after[1:]}'
-            domain = HASH_DOMAIN if method is None else HASH_DOMAIN_V2
+            text = (
+                f'{first[:-1]}{named},{before[1:-1]},"duration_ms":{number},{kind[1:-1]}{tagged},{after[1:]}'
+            )
+            domain = (
+                HASH_DOMAIN_V3
+                if credential is not None
+                else HASH_DOMAIN
+                if method is None
+                else HASH_DOMAIN_V2
+            )
             if (
                 sha256(domain + text.encode("utf-8")).hexdigest() != stored
-                and row_hash(conn, entry_id, "method" in columns) != stored
+                and row_hash(conn, entry_id, columns) != stored
             ):
                 problem = "content does not match its entry_hash (edited, or written by hand)"
                 return count, last_id, head, entry_id, problem
             count, last_id, head = count + 1, entry_id, stored
 
 
-def row_hash(conn: sqlite3.Connection, entry_id: int, method: bool = True) -> str:
-    """The entry's hash built the defining way, by `entry_hash` (`method`: the column exists)."""
-    sql = f"SELECT {', '.join(COLUMNS if method else HASHED_COLUMNS)} FROM entries WHERE id = ?"  # noqa: S608
+def row_hash(conn: sqlite3.Connection, entry_id: int, columns: Collection[str] = COLUMNS) -> str:
+    """The entry's hash built the defining way, by `entry_hash` (`columns`: those the file has)."""
+    names = ", ".join(name if name in columns else "NULL" for name in COLUMNS)
+    sql = f"SELECT {names} FROM entries WHERE id = ?"  # noqa: S608
     try:
         return entry_hash(conn.execute(sql, (entry_id,)).fetchone())
     except (TypeError, ValueError):

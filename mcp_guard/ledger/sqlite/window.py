@@ -24,7 +24,7 @@ from mcp_guard.ledger.base import (
 from mcp_guard.ledger.entries import format_ts
 from mcp_guard.ledger.sqlite import queries
 from mcp_guard.ledger.sqlite.queries import loads
-from mcp_guard.ledger.sqlite.schema import DENIED, STANDING
+from mcp_guard.ledger.sqlite.schema import DENIED, REVOKED, STANDING
 from mcp_guard.ledger.sqlite.tallies import Tallies
 from mcp_guard.policy.reasons import NOT_COUNTED
 
@@ -112,6 +112,14 @@ class SQLiteWindow:
         marks = ", ".join("?" * len(wanted))
         where = f"id IN (SELECT id FROM entries WHERE kind IN ({marks}) ORDER BY id DESC LIMIT ?)"  # noqa: S608
         return self._made(queries.events_where(self._conn, where, [*wanted, limit]))
+
+    def revoked(self, jti: str) -> bool:
+        row = self._conn.execute(
+            f"SELECT 1 FROM entries INDEXED BY entries_revoked WHERE {REVOKED} "  # noqa: S608
+            "AND json_extract(payload, '$.jti') = ? LIMIT 1",
+            (jti,),
+        ).fetchone()
+        return row is not None
 
     def append(self, event: LedgerEvent) -> None:
         self.queued.append(event.row())
