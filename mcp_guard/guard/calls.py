@@ -233,10 +233,10 @@ def record_of(
     their recorded values, and a name that
     resolved to no tool is redacted whole before it is cut to 256 characters, so no part of a
     secret is left at the cut."""
-    tool, detail = decision.tool, decision.detail
+    tool, detail, name = decision.tool, decision.detail, sent
     arguments = _jsonable(decision.arguments)
     if decision.server is None:
-        tool = escape_name(scrubber.record(sent))
+        tool = name = escape_name(scrubber.record(sent))
         detail = f"Unknown tool: {tool}"
     else:
         hidden = decision.sensitive
@@ -254,6 +254,7 @@ def record_of(
         detail=None if decision.allowed else scrubber.record(detail),
         policy_hash=policy.hash,
         credential=agent.credential,
+        name=name,
     )
 
 

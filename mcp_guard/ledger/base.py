@@ -165,13 +165,14 @@ class Invocation:
     outcome_detail: str | None
     policy_hash: str | None
     credential: str | None = None  # which credential made the call (schema 4 on)
+    name: str | None = None  # the name the client called (schema 6 on)
 
     def to_json(self) -> dict[str, object]:
-        """SPEC's `ledger tail --json` fields, plus id, method, policy_hash and credential."""
+        """SPEC's `ledger tail --json` fields, plus id, method, policy_hash, credential and name."""
         fields = {name: getattr(self, name) for name in _JSON_FIELDS}
         if self.detail is None:
             fields["detail"] = self.outcome_detail
-        return fields | {"policy_hash": self.policy_hash, "credential": self.credential}
+        return fields | {"policy_hash": self.policy_hash, "credential": self.credential, "name": self.name}
 
 
 _JSON_FIELDS = [

@@ -18,35 +18,44 @@ HASH_DOMAIN_V2 = b"mcp-guard ledger entry v2\x00"
 """Hash v2: the row has a `method` (decisions from schema 2 on), and it is hashed with it."""
 HASH_DOMAIN_V3 = b"mcp-guard ledger entry v3\x00"
 """Hash v3: the row names the `credential` that made the call (decisions from schema 4 on)."""
+HASH_DOMAIN_V4 = b"mcp-guard ledger entry v4\x00"
+"""Hash v4: the row keeps the `name` the client called (decisions from schema 6 on)."""
 
-# Every stored column but id, entry_hash, method and credential, sorted: the keys of hash v1.
+# Every stored column but id, entry_hash and the optional ones, sorted: the keys of hash v1.
 HASHED_COLUMNS = (
     "agent", "arguments", "call_id", "decision", "detail", "duration_ms", "kind", "outcome",
     "payload", "policy_hash", "prev_hash", "reason", "server", "session", "tool", "ts",
 )  # fmt: skip
-OPTIONAL = ("credential", "method")
+OPTIONAL = ("credential", "method", "name")
 """Columns added later, hashed only where they are not null: a row written before one existed
 verifies as it did, and nulling or setting one changes the domain as well as the text."""
 COLUMNS = tuple(sorted((*HASHED_COLUMNS, *OPTIONAL)))
 """Every stored column but id and entry_hash, sorted: the order in which `entry_hash` takes a
-row's values. The keys hashed are these less the optional columns that are null: none of them
-hashes v1, a method alone v2, a credential v3."""
-METHOD, CREDENTIAL = COLUMNS.index("method"), COLUMNS.index("credential")
+row's values. The keys hashed are these less the optional columns that are null; the domain is
+that of the latest column set: none of them v1, a method v2, a credential v3, a name v4."""
+METHOD, CREDENTIAL, NAME = COLUMNS.index("method"), COLUMNS.index("credential"), COLUMNS.index("name")
 _JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
-def _template(method: bool, credential: bool) -> tuple[str, list[int], bytes]:
-    keep = [
-        i
-        for i, name in enumerate(COLUMNS)
-        if (name != "method" or method) and (name != "credential" or credential)
-    ]
+def _template(method: bool, credential: bool, name: bool) -> tuple[str, list[int], bytes]:
+    dropped = {n for n, kept in (("method", method), ("credential", credential), ("name", name)) if not kept}
+    keep = [i for i, column in enumerate(COLUMNS) if column not in dropped]
     text = "{" + ",".join(f'"{COLUMNS[i]}":%s' for i in keep) + "}"
-    domain = HASH_DOMAIN_V3 if credential else HASH_DOMAIN_V2 if method else HASH_DOMAIN
+    domain = (
+        HASH_DOMAIN_V4
+        if name
+        else HASH_DOMAIN_V3
+        if credential
+        else HASH_DOMAIN_V2
+        if method
+        else HASH_DOMAIN
+    )
     return text, keep, domain
 
 
-_TEMPLATES = {(m, c): _template(m, c) for m in (False, True) for c in (False, True)}
+_TEMPLATES = {
+    (m, c, n): _template(m, c, n) for m in (False, True) for c in (False, True) for n in (False, True)
+}
 _TEMPLATE_V1 = "{" + ",".join(f'"{name}":%s' for name in HASHED_COLUMNS) + "}"
 
 
@@ -82,7 +91,9 @@ def entry_hash(values: Sequence[object]) -> str:
     if len(values) == len(HASHED_COLUMNS):
         template, domain = _TEMPLATE_V1, HASH_DOMAIN
     else:
-        template, keep, domain = _TEMPLATES[values[METHOD] is not None, values[CREDENTIAL] is not None]
+        template, keep, domain = _TEMPLATES[
+            values[METHOD] is not None, values[CREDENTIAL] is not None, values[NAME] is not None
+        ]
         values = [values[i] for i in keep]
     text = template % tuple(
         [

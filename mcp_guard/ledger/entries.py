@@ -62,6 +62,7 @@ class CallRecord:
     # Which credential made the call: `stdio`, `key:<12 hex of its hash>`, `token:<jti>` or
     # `oauth:<subject>:<jti>`; never the credential itself.
     credential: str | None = None
+    name: str | None = None  # the name the client called (escaped, at most 256 characters)
 
 
 def format_ts(ts: datetime) -> str:
@@ -155,6 +156,7 @@ def decision_fields(rec: CallRecord) -> dict[str, object]:
         "detail": _bounded(rec.detail),
         "policy_hash": _text(rec.policy_hash),
         "credential": _bounded(rec.credential),
+        "name": _opt_text(rec.name),
     }
 
 

@@ -37,7 +37,7 @@ def schema3_ledger(kind: SQLiteKind, decisions: int) -> list[str]:
                 "tool": "refund", "arguments": '{"amount":1}', "decision": "allow", "policy_hash": POLICY,
                 "method": "tools/call", "prev_hash": head, "ts": f"2025-05-01T10:00:0{i}.000000Z"}  # fmt: skip
         head = entry_hash([row[name] for name in COLUMNS])
-        names = [name for name in COLUMNS if name != "credential"]
+        names = [name for name in COLUMNS if name not in ("credential", "name")]  # later columns
         conn.execute(
             f"INSERT INTO entries ({', '.join(names)}, entry_hash) VALUES ({', '.join('?' * (len(names) + 1))})",
             [*(row[name] for name in names), head],

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mcp_guard.ledger.base import RevocationEvent
-from mcp_guard.ledger.chain import COLUMNS, HASH_DOMAIN_V3
+from mcp_guard.ledger.chain import COLUMNS, HASH_DOMAIN_V3, OPTIONAL
 from mcp_guard.ledger.entries import CallRecord
 from mcp_guard.ledger.sqlite.engine import Ledger
 
@@ -61,7 +61,7 @@ def test_each_decision_records_its_credential_hashed_v3_and_a_null_one_as_before
         None,
     ]
     first = found[0]
-    content = {name: first[name] for name in COLUMNS}
+    content = {name: first[name] for name in COLUMNS if name not in OPTIONAL or first[name] is not None}
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert first["entry_hash"] == hashlib.sha256(HASH_DOMAIN_V3 + canonical.encode()).hexdigest()
     assert ledger.verify().ok

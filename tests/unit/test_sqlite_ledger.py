@@ -32,7 +32,15 @@ from mcp_guard.cli.ledger import (
 )
 from mcp_guard.errors import LedgerError, LedgerUnavailable
 from mcp_guard.ledger.base import ApprovalEvent, Filter, Invocation
-from mcp_guard.ledger.chain import COLUMNS, HASH_DOMAIN, HASH_DOMAIN_V2, HASHED_COLUMNS, ZERO_HASH, entry_hash
+from mcp_guard.ledger.chain import (
+    COLUMNS,
+    HASH_DOMAIN,
+    HASH_DOMAIN_V2,
+    HASHED_COLUMNS,
+    OPTIONAL,
+    ZERO_HASH,
+    entry_hash,
+)
 from mcp_guard.ledger.entries import CallRecord
 from mcp_guard.ledger.sqlite import verify as ledger_verify
 from mcp_guard.ledger.sqlite.engine import Ledger
@@ -156,8 +164,9 @@ def test_reopening_applies_each_migration_once(path: Path, raw: Raw):
         ("mcp_guard_ledger", "0003_standing"),
         ("mcp_guard_ledger", "0004_credential"),
         ("mcp_guard_ledger", "0005_invocations_in_order"),
+        ("mcp_guard_ledger", "0006_name"),
     ]
-    assert raw(path).execute("PRAGMA user_version").fetchone() == (5,)
+    assert raw(path).execute("PRAGMA user_version").fetchone() == (6,)
 
 
 def test_a_ledger_from_a_newer_version_is_refused(path: Path, raw: Raw):
@@ -228,7 +237,7 @@ def test_entry_hash_is_sha256_of_the_domain_and_canonical_json_of_the_row(
         # A decision has a method and is hashed with it (v2); an outcome has none and is hashed v1.
         assert (row["method"] is not None) == (row["kind"] == "decision")
         domain = HASH_DOMAIN if row["method"] is None else HASH_DOMAIN_V2
-        hashed = {k: v for k, v in content.items() if k not in ("method", "credential") or v is not None}
+        hashed = {k: v for k, v in content.items() if k not in OPTIONAL or v is not None}
         canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         expected = hashlib.sha256(domain + canonical.encode()).hexdigest()
         assert row["entry_hash"] == expected == entry_hash([content[name] for name in COLUMNS])
@@ -712,6 +721,7 @@ def test_invocations_join_the_outcome_and_keep_an_unfinished_call_with_a_null_ou
         "duration_ms": None,
         "policy_hash": POLICY,
         "credential": None,
+        "name": None,
     }
 
 

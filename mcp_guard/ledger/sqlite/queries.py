@@ -16,11 +16,12 @@ from mcp_guard.ledger.base import ALL, Filter, Invocation
 # SQL is only ever built from these constants; every value is a bound parameter.
 _SELECT_INVOCATIONS = (
     "SELECT id, call_id, ts, agent, session, method, server, tool, arguments, decision, reason, detail, "
-    "outcome, duration_ms, outcome_detail, policy_hash, credential FROM invocations WHERE "
+    "outcome, duration_ms, outcome_detail, policy_hash, credential, name FROM invocations WHERE "
 )
 # A file no guard has migrated yet (a reader never migrates): before schema 2 every decision is a
 # tools/call; before schema 4 no credential was recorded.
-_SELECT_INVOCATIONS_V3 = _SELECT_INVOCATIONS.replace(" credential FROM", " NULL FROM")
+_SELECT_INVOCATIONS_V5 = _SELECT_INVOCATIONS.replace(" name FROM", " NULL FROM")
+_SELECT_INVOCATIONS_V3 = _SELECT_INVOCATIONS_V5.replace(" credential,", " NULL,")
 _SELECT_INVOCATIONS_V1 = _SELECT_INVOCATIONS_V3.replace(" method,", " 'tools/call',")
 _SELECT_EVENTS = (
     "SELECT id, ts, kind, call_id, agent, session, server, tool, payload, policy_hash FROM entries "
@@ -59,11 +60,13 @@ def last_id(conn: sqlite3.Connection) -> int:
 
 def invocation_select(conn: sqlite3.Connection) -> str:
     """How to read invocations from this file: its entries table may predate the method column
-    (schema 2) or the credential column (schema 4)."""
+    (schema 2), the credential column (schema 4) or the name column (schema 6)."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
     if "method" not in columns:
         return _SELECT_INVOCATIONS_V1
-    return _SELECT_INVOCATIONS if "credential" in columns else _SELECT_INVOCATIONS_V3
+    if "credential" not in columns:
+        return _SELECT_INVOCATIONS_V3
+    return _SELECT_INVOCATIONS if "name" in columns else _SELECT_INVOCATIONS_V5
 
 
 def invocations(
@@ -131,7 +134,8 @@ def stats(conn: sqlite3.Connection, since: str | None) -> dict[str, Any]:
     base = f"FROM entries WHERE kind = 'decision' AND {when}"
     groups = {
         "by_agent": "agent",
-        "by_tool": "CASE WHEN server IS NULL THEN tool ELSE server || '.' || tool END",
+        # The name clients called, where it was kept: one key a tool, granted or not.
+        "by_tool": "coalesce(name, CASE WHEN server IS NULL THEN tool ELSE server || '.' || tool END)",
         "by_decision": "decision",
         "by_reason": "reason",
     }
@@ -165,11 +169,11 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def _where(f: Filter, *more: tuple[str, object]) -> tuple[str, list[object]]:
     """The SQL of a Filter over the invocations view (and more conditions), with its parameters."""
-    by_tool = None if f.tool is None else (f.tool, f.tool)
+    by_tool = None if f.tool is None else (f.tool, f.tool, f.tool)
     outcome = f.outcome if f.outcome != "none" else None
     return where(
         ("agent = ?", f.agent),
-        ("(tool = ? OR server || '.' || tool = ?)", by_tool),
+        ("(tool = ? OR server || '.' || tool = ? OR name = ?)", by_tool),
         ("decision = ?", f.decision),
         ("server = ?", f.server),
         ("session = ?", f.session),

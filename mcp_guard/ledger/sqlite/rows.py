@@ -18,7 +18,7 @@ T = TypeVar("T")
 EXPORTED = (
     "id", "ts", "kind", "call_id", "agent", "session", "method", "server", "tool", "arguments",
     "decision", "reason", "detail", "outcome", "duration_ms", "policy_hash", "payload", "credential",
-    "prev_hash", "entry_hash",
+    "name", "prev_hash", "entry_hash",
 )  # fmt: skip
 """An exported entry's keys: every column of the entries table, id and both hashes included."""
 _CALL = ("agent", "session", "method", "server", "tool")
@@ -69,7 +69,7 @@ def entries(conn: sqlite3.Connection, after: int, limit: int) -> list[dict[str, 
     server and tool under `call` (not part of the entry, nor of its hash)."""
     select = _SELECT
     columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
-    for column in ("method", "credential"):  # a file of an older schema that no guard has migrated
+    for column in ("method", "credential", "name"):  # an older schema that no guard has migrated
         if column not in columns:
             select = select.replace(f"e.{column},", "NULL,").replace(f"d.{column},", "NULL,")
     found = []

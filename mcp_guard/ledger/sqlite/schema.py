@@ -27,6 +27,7 @@ _MIGRATION_NAMES = (
     "0003_standing",
     "0004_credential",
     "0005_invocations_in_order",
+    "0006_name",
 )  # in order, one per function registered below
 SCHEMA_VERSION = len(_MIGRATION_NAMES)
 """Kept in the file's `PRAGMA user_version` (0 in a file from before versions were kept: 1)."""
@@ -81,6 +82,7 @@ def _add_standing(db: Database) -> None:
 REVOKED = "kind = 'revocation'"
 """Likewise for `entries_revoked`: the token revocations."""
 METHOD, CREDENTIAL = "coalesce(d.method, 'tools/call') AS method, ", "d.credential AS credential, "
+NAME = "d.name AS name, "
 
 
 @MIGRATIONS(name=_MIGRATION_NAMES[3])
@@ -102,6 +104,16 @@ def _order_invocations(db: Database) -> None:
     # `select * from invocations` lists calls in the order they were decided, as `ledger tail` does.
     db.execute("DROP VIEW invocations")
     _create_invocations(db, METHOD, CREDENTIAL, " ORDER BY d.id")
+    db.execute("PRAGMA user_version = 5")
+
+
+@MIGRATIONS(name=_MIGRATION_NAMES[5])
+def _add_name(db: Database) -> None:
+    # The name the client called (`billing__refund`), beside the server and tool it resolved to:
+    # what `ledger tail --tool` finds and `stats` counts by. Older rows have none (hashed as before).
+    db.execute("ALTER TABLE entries ADD COLUMN name TEXT")
+    db.execute("DROP VIEW invocations")
+    _create_invocations(db, METHOD, CREDENTIAL + NAME, " ORDER BY d.id")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 

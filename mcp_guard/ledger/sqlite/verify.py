@@ -14,6 +14,7 @@ from mcp_guard.ledger.chain import (
     HASH_DOMAIN,
     HASH_DOMAIN_V2,
     HASH_DOMAIN_V3,
+    HASH_DOMAIN_V4,
     HASHED_COLUMNS,
     OPTIONAL,
     ZERO_HASH,
@@ -36,11 +37,11 @@ _FIRST = ", ".join(f"'{n}', {n}" for n in HASHED_COLUMNS[: _CALL + 1])
 _BEFORE = ", ".join(f"'{n}', {n}" for n in HASHED_COLUMNS[_CALL + 1 : _SPLIT])
 _AFTER = ", ".join(f"'{n}', {n}" for n in HASHED_COLUMNS[_KIND + 1 :])
 # duration_ms is the one REAL column (SQLite prints floats differently); credential sits between
-# call_id and decision, method between kind and outcome, each only when it is not null (hash v3,
-# v2): all three are spliced in by Python.
+# call_id and decision, method and name between kind and outcome, each only when it is not null
+# (hash v3, v2, v4): all four are spliced in by Python.
 _SELECT_CHAIN = (
     f"SELECT id, entry_hash, prev_hash, json_object({_FIRST}), credential, json_object({_BEFORE}), "  # noqa: S608
-    f"duration_ms, json_object('kind', kind), method, json_object({_AFTER}) FROM entries "
+    f"duration_ms, json_object('kind', kind), method, name, json_object({_AFTER}) FROM entries "
     "WHERE id > ? ORDER BY id"
 )
 
@@ -105,20 +106,22 @@ def walk_chain(
             return count, last_id, head, bad, f"cannot be read ({exc})"
         if not rows:
             return count, last_id, head, None, ""
-        for entry_id, stored, prev, first, credential, before, duration, kind, method, after in rows:
+        for entry_id, stored, prev, first, credential, before, duration, kind, method, name, after in rows:
             if prev != head:  # the hot loop
                 return count, last_id, head, entry_id, chain_break(last_id, entry_id)
             try:
                 number = "null" if duration is None else dumps(duration)
                 tagged = "" if method is None else f',"method":{dumps(method)}'
                 named = "" if credential is None else f',"credential":{dumps(credential)}'
+                called = "" if name is None else f',"name":{dumps(name)}'
             except (TypeError, ValueError):
                 return count, last_id, head, entry_id, "holds a value that is not text or a number"
-            text = (
-                f'{first[:-1]}{named},{before[1:-1]},"duration_ms":{number},{kind[1:-1]}{tagged},{after[1:]}'
-            )
+            middle = f'"duration_ms":{number},{kind[1:-1]}{tagged}{called}'
+            text = f"{first[:-1]}{named},{before[1:-1]},{middle},{after[1:]}"
             domain = (
-                HASH_DOMAIN_V3
+                HASH_DOMAIN_V4
+                if name is not None
+                else HASH_DOMAIN_V3
                 if credential is not None
                 else HASH_DOMAIN
                 if method is None
