@@ -191,7 +191,9 @@ class Selector(Grant):
     def selects(self, tool: str, annotations: Mapping[str, Any] | None) -> bool:
         if not fnmatchcase(tool, self.tools):
             return False
-        return self.read_only is None or (annotations or {}).get("readOnlyHint") is self.read_only
+        hints = annotations or {}
+        said = hints.get("readOnlyHint", hints.get("read_only_hint"))  # the wire's name, or the SDK's
+        return self.read_only is None or said is self.read_only
 
 
 def _one_or_many(value: object) -> object:

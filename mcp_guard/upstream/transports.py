@@ -88,11 +88,10 @@ def manifest_transport(manifest: Manifest, wiring: Wiring) -> AbstractAsyncConte
         if response.status_code >= 400:
             wiring.on_problem(f"{url} answered HTTP {response.status_code} {response.reason_phrase}".rstrip())
 
-    client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes, on_response=tell)
     auth = None
     if up.auth is not None:  # the guard's own token for it, never the agent's
         auth = ClientCredentialsAuth(up.auth.client_credentials, wiring.on_secret)
-    client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes, auth=auth)
+    client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes, auth=auth, on_response=tell)
     return _owned_http(up.url, client, wiring.max_message_bytes)
 
 

@@ -62,6 +62,8 @@ async def test_init_against_the_third_party_time_server_lists_its_tools_granted_
     run = await mcp_guard("manifest", "init", "--", str(TIME_SERVER), "--local-timezone", "UTC", cwd=tmp_path)
     assert loads_granting_nothing(run, tmp_path, "time") == {"get_current_time", "convert_time"}
     assert "#   timezone: string, required" in run.stdout
+    assert "# annotations (the upstream's own claims): destructiveHint: false, " in run.stdout
+    assert "readOnlyHint: true" in run.stdout
 
 
 @pytest.mark.parametrize(

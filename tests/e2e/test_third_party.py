@@ -125,3 +125,17 @@ async def test_a_grant_fixes_an_argument_overrides_the_text_and_keeps_a_sensitiv
     recorded = rows[2]["arguments"]["time"]
     assert recorded.startswith("[sensitive sha256:")
     assert b"12:34" not in ledger_bytes(time_deployment.ledger_path)
+
+
+async def test_a_selector_grants_the_read_only_tools_of_a_server_we_did_not_write(
+    time_deployment: Deployment,
+) -> None:
+    manifest = time_deployment.manifests["time"]
+    manifest["tools"] = {"convert_time": {"allow": []}}  # named: only its own (empty) grant
+    manifest["select"] = [{"read_only": True, "allow": ["role:support"]}]
+    async with stdio_guard(time_deployment, "support-bot") as session:
+        with anyio.fail_after(TIMEOUT):
+            listed = [t.name for t in (await session.list_tools()).tools]
+            utc = await session.call_tool("time__get_current_time", {"timezone": "UTC"})
+    assert listed == ["time__get_current_time"]  # it says readOnlyHint: true; convert_time is named
+    assert utc.is_error is False, text_of(utc)

@@ -153,7 +153,7 @@ def test_a_const_or_enum_limit_that_the_upstream_default_escapes_is_a_problem(
 
 def _def(name: str, read_only: bool | None) -> ToolDef:
     schema = {"type": "object", "properties": {"path": {"type": "string"}}}
-    annotations = None if read_only is None else {"readOnlyHint": read_only}
+    annotations = None if read_only is None else {"read_only_hint": read_only}  # as the SDK dumps them
     return ToolDef(name, schema, hashlib.sha256(name.encode()).hexdigest(), annotations=annotations)
 
 
