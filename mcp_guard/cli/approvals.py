@@ -15,7 +15,7 @@ from typing import Any, TextIO, TypeVar
 
 import anyio
 
-from mcp_guard.cli.ledger import printable
+from mcp_guard.cli.ledger import printable, until_interrupted
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.ledger import ApprovalEvent, Window, open_ledger
@@ -57,7 +57,7 @@ def run_approvals(args: argparse.Namespace, ledger: LedgerConfig | Path, out: Te
             rows = anyio.run(_read, config, _pending)
             _print(rows, getattr(args, "json", False), out)
             if getattr(args, "follow", False):
-                anyio.run(_follow, config, {row["id"] for row in rows}, args.json, out)
+                anyio.run(until_interrupted, _follow, config, {row["id"] for row in rows}, args.json, out)
             return 0
         if command == "show":
             request = anyio.run(_read, config, lambda w: _request(w, args.id))
@@ -83,19 +83,16 @@ FOLLOW_POLL = 0.5
 """Seconds between looks at the ledger for new requests (`list -f`)."""
 
 
-async def _follow(config: LedgerConfig, shown: set[str], as_json: bool, out: TextIO) -> None:
+async def _follow(config: LedgerConfig, shown: set[str], as_json: bool, out: TextIO) -> int:
     """Print each pending request not shown yet, as the guards file them, until interrupted."""
-    try:
-        async with await open_ledger(config, readonly=True) as ledger:
-            while True:
-                await anyio.sleep(FOLLOW_POLL)
-                fresh = [row for row in await ledger.read(_pending) if row["id"] not in shown]
-                shown.update(row["id"] for row in fresh)
-                if fresh:
-                    _print(fresh, as_json, out, header=False)
-                    out.flush()
-    except KeyboardInterrupt:
-        return
+    async with await open_ledger(config, readonly=True) as ledger:
+        while True:
+            await anyio.sleep(FOLLOW_POLL)
+            fresh = [row for row in await ledger.read(_pending) if row["id"] not in shown]
+            shown.update(row["id"] for row in fresh)
+            if fresh:
+                _print(fresh, as_json, out, header=False)
+                out.flush()
 
 
 async def _read(config: LedgerConfig, fn: Callable[[Window], T]) -> T:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -124,7 +126,7 @@ def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextI
     try:
         if args.ledger_command == "browse":  # Datasette runs its own event loop
             return run_browse(args, config)
-        return anyio.run(_run, args, config, out)
+        return anyio.run(until_interrupted, _run, args, config, out)
     except LedgerError as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)
         return 1
@@ -134,6 +136,30 @@ def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextI
         if out is sys.stdout:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+async def until_interrupted(fn: Callable[..., Awaitable[int]], *args: Any) -> int:
+    """`fn(*args)`, ended quietly by SIGINT (Ctrl-C) or SIGTERM with exit 0: how a command that
+    follows (`tail -f`, `export -f`, `approvals list -f`) stops. The event loop itself receives
+    the signal, so it never lands in the middle of a ledger read."""
+    result = 0
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def stop() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                    async for _ in received:
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop)
+            result = await fn(*args)
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # what the command raised, as it raised it
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    return result
 
 
 async def _run(args: argparse.Namespace, config: LedgerConfig, out: TextIO) -> int:
