@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -142,6 +143,8 @@ async def until_interrupted(fn: Callable[..., Awaitable[int]], *args: Any) -> in
     """`fn(*args)`, ended quietly by SIGINT (Ctrl-C) or SIGTERM with exit 0: how a command that
     follows (`tail -f`, `export -f`, `approvals list -f`) stops. The event loop itself receives
     the signal, so it never lands in the middle of a ledger read."""
+    if threading.current_thread() is not threading.main_thread():
+        return await fn(*args)  # signals reach the main thread only (a caller running this in a worker)
     result = 0
     try:
         async with anyio.create_task_group() as tg:
