@@ -39,7 +39,7 @@ from measure import median
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "call.lua"
-BLOCK = 1_000_000 // 2  # order ids per path: ORD-NNNNNN has a million, the paths share them out
+BLOCK = 1_000_000 // 3  # order ids per path: ORD-NNNNNN has a million, the paths share them out
 STRIDE = 10_000  # order ids per wrk thread and run (call.lua numbers each thread's from its own)
 PER_RUN = 2 * STRIDE  # wrk runs with at most two threads
 
@@ -94,7 +94,7 @@ class Server:
             self.proc.wait()
 
 
-def servers(tmp: Path, budget: bool) -> list[Server]:
+def servers(tmp: Path, budget: bool, compare: Path | None = None) -> list[Server]:
     bare = Server(
         "bare",
         "bare SDK proxy (stateless, JSON responses)",
@@ -115,9 +115,30 @@ def servers(tmp: Path, budget: bool) -> list[Server]:
         cwd=folder,
         ledger=folder / "ledger.db",
     )
-    for n, server in enumerate((bare, guard)):
+    started = [bare, guard]
+    if compare is not None:  # the same deployment, served by the mcp_guard package in `compare`
+        port = paths.free_port()
+        base = Server(
+            "base",
+            f"guard from {compare.name}, same deployment",
+            _guard_from(compare, config, "serve", "--http", f"127.0.0.1:{port}"),
+            port,
+            token=key,
+            cwd=tmp / "guard-base",
+            ledger=tmp / "guard-base" / "ledger.db",
+        )
+        shutil.copytree(folder, tmp / "guard-base")
+        started.append(base)
+    for n, server in enumerate(started):
         server.next_order = n * BLOCK
-    return [bare, guard]
+    return started
+
+
+def _guard_from(src: Path, config: Path, *extra: str) -> list[str]:
+    """paths.guard_command for the package in `src`, with guard.yaml found relative to the cwd."""
+    boot = f"import sys; sys.path.insert(0, {str(src)!r}); "
+    boot += "from mcp_guard.cli.main import main; sys.exit(main())"
+    return [sys.executable, "-c", boot, "--config", config.name, *extra]
 
 
 def wrk(server: Server, connections: int, seconds: int, keep: bool) -> dict[str, Any]:
@@ -213,6 +234,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", metavar="PATH", help="write every result to PATH")
     p.add_argument("--profile", metavar="DIR", help="then py-spy each server under 16 connections")
     p.add_argument("--tmpdir", help="where the guard's throwaway ledger goes")
+    p.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="also a guard from the mcp_guard package in DIR (git archive REV mcp_guard | tar -x -C DIR)",
+    )
     return p.parse_args(argv)
 
 
@@ -226,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         budget = not opts.no_budget and paths.budgets_supported(tmp / "probe") is None
         (HERE / "results").mkdir(exist_ok=True)
         with open(HERE / "results" / "http-servers.log", "w", encoding="utf-8") as logfile:
-            started = servers(tmp, budget)
+            compare = Path(opts.compare).resolve() if opts.compare else None
+            if compare is not None and not (compare / "mcp_guard" / "__init__.py").is_file():
+                print(f"http_capacity.py: --compare {opts.compare}: no mcp_guard there", file=sys.stderr)
+                return 2
+            started = servers(tmp, budget, compare)
             try:
                 for server in started:
                     server.start(logfile)
@@ -283,7 +313,7 @@ def summarise(
 
     return {
         "machine": harness.machine(),
-        "options": {k: v for k, v in vars(opts).items() if k not in ("json", "tmpdir", "profile")},
+        "options": {k: v for k, v in vars(opts).items() if k not in ("json", "tmpdir", "profile", "compare")},
         "labels": {s.key: s.label for s in started},
         "budget": paths.BUDGET if budget else None,
         "paths": rows,
