@@ -1,9 +1,11 @@
 """The floor: a bare pass-through MCP proxy on the same SDK as the guard (no policy, no ledger).
 
-    python benchmarks/bare_proxy.py -- COMMAND [ARGS...]
+    python benchmarks/bare_proxy.py [--http PORT] -- COMMAND [ARGS...]
 
-Serves stdio; lists and calls through one ClientSession to the upstream COMMAND (stdio). The SDK's
-default telemetry middleware is removed, as the guard removes it, so the comparison is fair.
+Serves stdio, or with `--http PORT` Streamable HTTP at http://127.0.0.1:PORT/mcp as the SDK ships it
+for throughput (`stateless_http=True, json_response=True`); lists and calls through one
+ClientSession to the upstream COMMAND (stdio). The SDK's default telemetry middleware is removed, as
+the guard removes it, so the comparison is fair.
 """
 
 from __future__ import annotations
@@ -51,15 +53,30 @@ async def serve(command: str, args: list[str]) -> None:
         await server.run(read, write, server.create_initialization_options())
 
 
+def serve_http(command: str, args: list[str], port: int) -> None:
+    """The SDK's own Streamable HTTP app, stateless with JSON responses: its cheapest HTTP form."""
+    import uvicorn
+
+    server = build_server(command, args)
+    app = server.streamable_http_app(stateless_http=True, json_response=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 def main() -> None:
     argv = sys.argv[1:]
+    port = None
+    if argv[:1] == ["--http"] and len(argv) > 1 and argv[1].isdigit():
+        port, argv = int(argv[1]), argv[2:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        print("usage: bare_proxy.py -- COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: bare_proxy.py [--http PORT] -- COMMAND [ARGS...]", file=sys.stderr)
         sys.exit(2)
     command = sys.executable if argv[0] in ("python", "python3") else argv[0]
-    anyio.run(serve, command, argv[1:])
+    if port is not None:
+        serve_http(command, argv[1:], port)
+    else:
+        anyio.run(serve, command, argv[1:])
 
 
 if __name__ == "__main__":

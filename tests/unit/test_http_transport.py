@@ -1,11 +1,15 @@
-"""The HTTP transport's pure parts as tables: `[HOST:]PORT` and which agent owns each session."""
+"""The HTTP transport's small parts: `[HOST:]PORT`, which agent owns each session, the listening socket."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
+import anyio
 import pytest
 
 from mcp_guard.errors import ListenError
-from mcp_guard.transports.http import parse_listen
+from mcp_guard.transports.http import bind, parse_listen
 from mcp_guard.transports.sessions import SESSION_IDLE_TIMEOUT, SessionOwners
 
 # -- [HOST:]PORT ---------------------------------------------------------------------------------
@@ -57,3 +61,27 @@ def test_sessions_idle_past_the_sdks_timeout_stop_counting_but_busy_ones_do_not(
     assert owners.count("support-bot") == 2
     assert owners.owner("idle") is None
     assert owners.count("finance-bot") == 0
+
+
+# -- the listening socket ------------------------------------------------------------------------
+
+
+async def test_accepted_connections_send_without_waiting_for_acks() -> None:
+    """Nagle's algorithm held each response's body until the client acknowledged its headers,
+    40 ms on a kept-alive connection: the accepted sockets must have TCP_NODELAY."""
+    sock = bind("127.0.0.1", 0)
+    nodelay: asyncio.Queue[int] = asyncio.Queue()
+
+    class Accepted(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            accepted = transport.get_extra_info("socket")
+            nodelay.put_nowait(accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            transport.close()
+
+    server = await asyncio.get_running_loop().create_server(Accepted, sock=sock)
+    async with server:
+        _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+        with anyio.fail_after(5):
+            assert await nodelay.get() != 0
+        writer.close()
+        await writer.wait_closed()
