@@ -146,6 +146,14 @@ class Guard:
             self._offers[agent.name] = cached
         return cached[2]
 
+    def ready_offers(self, agent: str) -> dict[str, Offer] | None:
+        """The agent's offers if they are ready for the catalog and standing in force, else None
+        (no await: for what must answer at once)."""
+        cached, catalog = self._offers.get(agent), self._catalog
+        if cached is None or catalog is None or cached[0] is not catalog[2]:
+            return None
+        return cached[2] if cached[1] == self.standing.of(agent) else None
+
     async def refresh_standing(self) -> bool:
         """Read the agents' standing from the ledger again; whether it changed."""
         found = await self.ledger.read(standing.read)
@@ -265,7 +273,11 @@ class GuardServer(Server[Any]):
 def build_server(caller: Caller) -> GuardServer:
     """Only tools/list, tools/call and ping are served; every other method gets -32601."""
     server = GuardServer(
-        "mcp-guard", version=__version__, on_list_tools=caller.list_tools, on_call_tool=caller.call_tool
+        "mcp-guard",
+        version=__version__,
+        on_list_tools=caller.list_tools,
+        on_call_tool=caller.call_tool,
+        get_tool_input_schema=caller.tool_input_schema,
     )
     server.middleware = []  # the SDK's telemetry middleware costs 10-15% per call; not configured here
     return server

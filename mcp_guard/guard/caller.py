@@ -5,6 +5,8 @@ what belongs to one connection lives here, so one guard serves any number of cal
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,6 +21,8 @@ from mcp_guard.policy.engine import Agent
 
 AGENT_SCOPE_KEY = "mcp_guard.agent"
 """Where the HTTP transport puts the authenticated Agent in the ASGI scope."""
+REQUEST_AGENT: ContextVar[Agent | None] = ContextVar("mcp_guard_request_agent", default=None)
+"""The same Agent, for what the SDK asks without the request in hand (`tool_input_schema`)."""
 
 
 @dataclass
@@ -52,6 +56,17 @@ class Caller:
             sid = ctx.request.headers.get("mcp-session-id")
             return str(sid)[:128] if sid else None
         return self.session_id
+
+    def tool_input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """For the SDK's check of a 2026-era request's `Mcp-Param-*` headers: the schema this
+        request's agent is shown for `name`, from the offers the guard has ready, instead of the
+        whole `tools/list` the SDK would run for every call. None (the headers go unchecked, as
+        when the SDK's own lookup fails; the guard checks the arguments themselves either way)
+        for a tool the agent is not shown, or before its offers are ready."""
+        agent = REQUEST_AGENT.get()
+        offers = self.guard.ready_offers(agent.name) if agent is not None else None
+        offer = offers.get(name) if offers is not None else None
+        return offer.input_schema if offer is not None else None
 
     async def list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_guard.config import HttpConfig
 from mcp_guard.errors import ListenError
 from mcp_guard.guard.app import Guard, build_server
-from mcp_guard.guard.caller import AGENT_SCOPE_KEY, Caller
+from mcp_guard.guard.caller import AGENT_SCOPE_KEY, REQUEST_AGENT, Caller
 from mcp_guard.identity.base import Authenticator, Refusal, bearer_credential
 from mcp_guard.identity.oauth import protected_resource_metadata
 from mcp_guard.logs import json_lines
@@ -211,6 +211,7 @@ class GuardMiddleware:
             return
 
         scope[AGENT_SCOPE_KEY] = agent
+        REQUEST_AGENT.set(agent)  # this request's task only
         # The SDK's own session binding compares this principal too (a second lock on the door).
         token = AccessToken(token="-", client_id=agent.name, scopes=[], subject=agent.name)  # noqa: S106
         scope["user"] = AuthenticatedUser(token)
