@@ -9,20 +9,19 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 import anyio
 
-from mcp_guard.cli.ledger import printable, until_interrupted
+from mcp_guard.cli.ledger import hold_window, printable, read_window, until_interrupted
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.ledger import ApprovalEvent, Window, open_ledger
 from mcp_guard.ledger.entries import format_ts
 from mcp_guard.policy import approvals
 
-T = TypeVar("T")
 ID_PATTERN = r"^[0-9a-f]{16}$"
 LIST_ARGUMENTS_CHARS = 120
 """The arguments column of the table is cut to this; `approvals show ID` prints them whole."""
@@ -54,13 +53,13 @@ def run_approvals(args: argparse.Namespace, ledger: LedgerConfig | Path, out: Te
     config = ledger if isinstance(ledger, LedgerConfig) else LedgerConfig(path=Path(ledger))
     try:
         if command == "list":
-            rows = anyio.run(_read, config, _pending)
+            rows = anyio.run(read_window, config, _pending)
             _print(rows, getattr(args, "json", False), out)
             if getattr(args, "follow", False):
                 anyio.run(until_interrupted, _follow, config, {row["id"] for row in rows}, args.json, out)
             return 0
         if command == "show":
-            request = anyio.run(_read, config, lambda w: _request(w, args.id))
+            request = anyio.run(read_window, config, lambda w: _request(w, args.id))
             if request is None:
                 print(
                     f"mcp-guard: approvals show: no approval request {printable(args.id)!r}", file=sys.stderr
@@ -68,7 +67,7 @@ def run_approvals(args: argparse.Namespace, ledger: LedgerConfig | Path, out: Te
                 return 1
             _show(request, args.json, out)
             return 0
-        result = anyio.run(_hold, config, lambda w: _decide(w, args.id, command, getpass.getuser()))
+        result = anyio.run(hold_window, config, lambda w: _decide(w, args.id, command, getpass.getuser()))
     except LedgerError as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)
         return 1
@@ -93,16 +92,6 @@ async def _follow(config: LedgerConfig, shown: set[str], as_json: bool, out: Tex
             if fresh:
                 _print(fresh, as_json, out, header=False)
                 out.flush()
-
-
-async def _read(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
-    async with await open_ledger(config, readonly=True) as ledger:
-        return await ledger.read(fn)
-
-
-async def _hold(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
-    async with await open_ledger(config) as ledger:
-        return await ledger.hold(fn)
 
 
 def _pending(window: Window) -> list[dict[str, Any]]:

@@ -11,23 +11,21 @@ import getpass
 import json
 import re
 import sys
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 import anyio
 
-from mcp_guard.cli.ledger import printable
-from mcp_guard.config import GuardConfig, LedgerConfig, load_config
+from mcp_guard.cli.ledger import hold_window, printable, read_window
+from mcp_guard.config import GuardConfig, load_config
 from mcp_guard.errors import ConfigError, LedgerError, UsageError
-from mcp_guard.ledger import ActivationEvent, UnlockEvent, Window, exists, open_ledger
+from mcp_guard.ledger import ActivationEvent, UnlockEvent, Window, exists
 from mcp_guard.ledger.entries import format_ts
 from mcp_guard.loading import NAME_PATTERN, format_duration, parse_duration
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Policy
 
-T = TypeVar("T")
 MAX_REASON_CHARS = 500
 
 
@@ -61,7 +59,7 @@ def run_grants(
     try:
         if command == "list":
             found = (
-                anyio.run(_read, config.ledger, lambda w: list(w.activations()))
+                anyio.run(read_window, config.ledger, lambda w: list(w.activations()))
                 if exists(config.ledger)
                 else []
             )
@@ -78,7 +76,7 @@ def run_grants(
                 window.append(ActivationEvent(payload=payload, agent=args.agent, server=server, tool=tool))
                 return until
 
-            until = anyio.run(_hold, config.ledger, activate)
+            until = anyio.run(hold_window, config.ledger, activate)
             out.write(
                 f"activated: {args.agent} may use {server}.{tool} under its activation grant until {until}\n"
             )
@@ -91,7 +89,7 @@ def run_grants(
             window.append(ActivationEvent(payload=payload, agent=args.agent, server=server, tool=tool))
             return True
 
-        if not anyio.run(_hold, config.ledger, revoke):
+        if not anyio.run(hold_window, config.ledger, revoke):
             print(
                 f"mcp-guard: grants revoke: no activation of {server}.{tool} for {args.agent} is in force",
                 file=sys.stderr,
@@ -119,7 +117,7 @@ def run_agents(args: argparse.Namespace, config: GuardConfig, out: TextIO | None
         return locked[0].until
 
     try:
-        ended = anyio.run(_hold, config.ledger, unlock) if exists(config.ledger) else None
+        ended = anyio.run(hold_window, config.ledger, unlock) if exists(config.ledger) else None
     except LedgerError as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)
         return 1
@@ -182,16 +180,6 @@ def _print(found: list[ActivationEvent], as_json: bool, out: TextIO) -> None:
         reason = printable(str(event.payload.get("reason")))
         by = printable(str(event.payload.get("by")))
         out.write(f"{event.agent}  {event.server}.{event.tool}  until {event.until}  by {by}: {reason}\n")
-
-
-async def _read(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
-    async with await open_ledger(config, readonly=True) as ledger:
-        return await ledger.read(fn)
-
-
-async def _hold(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
-    async with await open_ledger(config) as ledger:
-        return await ledger.hold(fn)
 
 
 def run_agent_key(args: argparse.Namespace, config_path: Path) -> int:

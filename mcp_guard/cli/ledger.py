@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import anyio
 
@@ -26,10 +26,11 @@ from mcp_guard.cli.audit import add_audit_parsers, run_audit, run_keygen, wants_
 from mcp_guard.cli.browse import add_browse_parser, run_browse
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
-from mcp_guard.ledger import Invocation, LedgerEvent, LedgerStore, exists, open_ledger
+from mcp_guard.ledger import Invocation, LedgerEvent, LedgerStore, Window, exists, open_ledger
 from mcp_guard.ledger.base import POLL, Filter
 from mcp_guard.ledger.entries import OUTCOMES, format_ts
 
+T = TypeVar("T")
 EVENT_KINDS = ("activation", "lockout", "unlock", "mark", "approval", "pin", "policy")
 
 IN_FLIGHT_SECONDS = 3.0
@@ -137,6 +138,18 @@ def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextI
         if out is sys.stdout:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+async def read_window(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
+    """`fn(window)` on one read-only snapshot of the ledger (what it appends is dropped)."""
+    async with await open_ledger(config, readonly=True) as ledger:
+        return await ledger.read(fn)
+
+
+async def hold_window(config: LedgerConfig, fn: Callable[[Window], T]) -> T:
+    """`fn(window)` inside one write transaction, committing what it appends (an operator's entry)."""
+    async with await open_ledger(config) as ledger:
+        return await ledger.hold(fn)
 
 
 async def until_interrupted(fn: Callable[..., Awaitable[int]], *args: Any) -> int:

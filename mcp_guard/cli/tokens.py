@@ -11,11 +11,11 @@ from typing import TextIO
 
 import anyio
 
-from mcp_guard.cli.ledger import printable
-from mcp_guard.config import GuardConfig, LedgerConfig
+from mcp_guard.cli.ledger import hold_window, printable
+from mcp_guard.config import GuardConfig
 from mcp_guard.errors import LedgerError, UsageError
 from mcp_guard.identity.oauth import MAX_ID_CHARS
-from mcp_guard.ledger import RevocationEvent, Window, open_ledger
+from mcp_guard.ledger import RevocationEvent, Window
 
 
 def oauth_warnings(config: GuardConfig) -> list[str]:
@@ -56,14 +56,9 @@ def run_revoke(args: argparse.Namespace, config: GuardConfig, out: TextIO | None
         return True
 
     try:
-        added = anyio.run(_hold, config.ledger, revoke)
+        added = anyio.run(hold_window, config.ledger, revoke)
     except LedgerError as exc:
         print(f"mcp-guard: {exc}", file=sys.stderr)
         return 1
     out.write(f"revoked: token {jti}{'' if added else ' (it already was)'}\n")
     return 0
-
-
-async def _hold(config: LedgerConfig, fn: object) -> bool:
-    async with await open_ledger(config) as ledger:
-        return bool(await ledger.hold(fn))  # type: ignore[arg-type]

@@ -99,17 +99,18 @@ class Policy:
         self.hash = hashlib.sha256(blob.encode()).hexdigest()
         self.secrets = frozenset(config.injected).union(*(m.injected for m in manifests))
         self.prefixes = {m.server: m.name_prefix for m in manifests}
-        grants = [(m, where, g) for m in manifests for where, _, g in m.all_grants()]
         # How far back a session's marks matter: the longest `blocked_after.within`.
-        self.mark_horizon = max(
-            (g.blocked_after.within for _, _, g in grants if g.blocked_after), default=0.0
-        )
+        rules = [g.blocked_after for m in manifests for _, _, g in m.all_grants() if g.blocked_after]
+        self.mark_horizon = max((rule.within for rule in rules), default=0.0)
         # Where a grant applies only while activated: the tools whose decisions depend on it.
-        self.activatable = frozenset(
-            (m.server, where.removeprefix("tools.") if where != "select" else "*")
-            for m, where, g in grants
-            if g.activation
-        )
+        named = {
+            (m.server, tool)
+            for m in manifests
+            for tool, gs in m.tools.items()
+            if any(g.activation for g in gs)
+        }
+        selected = {(m.server, "*") for m in manifests if any(g.activation for g in m.select)}
+        self.activatable = frozenset(named | selected)
         self._compiled: dict[tuple[str, str, int, str], Offer | None] = {}
         self._schema_checked: dict[str, bool] = {}
 
