@@ -6,13 +6,17 @@ for the ledger file (plain sqlite3) and the upstream journals."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
+import functools
+import io
 import json
 import os
 import queue
 import socket
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -462,6 +466,57 @@ def guard_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_GUARD")}
     env.update(extra)
     return env
+
+
+@dataclass
+class Run:
+    """What a command left: its exit status and everything it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+_CLI_LOCK = threading.Lock()  # one command at a time: it swaps this process's environment and folder
+
+
+async def cli(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> Run:
+    """`mcp-guard ARGS` as the operator runs it, in this process: the command's own `main`, with
+    the environment (`guard_env()` unless given), working folder, stdout and stderr swapped in, on a
+    worker thread since it runs its own event loop. Starting a Python process that imports the SDK
+    costs about a second of CPU; the tests where the process itself is the point (the entry point,
+    signals, a reader that goes away) start the real command instead."""
+    call = functools.partial(cli_blocking, *args, cwd=cwd, env=env)
+    with anyio.fail_after(TIMEOUT):
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+
+
+def cli_blocking(*args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None) -> Run:
+    """`cli` for a test with no event loop of its own running."""
+    from mcp_guard.cli.main import main
+
+    env = guard_env() if env is None else dict(env)
+    out, err = io.StringIO(), io.StringIO()
+    if not _CLI_LOCK.acquire(timeout=TIMEOUT):
+        raise TimeoutError("another in-process command is still running")
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        with (
+            contextlib.chdir(cwd or Path.cwd()),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        _CLI_LOCK.release()
+    return Run(code, out.getvalue(), err.getvalue())
 
 
 @asynccontextmanager

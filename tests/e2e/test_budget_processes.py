@@ -7,7 +7,6 @@ held."""
 from __future__ import annotations
 
 import sqlite3
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,6 +19,7 @@ from tests.helpers import (
     TIMEOUT,
     Deployment,
     assert_denied,
+    cli,
     guard_command,
     guard_env,
     stdio_guard,
@@ -133,14 +133,8 @@ async def test_four_guard_processes_making_six_concurrent_calls_each_forward_exa
         + [("deny", "budget_exhausted", None)] * (PROCESSES * CALLS_EACH - WORTH)
     )
     assert len({c["session"] for c in calls}) == PROCESSES
-    with anyio.fail_after(TIMEOUT):
-        verify = await anyio.run_process(
-            [sys.executable, "-m", "mcp_guard", "--config", str(deployment.config_path), "ledger", "verify"],
-            cwd=deployment.root,
-            env=guard_env(),
-            check=False,
-        )
-    assert verify.returncode == 0, verify.stderr.decode()
+    verify = await cli("--config", str(deployment.config_path), "ledger", "verify")
+    assert verify.returncode == 0, verify.stderr
 
 
 async def race(deployment: Deployment, processes: int, calls_each: int, amount: Any = AMOUNT) -> list[Any]:

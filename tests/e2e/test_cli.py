@@ -1,33 +1,43 @@
-"""The `mcp-guard` command as a real subprocess: `check` on good and bad configs, `serve` with an
-unknown agent, `tools` and `explain`. Bad config is exit 2 with one `file:path: reason` line."""
+"""The `mcp-guard` command: `check` on good and bad configs, `serve` with an unknown agent, `tools`
+and `explain`. Bad config is exit 2 with one `file:path: reason` line. The commands run in this
+process (`tests.helpers.cli`) unless the process itself is the point; their upstreams are real
+processes."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from tests.helpers import HOSTILE_SECRET, REPO_ROOT, SECRETS, TIMEOUT, Deployment, guard_env, write_private
+from tests.helpers import (
+    HOSTILE_SECRET,
+    REPO_ROOT,
+    SECRETS,
+    TIMEOUT,
+    Deployment,
+    Run,
+    cli,
+    guard_env,
+    write_private,
+)
 from tests.upstreams.hostile import secret_forms as hostile_forms
 
 
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 async def mcp_guard(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Run:
+    """The command, run in this process (see `cli`)."""
+    return await cli(*args, cwd=cwd, env=env)
+
+
+async def mcp_guard_process(*args: str, cwd: Path) -> Run:
+    """The real `python -m mcp_guard` process."""
     with anyio.fail_after(TIMEOUT):
         done = await anyio.run_process(
-            [sys.executable, "-m", "mcp_guard", *args], cwd=cwd, env=env or guard_env(), check=False
+            [sys.executable, "-m", "mcp_guard", *args], cwd=cwd, env=guard_env(), check=False
         )
     return Run(done.returncode, done.stdout.decode(), done.stderr.decode())
 
@@ -44,7 +54,7 @@ def assert_one_clear_line(run: Run, *words: str) -> str:
 
 
 async def test_check_accepts_the_bundled_example_deployment() -> None:
-    run = await mcp_guard("check", cwd=REPO_ROOT)
+    run = await mcp_guard_process("check", cwd=REPO_ROOT)
     assert run.returncode == 0, run
     assert run.stdout.startswith("ok: ")
     assert "Traceback" not in run.stderr

@@ -32,7 +32,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcp_guard.examples.journal import JOURNAL_ENV, read_journal
 from mcp_guard.identity.keys import hash_key, new_key
-from tests.helpers import drain_serving, free_port, wait_for_port
+from tests.helpers import Run, cli_blocking, drain_serving, free_port, wait_for_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 30.0
@@ -583,11 +583,9 @@ async def test_a_json_rpc_batch_is_refused_whole(guard: HttpGuard) -> None:
 # -- the command line -----------------------------------------------------------------------------
 
 
-def _run(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _run(*args: str, config: Path | None = None) -> Run:
     prefix = ["--config", str(config)] if config else []
-    return subprocess.run(
-        [*_command(), *prefix, *args], capture_output=True, text=True, timeout=TIMEOUT, check=False
-    )
+    return cli_blocking(*prefix, *args)
 
 
 def test_agent_key_prints_a_new_key_once_with_its_sha256_line() -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.helpers import (
     Deployment,
     RawGuard,
     assert_denied,
+    cli,
     guard_command,
     guard_env,
     ledger_events,
@@ -96,13 +96,8 @@ async def test_support_bot_over_stdio_sees_only_its_tools_and_every_call_is_deci
     assert {r["agent"] for r in rows} == {"support-bot"}
     assert len({r["session"] for r in rows}) == 1
     assert "Traceback" not in deployment.stderr()
-    with anyio.fail_after(TIMEOUT):
-        verified = await anyio.run_process(
-            [sys.executable, "-m", "mcp_guard", "--config", str(deployment.config_path), "ledger", "verify"],
-            env=guard_env(),
-            check=False,
-        )
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    verified = await cli("--config", str(deployment.config_path), "ledger", "verify")
+    assert verified.returncode == 0, verified
 
 
 def nested(depth: int) -> str:

@@ -9,9 +9,7 @@ import getpass
 import json
 import re
 import sqlite3
-import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,9 +21,10 @@ from tests.helpers import (
     BILLING_TOOLS,
     TIMEOUT,
     Deployment,
+    Run,
     assert_denied,
+    cli,
     gather,
-    guard_env,
     inprocess_guard,
     inprocess_guards,
     text_of,
@@ -113,19 +112,9 @@ def actions(deployment: Deployment, rid: str) -> list[str]:
     return [e["action"] for e in approval_events(deployment.ledger_path) if e["id"] == rid]
 
 
-@dataclass
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 async def approvals(deployment: Deployment, *args: str) -> Run:
-    """The real `mcp-guard approvals ...` command, as the operator runs it."""
-    command = [sys.executable, "-m", "mcp_guard", "--config", str(deployment.config_path), "approvals", *args]
-    with anyio.fail_after(TIMEOUT):
-        done = await anyio.run_process(command, cwd=deployment.root, env=guard_env(), check=False)
-    return Run(done.returncode, done.stdout.decode(), done.stderr.decode())
+    """The `mcp-guard approvals ...` command, as the operator runs it."""
+    return await cli("--config", str(deployment.config_path), "approvals", *args, cwd=deployment.root)
 
 
 async def decide(deployment: Deployment, verb: str, rid: str) -> None:

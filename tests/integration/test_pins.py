@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,11 @@ from tests.helpers import (
     HOSTILE_TOOL_NAMES,
     TIMEOUT,
     Deployment,
+    Run,
     _connect,
     assert_denied,
+    cli,
     gather,
-    guard_env,
     inprocess_guard,
     inprocess_guards,
     ledger_events,
@@ -49,14 +49,12 @@ def withheld_events(deployment: Deployment) -> list[dict[str, Any]]:
     return [e for e in pin_events(deployment.ledger_path) if e.get("action") == "withheld"]
 
 
-async def manifest_lock(deployment: Deployment, *servers: str) -> Any:
-    """The real `mcp-guard manifest lock` command."""
+async def manifest_lock(deployment: Deployment, *servers: str) -> Run:
+    """The `mcp-guard manifest lock` command."""
     deployment.write()
-    command = [sys.executable, "-m", "mcp_guard", "--config", str(deployment.config_path), "manifest", "lock"]
-    with anyio.fail_after(TIMEOUT):
-        return await anyio.run_process(
-            [*command, *servers], check=False, env=guard_env(), cwd=deployment.root
-        )
+    return await cli(
+        "--config", str(deployment.config_path), "manifest", "lock", *servers, cwd=deployment.root
+    )
 
 
 async def listed(session: ClientSession) -> dict[str, types.Tool]:
@@ -207,7 +205,7 @@ async def test_manifest_lock_of_an_unknown_server_exits_2(deployment: Deployment
     deployment.with_hostile()
     done = await manifest_lock(deployment, "nope")
     assert done.returncode == 2
-    assert b"'nope'" in done.stderr
+    assert "'nope'" in done.stderr
     assert not (deployment.manifests_dir / "hostile.lock").exists()
 
 
@@ -241,11 +239,9 @@ async def test_tools_are_pinned_as_the_guard_starts_before_any_request(deploymen
     assert deployment.journals() == []
 
 
-async def preview(deployment: Deployment, *args: str) -> Any:
-    """The real `mcp-guard tools` or `explain` command."""
-    command = [sys.executable, "-m", "mcp_guard", "--config", str(deployment.config_path), *args]
-    with anyio.fail_after(TIMEOUT):
-        return await anyio.run_process(command, check=False, env=guard_env(), cwd=deployment.root)
+async def preview(deployment: Deployment, *args: str) -> Run:
+    """The `mcp-guard tools` or `explain` command."""
+    return await cli("--config", str(deployment.config_path), *args, cwd=deployment.root)
 
 
 @pytest.mark.parametrize("lock_lists_echo", [True, False], ids=["changed-since-locked", "not-in-the-lock"])
@@ -269,7 +265,7 @@ async def test_explain_and_tools_say_pin_mismatch_for_a_withheld_tool_exactly_as
     assert served.startswith("denied (pin_mismatch): ")
     before = deployment.ledger()
 
-    # Four read-only commands, each starting its own upstream: run at once.
+    # Four read-only commands, each starting its own upstream.
     explained, hidden, tools, for_finance = await gather(
         preview(deployment, "explain", "--agent", "qa-bot", ECHO, '{"text": "hi"}'),
         preview(deployment, "explain", "--agent", "finance-bot", ECHO, '{"text": "hi"}'),
@@ -277,13 +273,13 @@ async def test_explain_and_tools_say_pin_mismatch_for_a_withheld_tool_exactly_as
         preview(deployment, "tools", "--agent", "finance-bot"),
     )
     assert explained.returncode == 1, explained.stderr
-    assert explained.stdout.decode().strip() == served
-    assert hidden.stdout.decode().strip() == f"denied (unknown_tool): Unknown tool: {ECHO}"
+    assert explained.stdout.strip() == served
+    assert hidden.stdout.strip() == f"denied (unknown_tool): Unknown tool: {ECHO}"
 
     assert tools.returncode == 0, tools.stderr
-    assert ECHO not in tools.stdout.decode()
-    assert f"mcp-guard: {ECHO} is not shown: {served}" in tools.stderr.decode().splitlines()
-    assert ECHO not in for_finance.stderr.decode()  # withholding reveals no hidden tool
+    assert ECHO not in tools.stdout
+    assert f"mcp-guard: {ECHO} is not shown: {served}" in tools.stderr.splitlines()
+    assert ECHO not in for_finance.stderr  # withholding reveals no hidden tool
 
     assert echo_calls(deployment) == 0
     assert deployment.ledger() == before  # explain and tools write nothing
