@@ -76,6 +76,14 @@ class Caller:
         offers = await guard.offers(self.identify(ctx), policy, scrubber)
         return types.ListToolsResult(tools=[advertise(o, scrubber) for o in offers.values()])
 
+    async def set_logging_level(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        """Accepted from any agent; upstream log messages at `level` and above reach this connection
+        from servers whose manifest relays them and where the agent has a grant."""
+        self.guard.exchanges.listen(ctx, self.identify(ctx).name, params.level)
+        return types.EmptyResult()
+
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:

@@ -21,6 +21,7 @@ from mcp_guard.config import LockoutConfig
 from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.guard import holds, pins
 from mcp_guard.guard.convert import refusal, relay
+from mcp_guard.guard.exchanges import Exchange
 from mcp_guard.guard.paths import contained
 from mcp_guard.ledger.entries import CallRecord, sensitive
 from mcp_guard.policy import approvals, budgets
@@ -157,10 +158,13 @@ class Call:
         assert decision.server is not None
         guard = self.guard
         outcome, detail, result = "upstream_error", None, None
+        agent, server, tool = self.agent, decision.server, decision.tool
+        exchange = Exchange(call_id, agent, self.session, server, tool, self.ctx, self.policy.hash)
         try:
-            result = await guard.pool.call(
-                decision.server, decision.tool, dict(decision.arguments), progress_relay(self.ctx)
-            )
+            with guard.exchanges.open(exchange):  # what the upstream asks meanwhile reaches this caller
+                result = await guard.pool.call(
+                    server, tool, dict(decision.arguments), progress_relay(self.ctx)
+                )
             outcome = "error" if result.is_error else "ok"
         except anyio.get_cancelled_exc_class():
             outcome = "cancelled"
