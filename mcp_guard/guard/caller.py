@@ -86,7 +86,12 @@ class Caller:
 
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         agent = self.identify(ctx)
         async with self.guard.telemetry.call(agent.name, params.name, ctx.meta):
+            if params.request_state is not None:  # a round of a call in progress, with its answers
+                rounds = self.guard.exchanges.rounds
+                return await rounds.resume(
+                    params.request_state, agent.name, params.name, params.input_responses
+                )
             return await Call(self.guard, agent, self.session_of(ctx), ctx, params).run()

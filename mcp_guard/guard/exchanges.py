@@ -26,6 +26,7 @@ from mcp.server.connection import allowed_log_levels
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcp_guard.guard.rounds import Parked, Rounds
 from mcp_guard.ledger import ElicitationEvent, LedgerEvent, SamplingEvent
 from mcp_guard.policy.engine import Agent
 from mcp_guard.relay import Relay
@@ -53,6 +54,7 @@ class Exchange:
     ctx: ServerRequestContext[Any, Any]
     policy_hash: str
     scopes: set[anyio.CancelScope] = field(default_factory=set)  # relays waiting on the client
+    parked: Parked | None = None  # a multi-round-trip client's call: what is asked waits for its retry
 
     @property
     def connection(self) -> Any:
@@ -87,6 +89,7 @@ class Exchanges:
         self.guard: Guard | None = None
         self._calls: dict[str, list[Exchange]] = {}
         self._listeners: weakref.WeakKeyDictionary[Any, Listener] = weakref.WeakKeyDictionary()
+        self.rounds = Rounds()
 
     @contextmanager
     def open(self, exchange: Exchange) -> Iterator[None]:
@@ -127,7 +130,7 @@ class Exchanges:
             payload = {"mode": getattr(request.params, "mode", None) or "form"}
         else:  # not opted in (a multi-round-trip request), or roots: refused as ever, unrecorded
             return _refusal(f"{request.method} is not supported")
-        problem = _unfit(exchange.ctx.session, outgoing)
+        problem = _unfit(exchange.ctx.session, outgoing, multi_round=exchange.parked is not None)
         if problem is not None:
             return await self._record(exchange, kind, {**payload, "action": "refused", "reason": problem})
         answer = await self._ask(exchange, outgoing, manifest.upstream.timeout if manifest else 60.0)
@@ -163,6 +166,8 @@ class Exchanges:
         with anyio.CancelScope() as scope:
             exchange.scopes.add(scope)
             try:
+                if exchange.parked is not None:  # answered by the client's next round
+                    return await exchange.parked.ask(request, wait)
                 with anyio.fail_after(wait):
                     return await exchange.ctx.session.send_request(request, result_type, metadata=related)
             except MCPError as exc:
@@ -256,10 +261,11 @@ async def _notify(connection: Any, notification: Any, related_request_id: Any = 
     await connection.notify(dumped["method"], dumped.get("params"))
 
 
-def _unfit(session: Any, request: Any) -> str | None:
+def _unfit(session: Any, request: Any, *, multi_round: bool) -> str | None:
     """Why this client cannot be sent this request (None: it can): it did not declare the
-    capability, or its protocol version has no server-to-client requests."""
-    if session.protocol_version in MODERN_PROTOCOL_VERSIONS:
+    capability, or its protocol version has no server-to-client requests and the request cannot
+    wait for its next round."""
+    if session.protocol_version in MODERN_PROTOCOL_VERSIONS and not multi_round:
         return "speaks a protocol version without requests from servers"
     wanted: types.ClientCapabilities
     if isinstance(request, types.CreateMessageRequest):

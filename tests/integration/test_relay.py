@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 import pytest
-from mcp import ClientSession
+from mcp import ClientSession, MCPError
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.shared.message import SessionMessage
 
@@ -73,7 +73,9 @@ class Relayed:
         ]
 
 
-def _client(answer: Any = None, *, sampling: bool = True, elicitation: bool = True) -> dict[str, Any]:
+def _client(
+    answer: Any = None, *, sampling: bool = True, elicitation: bool = True, modern: bool = False
+) -> dict[str, Any]:
     """ClientSession callbacks for a client that declares what it is given, records what it was
     asked, and answers with `answer(params)` (or runs it, if it is a coroutine function)."""
     box: dict[str, Any] = {}
@@ -94,7 +96,7 @@ def _client(answer: Any = None, *, sampling: bool = True, elicitation: bool = Tr
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
         box["client"].logs.append(params)
 
-    args: dict[str, Any] = {"logging_callback": on_log, "_box": box}
+    args: dict[str, Any] = {"logging_callback": on_log, "_box": box, "modern": modern}
     if sampling:
         args["sampling_callback"] = respond
     if elicitation:
@@ -137,6 +139,9 @@ async def relayed(
 
 @asynccontextmanager
 async def _connect(caller: Caller, session_args: dict[str, Any]) -> AsyncIterator[ClientSession]:
+    """A client of the 2025 form (initialize); with `modern=True` in the arguments, one of the
+    2026-07-28 form (discover, no handshake: requests from servers come back as results)."""
+    modern = session_args.pop("modern", False)
     server = build_server(caller)
     to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](16)
     server_out, to_client = anyio.create_memory_object_stream[SessionMessage | Exception](16)
@@ -146,7 +151,7 @@ async def _connect(caller: Caller, session_args: dict[str, Any]) -> AsyncIterato
             to_client, to_server, read_timeout_seconds=TIMEOUT, **session_args
         ) as session:
             with anyio.fail_after(TIMEOUT):
-                await session.initialize()
+                await (session.discover() if modern else session.initialize())
             yield session
         tg.cancel_scope.cancel()
 
@@ -313,6 +318,70 @@ async def test_input_asked_for_in_the_multi_round_trip_form_goes_to_the_waiting_
             await inbound.call_tool(session, "asking", "input_required", {"message": "who?"}, TIMEOUT, None)
     assert text_of(result) == 'round-1 accept {"name": "ada"}'
     assert [type(r.params) for r in asked] == [types.ElicitRequestFormParams]
+
+
+async def rounds(client: Client, tool: str, arguments: dict[str, Any]) -> tuple[list[Any], Any]:
+    """A multi-round-trip call: each round's input requests answered as `_client` answers them
+    (accept, a completion), then retried with the `requestState`; the rounds seen and the result."""
+    session, seen = client.session, []
+    with anyio.fail_after(TIMEOUT):
+        result = await session.call_tool(f"asking__{tool}", arguments, allow_input_required=True)
+        while isinstance(result, types.InputRequiredResult):
+            seen.append(result)
+            answers: dict[str, Any] = {}
+            for key, request in (result.input_requests or {}).items():
+                client.asked.append(request.params)
+                answers[key] = (
+                    types.ElicitResult(action="accept", content={"name": "ada"})
+                    if isinstance(request, types.ElicitRequest)
+                    else types.CreateMessageResult(
+                        role="assistant", content=types.TextContent(text="a completion"), model="m"
+                    )
+                )
+            result = await session.call_tool(
+                f"asking__{tool}",
+                arguments,
+                input_responses=answers,
+                request_state=result.request_state,
+                allow_input_required=True,
+            )
+    return seen, result
+
+
+async def test_a_multi_round_trip_client_is_asked_in_its_calls_result_and_its_retry_completes_the_call(
+    deployment: Deployment,
+) -> None:
+    clients = {"qa-bot": _client(modern=True), "qa-two": _client(modern=True)}
+    async with relayed(deployment, clients) as r:
+        seen, said = await rounds(r.clients["qa-bot"], "elicit", {"message": "name? SECRET"})
+        _, sampled = await rounds(r.clients["qa-bot"], "sample", {"prompt": "hi", "max_tokens": 900})
+        # Another agent holding the requestState of qa-bot's call cannot answer it, nor can anyone
+        # name a call that does not exist.
+        first = await r.clients["qa-bot"].session.call_tool(
+            "asking__elicit", {"message": "again"}, allow_input_required=True
+        )
+        assert isinstance(first, types.InputRequiredResult)
+        for agent, state in (("qa-two", first.request_state), ("qa-bot", "made-up")):
+            with pytest.raises(MCPError, match="requestState names no call of yours"):
+                await r.clients[agent].session.call_tool(
+                    "asking__elicit", {}, input_responses={}, request_state=state, allow_input_required=True
+                )
+    assert text_of(said) == 'accept {"name": "ada"}'
+    assert text_of(sampled) == "sampled a completion"
+    assert len(seen) == 1
+    assert seen[0].request_state is not None
+    assert "round" not in seen[0].request_state  # the guard's own key, not the upstream's
+    first_asked, sample_asked = r.clients["qa-bot"].asked
+    assert_no_secret(first_asked.model_dump_json(), SECRET)
+    assert sample_asked.max_tokens == 50
+    assert r.clients["qa-two"].asked == []
+    assert [
+        (e["agent"], e["tool"], e["action"]) for e in r.entries("elicitation") + r.entries("sampling")
+    ] == [
+        ("qa-bot", "elicit", "accept"),
+        ("qa-bot", "sample", "completed"),
+    ]
+    assert [c["tool"] for c in r.deployment.ledger()] == ["elicit", "sample", "elicit"]  # decided once each
 
 
 # -- log messages -------------------------------------------------------------------------------------
