@@ -170,8 +170,8 @@ class Exchanges:
                     return await exchange.parked.ask(request, wait)
                 with anyio.fail_after(wait):
                     return await exchange.ctx.session.send_request(request, result_type, metadata=related)
-            except MCPError as exc:
-                return _refusal(f"the client refused: {exc.error.message}"[:200])
+            except MCPError:  # what the client said is between it and its user
+                return _refusal("the client refused the request")
             except TimeoutError:
                 return _refusal("the client did not answer in time")
             except Exception as exc:  # whatever the client sent, the upstream hears only that it failed

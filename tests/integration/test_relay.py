@@ -384,6 +384,18 @@ async def test_a_multi_round_trip_client_is_asked_in_its_calls_result_and_its_re
     assert [c["tool"] for c in r.deployment.ledger()] == ["elicit", "sample", "elicit"]  # decided once each
 
 
+async def test_a_multi_round_trip_client_without_the_capability_is_asked_nothing(
+    deployment: Deployment,
+) -> None:
+    async with relayed(deployment, {"qa-bot": _client(modern=True, elicitation=False)}) as r:
+        seen, said = await rounds(r.clients["qa-bot"], "elicit", {"message": "name?"})
+    assert seen == []
+    assert text_of(said).startswith("error ")
+    assert [(e["action"], e["reason"]) for e in r.entries("elicitation")] == [
+        ("refused", "did not declare the capability")
+    ]
+
+
 # -- log messages -------------------------------------------------------------------------------------
 
 
