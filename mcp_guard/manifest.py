@@ -18,6 +18,7 @@ from mcp_guard.config import GuardConfig, check_https, load_config
 from mcp_guard.errors import ConfigError
 from mcp_guard.loading import NAME_PATTERN, Duration, Frozen, build, expand_env, load_yaml
 from mcp_guard.policy.schemas import has_dialect, typed_limit
+from mcp_guard.relay import Relay
 from mcp_guard.secrets import LOGGER
 
 SERVER_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
@@ -241,6 +242,7 @@ class Upstream(Frozen):
     headers: dict[str, str] = {}
     timeout: Duration = 60.0
     auth: UpstreamAuth | None = None  # a token the guard fetches for an HTTP upstream
+    relay: Relay = Relay()  # what of the upstream's own requests and logs reaches clients
 
     @model_validator(mode="after")
     def _one_transport(self) -> Upstream:
@@ -318,9 +320,7 @@ def load_manifest(path: Path) -> Manifest:
         LOGGER.warning(f"warning: {file}: server {manifest.server!r} differs from the file name")
     for tool in manifest.tools:
         if not TOOL_NAME.match(tool):
-            msg = (
-                f"no upstream can have a tool named {tool!r} (letters, digits, _ . -); use select: for globs"
-            )
+            msg = f"no upstream can have a tool named {tool!r} (letters, digits, _ . -); use select: to glob"
             LOGGER.warning(f"warning: {file}:tools.{tool}: {msg}")
     # Everything handed to the upstream (env, headers) and every ${VAR} value is a secret.
     handed = {*manifest.upstream.env.values(), *manifest.upstream.headers.values()}

@@ -31,7 +31,17 @@ from mcp_guard.ledger.base import POLL, Filter
 from mcp_guard.ledger.entries import OUTCOMES, format_ts
 
 T = TypeVar("T")
-EVENT_KINDS = ("activation", "lockout", "unlock", "mark", "approval", "pin", "policy")
+EVENT_KINDS = (
+    "activation",
+    "lockout",
+    "unlock",
+    "mark",
+    "approval",
+    "pin",
+    "policy",
+    "elicitation",
+    "sampling",
+)
 
 IN_FLIGHT_SECONDS = 3.0
 MAX_ARGUMENTS_CHARS = 200

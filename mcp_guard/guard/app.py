@@ -7,6 +7,7 @@ ledger only through its LedgerStore protocol: how and where a store commits is i
 from __future__ import annotations
 
 import json
+import warnings
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -17,12 +18,14 @@ import anyio
 import mcp_types as types
 from mcp.server import NotificationOptions, Server, ServerRequestContext
 from mcp.server.models import InitializationOptions
+from mcp.shared.exceptions import MCPDeprecationWarning
 
 from mcp_guard import __version__
 from mcp_guard.config import GuardConfig, NotifyConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.guard import pins, standing
 from mcp_guard.guard.convert import offered, tool_def
+from mcp_guard.guard.exchanges import Exchanges
 from mcp_guard.guard.observed import ObservedLedger
 from mcp_guard.guard.standing import Standing
 from mcp_guard.guard.telemetry import Telemetry
@@ -53,6 +56,7 @@ class Guard:
     ledger: LedgerStore
     served: tuple[str, ...] = ()  # agents to prepare offers for at start (stdio: its one agent)
     telemetry: Telemetry = field(default_factory=Telemetry)  # metrics and traces, each off unless configured
+    exchanges: Exchanges = field(default_factory=Exchanges)  # upstream requests and logs relayed to clients
     scrubber: Scrubber = field(init=False)
     # Caches for the policy in force: (policy, the upstreams' lists, the pin-checked catalog).
     _catalog: tuple[Policy, Lists, Catalog] | None = field(default=None, init=False)
@@ -69,6 +73,7 @@ class Guard:
 
     def __post_init__(self) -> None:
         self.scrubber = Scrubber(self.policy.secrets)
+        self.exchanges.guard = self
         self.ledger.redactor = self.scrubber
 
     def log(self, text: str) -> None:
@@ -271,14 +276,18 @@ class GuardServer(Server[Any]):
 
 
 def build_server(caller: Caller) -> GuardServer:
-    """Only tools/list, tools/call and ping are served; every other method gets -32601."""
-    server = GuardServer(
-        "mcp-guard",
-        version=__version__,
-        on_list_tools=caller.list_tools,
-        on_call_tool=caller.call_tool,
-        get_tool_input_schema=caller.tool_input_schema,
-    )
+    """Only tools/list, tools/call, logging/setLevel and ping are served; every other method gets
+    -32601."""
+    with warnings.catch_warnings():  # logging/setLevel is deprecated by 2026-07-28, not before it
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        server = GuardServer(
+            "mcp-guard",
+            version=__version__,
+            on_list_tools=caller.list_tools,
+            on_call_tool=caller.call_tool,
+            on_set_logging_level=caller.set_logging_level,
+            get_tool_input_schema=caller.tool_input_schema,
+        )
     server.middleware = []  # the SDK's telemetry middleware costs 10-15% per call; not configured here
     return server
 
@@ -300,6 +309,7 @@ async def open_guard(
     key = signing_key(points) if points is not None else None  # a bad key stops the start
     telemetry = telemetry or Telemetry(metrics=config.http.metrics)
     ledger = ObservedLedger.around(await open_ledger(config.ledger))  # decisions and outcomes reach telemetry
+    exchanges = Exchanges()
     guards: list[Guard] = []
 
     async def changed(up: Upstream) -> None:
@@ -323,8 +333,11 @@ async def open_guard(
             max_result_bytes=config.limits.max_result_bytes,
             transports=transports,
             on_secret=learn,
+            relay=exchanges,
         ) as pool:
-            guards.append(Guard(policy=policy, pool=pool, ledger=ledger, served=served, telemetry=telemetry))
+            guards.append(
+                Guard(policy, pool, ledger, served=served, telemetry=telemetry, exchanges=exchanges)
+            )
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
             try:
                 await guards[0].refresh_standing()

@@ -76,9 +76,22 @@ class Caller:
         offers = await guard.offers(self.identify(ctx), policy, scrubber)
         return types.ListToolsResult(tools=[advertise(o, scrubber) for o in offers.values()])
 
+    async def set_logging_level(
+        self, ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        """Accepted from any agent; upstream log messages at `level` and above reach this connection
+        from servers whose manifest relays them and where the agent has a grant."""
+        self.guard.exchanges.listen(ctx, self.identify(ctx).name, params.level)
+        return types.EmptyResult()
+
     async def call_tool(
         self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         agent = self.identify(ctx)
         async with self.guard.telemetry.call(agent.name, params.name, ctx.meta):
+            if params.request_state is not None:  # a round of a call in progress, with its answers
+                rounds = self.guard.exchanges.rounds
+                return await rounds.resume(
+                    params.request_state, agent.name, params.name, params.input_responses
+                )
             return await Call(self.guard, agent, self.session_of(ctx), ctx, params).run()

@@ -16,12 +16,15 @@ import anyio
 import mcp_types as types
 from mcp import MCPError
 from mcp.server import ServerRequestContext
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_guard.config import LockoutConfig
 from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.guard import holds, pins
 from mcp_guard.guard.convert import refusal, relay
+from mcp_guard.guard.exchanges import Exchange
 from mcp_guard.guard.paths import contained
+from mcp_guard.guard.rounds import KEEP, Parked
 from mcp_guard.ledger.entries import CallRecord, sensitive
 from mcp_guard.policy import approvals, budgets
 from mcp_guard.policy.engine import Agent, Decision, Policy, escape_name
@@ -52,7 +55,7 @@ class Call:
         self.arguments: Mapping[str, Any] = params.arguments or {}
         self.policy, self.scrubber = guard.policy, guard.scrubber
 
-    async def run(self) -> types.CallToolResult:
+    async def run(self) -> types.CallToolResult | types.InputRequiredResult:
         guard, agent = self.guard, self.agent
         decision = await self._decide()
         try:
@@ -153,14 +156,49 @@ class Call:
             return Decision.refuse(reason, UNREACHABLE, decision.server, decision.tool, decision.arguments)
         return decision
 
-    async def _forward(self, call_id: str, decision: Decision) -> types.CallToolResult:
+    async def _forward(
+        self, call_id: str, decision: Decision
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """Forward now; for a client of the multi-round-trip form the forward runs on its own, and
+        this request returns its result or, first, what the upstream asks (rounds.py)."""
+        if self.ctx.session.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return await self._forward_now(call_id, decision, None)
+        rounds, tg = self.guard.exchanges.rounds, self.guard.pool.tg
+        assert tg is not None
+        parked = rounds.park(self.agent.name, self.name)
+
+        async def forward() -> None:
+            result = refusal(f"error (cancelled): {AFTER_FORWARD}")
+            try:
+                try:
+                    result = await self._forward_now(call_id, decision, parked)
+                finally:
+                    parked.finish(result)
+                await anyio.sleep(KEEP)  # for a client that is answering still, then forgotten
+            finally:
+                rounds.forget(parked)
+
+        tg.start_soon(forward)
+        result = await parked.next()
+        if not isinstance(result, types.InputRequiredResult):
+            rounds.forget(parked)
+        return result
+
+    async def _forward_now(
+        self, call_id: str, decision: Decision, parked: Parked | None
+    ) -> types.CallToolResult:
         assert decision.server is not None
         guard = self.guard
         outcome, detail, result = "upstream_error", None, None
+        agent, server, tool = self.agent, decision.server, decision.tool
+        exchange = Exchange(
+            call_id, agent, self.session, server, tool, self.ctx, self.policy.hash, parked=parked
+        )
         try:
-            result = await guard.pool.call(
-                decision.server, decision.tool, dict(decision.arguments), progress_relay(self.ctx)
-            )
+            with guard.exchanges.open(exchange):  # what the upstream asks meanwhile reaches this caller
+                result = await guard.pool.call(
+                    server, tool, dict(decision.arguments), progress_relay(self.ctx)
+                )
             outcome = "error" if result.is_error else "ok"
         except anyio.get_cancelled_exc_class():
             outcome = "cancelled"

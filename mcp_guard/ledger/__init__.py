@@ -8,6 +8,7 @@ from mcp_guard.config import LedgerConfig
 from mcp_guard.ledger.base import (
     ActivationEvent,
     ApprovalEvent,
+    ElicitationEvent,
     Filter,
     Invocation,
     LedgerEvent,
@@ -17,6 +18,7 @@ from mcp_guard.ledger.base import (
     PinEvent,
     PolicyEvent,
     RevocationEvent,
+    SamplingEvent,
     Settle,
     UnlockEvent,
     Window,
@@ -26,6 +28,7 @@ from mcp_guard.ledger.sqlite.store import SQLiteStore
 __all__ = [
     "ActivationEvent",
     "ApprovalEvent",
+    "ElicitationEvent",
     "Filter",
     "Invocation",
     "LedgerEvent",
@@ -35,6 +38,7 @@ __all__ = [
     "PinEvent",
     "PolicyEvent",
     "RevocationEvent",
+    "SamplingEvent",
     "Settle",
     "UnlockEvent",
     "Window",

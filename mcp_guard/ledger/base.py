@@ -125,6 +125,22 @@ class RevocationEvent(LedgerEvent):
     kind: ClassVar[str] = "revocation"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ElicitationEvent(LedgerEvent):
+    """An upstream's elicitation/create during a call (its call id), relayed to the caller or
+    refused: `{"action": accept|decline|cancel|error|refused, "mode", "reason"?}`, never the content."""
+
+    kind: ClassVar[str] = "elicitation"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SamplingEvent(LedgerEvent):
+    """An upstream's sampling/createMessage during a call, relayed or refused: `{"action":
+    completed|error|refused, "max_tokens", "capped", "reason"?}`, never the messages or the answer."""
+
+    kind: ClassVar[str] = "sampling"
+
+
 EVENT_TYPES: dict[str, type[LedgerEvent]] = {
     e.kind: e
     for e in (
@@ -136,6 +152,8 @@ EVENT_TYPES: dict[str, type[LedgerEvent]] = {
         UnlockEvent,
         MarkEvent,
         RevocationEvent,
+        ElicitationEvent,
+        SamplingEvent,
     )
 }
 
@@ -175,22 +193,8 @@ class Invocation:
         return fields | {"policy_hash": self.policy_hash, "credential": self.credential, "name": self.name}
 
 
-_JSON_FIELDS = [
-    "id",
-    "call_id",
-    "ts",
-    "agent",
-    "session",
-    "method",
-    "server",
-    "tool",
-    "arguments",
-    "decision",
-    "reason",
-    "detail",
-    "outcome",
-    "duration_ms",
-]
+_JSON_FIELDS: tuple[str, ...] = ("id", "call_id", "ts", "agent", "session", "method", "server", "tool")
+_JSON_FIELDS += ("arguments", "decision", "reason", "detail", "outcome", "duration_ms")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from mcp_guard.policy.targets import METHODS
 
 EVENT_KINDS = frozenset(
     {"policy", "pin", "approval", "activation", "lockout", "unlock", "mark", "revocation"}
+    | {"elicitation", "sampling"}
 )
 DECISIONS = frozenset({"allow", "deny"})
 OUTCOMES = frozenset({"ok", "error", "upstream_error", "timeout", "cancelled"})

@@ -19,6 +19,7 @@ from mcp_guard import tracing
 from mcp_guard.config import LimitsConfig
 from mcp_guard.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from mcp_guard.manifest import Manifest
+from mcp_guard.upstream import inbound
 from mcp_guard.upstream.transports import Transport, Wiring, describe_failure, manifest_transport
 
 START_TIMEOUT = 30.0  # an upstream that has not answered initialize and tools/list by then has failed
@@ -46,8 +47,9 @@ class Upstream:
         errlog: Log | None = None,
         transport: Transport = manifest_transport,
         on_secret: Log | None = None,
+        relay: inbound.Relay | None = None,
     ) -> None:
-        self.manifest = manifest
+        self.manifest, self._relay = manifest, relay
         self._on_secret = on_secret or (lambda _: None)
         self.tools: tuple[types.Tool, ...] = ()
         self.max_result_bytes = max_result_bytes
@@ -111,10 +113,9 @@ class Upstream:
                 wired = (self._on_stderr, self._on_too_large, problems.append, self._on_secret)
                 wiring = Wiring(self.max_result_bytes, *wired)
                 read, write = await stack.enter_async_context(self._transport(self.manifest, wiring))
+                callbacks = inbound.session_callbacks(self.manifest, self._relay, self._log)
                 session = await stack.enter_async_context(
-                    ClientSession(
-                        read, write, message_handler=self._on_message, logging_callback=self._on_log
-                    )
+                    ClientSession(read, write, message_handler=self._on_message, **callbacks)
                 )
                 with anyio.fail_after(START_TIMEOUT):
                     await session.initialize()
@@ -171,10 +172,6 @@ class Upstream:
                 return
             await self._on_change(self)
 
-    async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
-        # Upstream log messages go to the operator (stderr), never to agents.
-        self._log(f"upstream {self.name!r} [{params.level}]: {params.data}")
-
     def mark_dead(self) -> None:
         if self._stop is not None:
             self._stop.set()
@@ -204,9 +201,7 @@ class Upstream:
         timeout = self.manifest.upstream.timeout
         try:
             with anyio.fail_after(timeout + 5), tracing.upstream_call(self.name, tool):
-                return await session.call_tool(
-                    tool, arguments, read_timeout_seconds=timeout, progress_callback=progress
-                )
+                return await inbound.call_tool(session, self.name, tool, arguments, timeout, progress)
         except MCPError as exc:
             if exc.error.code == types.REQUEST_TIMEOUT:
                 raise UpstreamTimeout(f"upstream {self.name!r} timed out after {timeout:g}s") from None
@@ -253,8 +248,9 @@ class Pool:
         errlog: Log | None = None,
         transports: Mapping[str, Transport] | None = None,
         on_secret: Log | None = None,
+        relay: inbound.Relay | None = None,
     ) -> None:
-        self.log = log
+        self.log, self.relay = log, relay
         self.on_secret = on_secret
         self.errlog = errlog
         self.transports = dict(transports or {})
@@ -272,6 +268,7 @@ class Pool:
             errlog=self.errlog,
             transport=self.transports.get(manifest.server, manifest_transport),
             on_secret=self.on_secret,
+            relay=self.relay,
         )
 
     def upstream(self, server: str) -> Upstream:
@@ -371,12 +368,14 @@ async def open_pool(
     errlog: Log | None = None,
     transports: Mapping[str, Transport] | None = None,
     on_secret: Log | None = None,
+    relay: inbound.Relay | None = None,
 ) -> AsyncIterator[Pool]:
     """Start every upstream (waiting up to `wait` seconds for them); stop them all on exit.
     `on_change` hears of an upstream whose tool list changed (a serving guard tells its clients);
     the upstreams' stderr lines go to `errlog` (default `log`); `on_secret` hears of each credential
     obtained for an upstream (its access tokens), to scrub it. `transports` names, by server, a
-    transport to use instead of the manifest's (tests: `memory_transport`); it outlives reloads."""
+    transport to use instead of the manifest's (tests: `memory_transport`); it outlives reloads.
+    `relay` hears of the upstreams' requests and log messages (inbound.py)."""
     on_change = on_change or _ignore
     pool = Pool(
         manifests,
@@ -386,6 +385,7 @@ async def open_pool(
         errlog=errlog,
         transports=transports,
         on_secret=on_secret,
+        relay=relay,
     )
     async with anyio.create_task_group() as tg:
         await pool.start(tg, wait)

@@ -127,6 +127,24 @@ ELICIT_ENUMS = {
             "type": "string",
             "oneOf": [{"const": "value1", "title": "First Option"}, {"const": "value2", "title": "Second"}],
         },
+        "legacyEnum": {
+            "type": "string",
+            "enum": ["opt1", "opt2", "opt3"],
+            "enumNames": ["Option One", "Option Two", "Option Three"],
+        },
+        "untitledMulti": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["option1", "option2", "option3"]},
+        },
+        "titledMulti": {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    {"const": "value1", "title": "First Choice"},
+                    {"const": "value2", "title": "Second"},
+                ]
+            },
+        },
     },
 }
 
