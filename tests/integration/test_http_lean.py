@@ -183,9 +183,10 @@ async def two_apps(deployment: Deployment) -> AsyncIterator[tuple[Any, Any, list
             served.append(answered)
             return answered
 
-        lean.serve = watched  # type: ignore[method-assign]
+        lean.serve = watched  # type: ignore[method-assign,assignment]
         await guard.warm()
-        async with app.app.router.lifespan_context(app.app):
+        inner: Any = app.app
+        async with inner.router.lifespan_context(inner):
             yield app, plain, served
 
 
