@@ -37,6 +37,7 @@ from mcp_guard.logs import json_lines
 from mcp_guard.policy.engine import Agent
 from mcp_guard.secrets import LOGGER
 from mcp_guard.transports import ops, stop_on_signal
+from mcp_guard.transports.coalesce import GatheringHTTPProtocol
 from mcp_guard.transports.credentials import authenticators, metadata_paths, refused
 from mcp_guard.transports.lean import LeanPath, waits_for_approval
 from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
@@ -361,6 +362,7 @@ async def serve_http(guard: Guard, sock: socket.socket) -> None:
         access_log=False,
         server_header=False,
         proxy_headers=False,
+        http=GatheringHTTPProtocol,  # one write per response
         limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=15,
         timeout_graceful_shutdown=5,
