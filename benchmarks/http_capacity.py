@@ -245,7 +245,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-budget", action="store_true", help="no budget on the guard's tool")
     p.add_argument("--no-fastmcp", action="store_true", help="leave out fastmcp's proxy over HTTP")
     p.add_argument("--json", metavar="PATH", help="write every result to PATH")
-    p.add_argument("--profile", metavar="DIR", help="then py-spy each server under 16 connections")
+    p.add_argument("--profile", metavar="DIR", help="then py-spy each server under load")
+    p.add_argument("--profile-at", type=int, default=16, metavar="N", help="connections while profiling (16)")
     p.add_argument("--tmpdir", help="where the guard's throwaway ledger goes")
     p.add_argument(
         "--compare",
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                 if opts.profile:
                     Path(opts.profile).mkdir(parents=True, exist_ok=True)
                     for server in started:
-                        profile(server, 16, opts.seconds, Path(opts.profile) / f"http-{server.key}.txt")
+                        out = Path(opts.profile) / f"http-{server.key}-{opts.profile_at}.txt"
+                        profile(server, opts.profile_at, opts.seconds, out)
             finally:
                 for server in started:
                     server.stop()
