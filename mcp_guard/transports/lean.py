@@ -52,9 +52,10 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 class LeanPath:
-    """See the module docstring. `may_wait(request)`: whether a call could wait (for an operator's
-    approval) long enough that the SDK would keep its stream open with SSE pings; such a call
-    takes the SDK's path."""
+    """See the module docstring. `may_wait(params)`: whether a `tools/call` with these params could
+    wait (for an operator's approval) long enough that the SDK would keep its stream open with SSE
+    pings; such a call takes the SDK's path. A client that closes its connection does not cancel
+    a call answered here (as with the SDK's own JSON responses): it runs to its end, recorded."""
 
     def __init__(
         self,

@@ -102,6 +102,10 @@ CASES: dict[str, Case] = {
     "another agent's key": Case(
         call("billing__diagnostics", {}), {"authorization": f"Bearer {OTHER_KEY}"}, lean=True
     ),
+    "a call of a tool whose grant may ask for approval": Case(
+        call("billing__refund", {"order_id": "ORD-1002", "amount": 5, "currency": "USD"}),  # refused upstream
+        {"authorization": f"Bearer {OTHER_KEY}"},
+    ),
     "an Origin of another site": Case(LOOKUP, {"origin": "http://evil.example"}),
     "a Host of another site": Case(LOOKUP, {"host": "evil.example"}),
     "a session id nobody opened": Case(LOOKUP, {"mcp-session-id": "abc"}),
@@ -163,7 +167,9 @@ async def send(app: Any, case: Case) -> Answer:
 async def two_apps(deployment: Deployment) -> AsyncIterator[tuple[Any, Any, list[bool]]]:
     """The guard's app with its lean path, the same app without it, and what the lean path did
     with each request it was offered (True: answered it)."""
-    deployment.with_billing(tools=copy.deepcopy(BILLING_TOOLS))
+    tools = copy.deepcopy(BILLING_TOOLS)
+    tools["refund"][1]["approval"] = {"when": {"amount": {"exclusiveMinimum": 1000}}, "wait": "1s"}
+    deployment.with_billing(tools=tools)
     deployment.extra_config["agents"] = {
         "support-bot": {"roles": ["support"], "keys": [hash_key(KEY)]},
         "finance-bot": {"roles": ["finance"], "keys": [hash_key(OTHER_KEY)]},
