@@ -544,6 +544,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--tmpdir", help="where the throwaway ledgers go (default: the system temp dir)")
     p.add_argument(
+        "--http-capacity",
+        action="store_true",
+        help="then HTTP capacity with wrk (http_capacity.py): bare, fastmcp and the guard at 1, 16 and 64 "
+        "connections",
+    )
+    p.add_argument(
         "--rules",
         metavar="SIZES",
         type=lambda text: [int(n) for n in text.split(",") if n],
@@ -633,6 +639,16 @@ def main(argv: list[str] | None = None) -> int:
         Path(opts.json).parent.mkdir(parents=True, exist_ok=True)
         Path(opts.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         log(f"wrote {opts.json}")
+    if opts.http_capacity:  # calls per second at capacity, over HTTP (issue 19)
+        import http_capacity
+
+        print()
+        extra = ["--seconds", "2", "--runs", "1"] if opts.quick else []
+        extra += ["--no-fastmcp"] if opts.no_fastmcp else []
+        extra += ["--no-budget"] if opts.no_budget else []
+        extra += ["--tmpdir", opts.tmpdir] if opts.tmpdir else []
+        extra += ["--json", str(Path(opts.json).with_suffix(".http.json"))] if opts.json else []
+        return http_capacity.main(extra)
     return 0
 
 

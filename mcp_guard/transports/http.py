@@ -37,7 +37,9 @@ from mcp_guard.logs import json_lines
 from mcp_guard.policy.engine import Agent
 from mcp_guard.secrets import LOGGER
 from mcp_guard.transports import ops, stop_on_signal
+from mcp_guard.transports.coalesce import GatheringHTTPProtocol
 from mcp_guard.transports.credentials import authenticators, metadata_paths, refused
+from mcp_guard.transports.lean import LeanPath, waits_for_approval
 from mcp_guard.transports.origins import LOOPBACK_HOSTS, LOOPBACK_ORIGINS, Allowed
 from mcp_guard.transports.sessions import SESSION_IDLE_TIMEOUT, SessionOwners
 from mcp_guard.wire import StrictJSONError, parse_strict
@@ -119,8 +121,10 @@ class GuardMiddleware:
         guard: Guard,
         allowed: Allowed,
         authenticator: Authenticator,
+        lean: LeanPath | None = None,
     ) -> None:
         self.app = app
+        self.lean = lean
         self.guard = guard
         self.allowed = allowed
         self.authenticator = authenticator
@@ -215,6 +219,8 @@ class GuardMiddleware:
         # The SDK's own session binding compares this principal too (a second lock on the door).
         token = AccessToken(token="-", client_id=agent.name, scopes=[], subject=agent.name)  # noqa: S106
         scope["user"] = AuthenticatedUser(token)
+        if sid is None and self.lean is not None and await self.lean.serve(scope, message, send):
+            return
         opened: list[str] = []
 
         async def watch(msg: Message) -> None:
@@ -313,7 +319,8 @@ def build_app(guard: Guard, host: str) -> GuardMiddleware:
             yield
 
     inner = Starlette(routes=[Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(manager))], lifespan=lifespan)
-    return GuardMiddleware(inner, guard, allowed, authenticators(guard))
+    lean = LeanPath(server, manager, MCP_PATH, waits_for_approval(guard))
+    return GuardMiddleware(inner, guard, allowed, authenticators(guard), lean)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -355,6 +362,7 @@ async def serve_http(guard: Guard, sock: socket.socket) -> None:
         access_log=False,
         server_header=False,
         proxy_headers=False,
+        http=GatheringHTTPProtocol,  # one write per response
         limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=15,
         timeout_graceful_shutdown=5,

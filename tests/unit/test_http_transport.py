@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from mcp_guard.errors import ListenError
+from mcp_guard.transports.coalesce import GatheringTransport
 from mcp_guard.transports.http import bind, parse_listen
 from mcp_guard.transports.sessions import SESSION_IDLE_TIMEOUT, SessionOwners
 
@@ -85,3 +86,33 @@ async def test_accepted_connections_send_without_waiting_for_acks() -> None:
             assert await nodelay.get() != 0
         writer.close()
         await writer.wait_closed()
+
+
+async def test_what_a_response_writes_in_one_loop_turn_leaves_in_one_send_and_a_close_sends_it_first() -> (
+    None
+):
+    """uvicorn writes a response's head and body apart; the listener's transport holds them to
+    the end of the event loop's turn and sends them together (one segment, one wake-up)."""
+    ours, peer = socket.socketpair()
+    peer.setblocking(False)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+    gathering = GatheringTransport(transport, loop)  # type: ignore[arg-type]
+    try:
+        head, body = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n", b"{}"
+        gathering.write(head)
+        gathering.write(body)
+        gathering.write(b"")
+        with pytest.raises(BlockingIOError):
+            peer.recv(1024)  # nothing sent within the turn
+        assert gathering.get_write_buffer_size() == len(head + body)
+        await asyncio.sleep(0)
+        assert peer.recv(1024) == head + body
+        gathering.write(b"last words")
+        gathering.close()
+        await asyncio.sleep(0.01)
+        assert peer.recv(1024) == b"last words"
+        assert gathering.is_closing()
+    finally:
+        transport.close()
+        peer.close()
