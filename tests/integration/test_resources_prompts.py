@@ -5,6 +5,7 @@ refusal recorded with its method and never seen by the upstream, and every resul
 from __future__ import annotations
 
 import base64
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,30 @@ async def test_capabilities_offer_resources_prompts_and_completion_only_when_gra
         assert caps.completions is None
         with pytest.raises(MCPError):
             await session.read_resource("test://static-text")
+
+
+async def test_a_resource_or_prompt_whose_definition_is_not_its_pin_is_withheld(tmp_path: Path) -> None:
+    from mcp_guard.guard.convert import surface_def
+    from tests.conformance.upstream import RESOURCES
+    from tests.helpers import ledger_events, write_private
+
+    d = deployment(tmp_path)
+    d.write()
+    text = surface_def("resource", RESOURCES[0])
+    lock = {
+        text.name: text.digest,
+        "resource:test://static-binary": "0" * 64,
+        "prompt:test_prompt_with_arguments": "0" * 64,
+    }
+    write_private(d.manifests_dir / f"{SERVER}.lock", json.dumps(lock))
+    async with inprocess_guard(d, "support-bot") as session:
+        assert {str(r.uri) for r in (await session.list_resources()).resources} == {"test://static-text"}
+        assert (await session.list_prompts()).prompts == []
+        with pytest.raises(MCPError) as caught:
+            await session.read_resource("test://static-binary")
+        assert caught.value.error.code == -32002
+        assert (await session.read_resource("test://static-text")).contents
+    assert [e["params"]["uri"] for e in seen(d, "resources/read")] == ["test://static-text"]
+    assert [e["reason"] for e in decisions(d) if e["decision"] == "deny"] == ["pin_mismatch"]
+    held = {e["tool"] for e in ledger_events(d.ledger_path, "pin") if e.get("action") == "withheld"}
+    assert {"resource:test://static-binary", "prompt:test_prompt_with_arguments"} <= held
