@@ -81,6 +81,15 @@ class View:
         return self.read(uri).allowed
 
 
+def served(caller: Caller, method: str) -> None:
+    """A guard whose policy grants no resources (or no prompts; neither, for completion) does not
+    serve their methods at all: -32601, as before they existed, and as its capabilities say."""
+    resources, prompts = caller.guard.policy.exposes
+    wanted = {"resources": resources, "prompts": prompts, "completion": resources or prompts}
+    if not wanted[method.split("/")[0]]:
+        raise MCPError(types.METHOD_NOT_FOUND, "Method not found")
+
+
 async def view(guard: Guard, agent: Agent, policy: Policy | None = None) -> View:
     """The agent's view under `policy` (default: in force); nothing while it is locked out."""
     policy = policy or guard.policy
@@ -98,6 +107,7 @@ async def view(guard: Guard, agent: Agent, policy: Policy | None = None) -> View
 async def list_resources(
     caller: Caller, ctx: ServerRequestContext[Any, Any], _: types.PaginatedRequestParams | None
 ) -> types.ListResourcesResult:
+    served(caller, "resources/list")
     seen = await view(caller.guard, caller.identify(ctx))
     scrubber = caller.guard.scrubber
     found = readable(seen.agent, seen.policy.manifests, seen.surfaces, seen.policy.agents)
@@ -108,6 +118,7 @@ async def list_resources(
 async def list_templates(
     caller: Caller, ctx: ServerRequestContext[Any, Any], _: types.PaginatedRequestParams | None
 ) -> types.ListResourceTemplatesResult:
+    served(caller, "resources/templates/list")
     seen = await view(caller.guard, caller.identify(ctx))
     found = visible_templates(seen.agent, seen.policy.manifests, seen.surfaces, seen.policy.agents)
     shown = [advertise_template(d, caller.guard.scrubber) for _, d in found]
@@ -117,6 +128,7 @@ async def list_templates(
 async def list_prompts(
     caller: Caller, ctx: ServerRequestContext[Any, Any], _: types.PaginatedRequestParams | None
 ) -> types.ListPromptsResult:
+    served(caller, "prompts/list")
     seen = await view(caller.guard, caller.identify(ctx))
     scrubber = caller.guard.scrubber
     return types.ListPromptsResult(prompts=[advertise_prompt(o, scrubber) for o in seen.prompts().values()])
@@ -207,6 +219,7 @@ def _invalid(decision: Decision) -> MCPError:
 async def read_resource(
     caller: Caller, ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
 ) -> types.ReadResourceResult:
+    served(caller, "resources/read")
     seen = await view(caller.guard, caller.identify(ctx))
     uri = str(params.uri)
     decision = seen.read(uri)
@@ -222,6 +235,7 @@ async def read_resource(
 async def get_prompt(
     caller: Caller, ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
 ) -> types.GetPromptResult:
+    served(caller, "prompts/get")
     seen = await view(caller.guard, caller.identify(ctx))
     arguments = dict(params.arguments or {})
     limit = seen.policy.config.limits.max_argument_bytes
@@ -241,6 +255,7 @@ async def get_prompt(
 async def complete(
     caller: Caller, ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams
 ) -> types.CompleteResult:
+    served(caller, "completion/complete")
     seen = await view(caller.guard, caller.identify(ctx))
     ref = params.ref
     context = dict(params.context.arguments or {}) if params.context else {}
@@ -282,6 +297,7 @@ async def subscribe_resource(
     caller: Caller, ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
 ) -> types.EmptyResult:
     """Needs read permission (else -32002, as for a read); the upstream is subscribed once per URI."""
+    served(caller, "resources/subscribe")
     guard = caller.guard
     seen = await view(guard, caller.identify(ctx))
     uri = str(params.uri)
@@ -308,6 +324,7 @@ async def subscribe_resource(
 async def unsubscribe_resource(
     caller: Caller, ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
 ) -> types.EmptyResult:
+    served(caller, "resources/unsubscribe")
     guard = caller.guard
     seen = await view(guard, caller.identify(ctx))
     uri = str(params.uri)

@@ -310,8 +310,9 @@ async def test_capabilities_offer_resources_prompts_and_completion_only_when_gra
         assert caps.resources is None
         assert caps.prompts is None
         assert caps.completions is None
-        with pytest.raises(MCPError):
+        with pytest.raises(MCPError) as caught:
             await session.read_resource("test://static-text")
+        assert caught.value.error.code == types.METHOD_NOT_FOUND
 
 
 async def test_a_resource_or_prompt_whose_definition_is_not_its_pin_is_withheld(tmp_path: Path) -> None:
