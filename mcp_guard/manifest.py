@@ -243,6 +243,11 @@ class Manifest(Frozen):
         return self
 
     @property
+    def grants_more_than_tools(self) -> bool:
+        """Whether it grants resources or prompts (else the upstream's are never read or shown)."""
+        return bool(self.resources or self.prompts)
+
+    @property
     def name_prefix(self) -> str:
         return f"{self.server}__" if self.prefix is None else self.prefix
 

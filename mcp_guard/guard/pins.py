@@ -250,7 +250,6 @@ async def lock_upstreams(
     """Start the upstreams, then write each one's lock from its live tools: (path, tools) each.
     An upstream that does not start is an error; no lock is written for any then."""
     from mcp_guard.guard.convert import surface_defs, tool_def  # the one digest
-    from mcp_guard.guard.surfaces import exposes
     from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
 
     async with open_pool(manifests, log, wait=START_TIMEOUT) as pool:
@@ -261,7 +260,7 @@ async def lock_upstreams(
             raise GuardError(msg)
         defs: dict[str, list[Any]] = {up.name: [tool_def(t) for t in up.tools] for up in ups}
         for up in ups:  # resources, templates and prompts too, where the manifest grants them
-            defs[up.name] += list(surface_defs(up.surfaces)) if exposes(up.manifest) else []
+            defs[up.name] += list(surface_defs(up.surfaces)) if up.manifest.grants_more_than_tools else []
     written = []
     for manifest in manifests:
         path = lock_path(manifest)

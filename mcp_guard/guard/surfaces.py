@@ -12,15 +12,9 @@ from typing import cast
 from mcp_guard.guard import pins
 from mcp_guard.guard.convert import surface_defs
 from mcp_guard.ledger import LedgerStore
-from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Catalog, Policy
 from mcp_guard.policy.resources import Surfaces
 from mcp_guard.upstream.surfaces import Listed
-
-
-def exposes(manifest: Manifest) -> bool:
-    """Whether the manifest grants anything besides tools (else its surfaces are never read)."""
-    return bool(manifest.resources or manifest.prompts)
 
 
 @dataclass
@@ -35,7 +29,9 @@ class SurfaceCatalog:
 
     async def current(self, policy: Policy, live: Mapping[str, Listed]) -> Surfaces:
         wanted = {
-            s: listed for s, listed in live.items() if s in policy.manifests and exposes(policy.manifests[s])
+            s: listed
+            for s, listed in live.items()
+            if s in policy.manifests and policy.manifests[s].grants_more_than_tools
         }
         cached = self._cache
         if cached is not None and cached[0] is policy and _same(cached[1], wanted):
