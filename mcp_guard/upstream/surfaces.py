@@ -17,6 +17,7 @@ from mcp_guard.errors import UpstreamError, UpstreamTimeout
 from mcp_guard.upstream.transports import describe_failure
 
 MAX_PAGES = 100
+LIST_TIMEOUT = 10.0  # seconds for each whole list
 """An upstream that keeps handing out cursors is read no further (it could page forever)."""
 NOTICES = (
     types.ResourceListChangedNotification,
@@ -42,15 +43,21 @@ def dump(items: tuple[Any, ...]) -> list[dict[str, Any]]:
 
 
 async def _pages(fetch: Callable[[str | None], Awaitable[Any]], field: str) -> tuple[Any, ...]:
+    """Every page of one list; an upstream that fails or stalls on it has none of that kind (its
+    tools are served all the same)."""
     found: list[Any] = []
     cursor: str | None = None
-    for _ in range(MAX_PAGES):
-        page = await fetch(cursor)
-        found += getattr(page, field)
-        cursor = page.next_cursor
-        if not cursor:
-            break
-    return tuple(found)
+    with anyio.move_on_after(LIST_TIMEOUT) as waited:
+        try:
+            for _ in range(MAX_PAGES):
+                page = await fetch(cursor)
+                found += getattr(page, field)
+                cursor = page.next_cursor
+                if not cursor:
+                    break
+        except (MCPError, anyio.ClosedResourceError, anyio.BrokenResourceError, ValueError):
+            return ()
+    return () if waited.cancelled_caught else tuple(found)
 
 
 def _params(cursor: str | None) -> types.PaginatedRequestParams | None:
