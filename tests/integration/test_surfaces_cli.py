@@ -4,6 +4,7 @@ real process: `manifest init` lists them granted to nobody, `check --live` check
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -59,6 +60,17 @@ def test_check_live_checks_prompts_and_resource_patterns_against_the_live_upstre
         "prompts.test_simple_prompt[0].arguments.x: upstream prompt has no argument 'x'; this grant matches nothing",
         "resources[0].uris: 'test://leaky' matches none of the 6 resources and templates the upstream lists",
     ]
+    del d.manifests[SERVER]["prompts"]["test_no_such_prompt"]
+    d.write()
+    assert main(["--config", config, "manifest", "lock"]) == 0
+    lock = json.loads((d.manifests_dir / f"{SERVER}.lock").read_text(encoding="utf-8"))
+    assert {
+        "resource:test://static-text",
+        "template:test://template/{id}/data",
+        "prompt:test_simple_prompt",
+    } <= set(lock)
+    capsys.readouterr()
+    assert main(["--config", config, "manifest", "diff"]) == 0  # resources and prompts pinned as they are
 
 
 def test_reads_and_explain_decide_as_the_guard_does(tmp_path: Path) -> None:
