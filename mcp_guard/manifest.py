@@ -10,64 +10,21 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from pydantic import BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from mcp_guard.config import GuardConfig, check_https, load_config
 from mcp_guard.errors import ConfigError
+from mcp_guard.limits import Condition, Limit
 from mcp_guard.loading import NAME_PATTERN, Duration, Frozen, build, expand_env, load_yaml
-from mcp_guard.policy.schemas import has_dialect, typed_limit
 from mcp_guard.relay import Relay
 from mcp_guard.secrets import LOGGER
+from mcp_guard.surface_grants import PRINCIPAL, PROMPT_NAME
+from mcp_guard.surface_grants import PromptGrant as PromptGrant
+from mcp_guard.surface_grants import ResourceGrant as ResourceGrant
 
 SERVER_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
-_PRINCIPAL = re.compile(r"^(\*|role:[a-z0-9][a-z0-9_-]{0,63}|[a-z0-9][a-z0-9_-]{0,63})$")
+_PRINCIPAL = re.compile(PRINCIPAL)
 _SCOPE = re.compile(r"^(agent|session|arg:[A-Za-z0-9_.-]{1,64})$")
-
-ArgumentSchema = dict[str, Any] | bool
-
-
-def _check_schema(value: object) -> object:
-    """An argument limit is a JSON Schema (or false); it must compile and never point outside."""
-    if isinstance(value, bool):
-        return value
-    if not isinstance(value, dict):
-        msg = "must be a JSON Schema mapping or false"
-        raise ValueError(msg)
-    try:
-        Draft202012Validator.check_schema(value)
-    except SchemaError as exc:
-        msg = f"invalid JSON Schema: {exc.message}"
-        raise ValueError(msg) from None
-    _refuse_refs(value)
-    if has_dialect(value):
-        msg = "$schema is not allowed in a limit: limits are read as JSON Schema 2020-12"
-        raise ValueError(msg)
-    return value
-
-
-def _check_limit(value: object) -> object:
-    """A grant's limit also fixes the type it speaks of; one that lets no value through is refused."""
-    value = _check_schema(value)
-    typed_limit(value)
-    return value
-
-
-def _refuse_refs(value: object) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in ("$ref", "$dynamicRef") and not str(item).startswith("#"):
-                msg = f"{key} {item!r} points outside the schema; only local references are allowed"
-                raise ValueError(msg)
-            _refuse_refs(item)
-    elif isinstance(value, list):
-        for item in value:
-            _refuse_refs(item)
-
-
-Condition = Annotated[ArgumentSchema, BeforeValidator(_check_schema)]
-Limit = Annotated[ArgumentSchema, BeforeValidator(_check_limit)]
 
 
 class Budget(Frozen):
@@ -270,6 +227,11 @@ class Manifest(Frozen):
     prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{0,64}$")] | None = None
     tools: dict[str, Annotated[tuple[Grant, ...], BeforeValidator(_one_or_many), Field(min_length=1)]] = {}
     select: tuple[Selector, ...] = ()  # grants by selector, for tools `tools` does not name
+    resources: tuple[ResourceGrant, ...] = ()  # URI patterns, per agent: see surface_grants
+    prompts: dict[
+        Annotated[str, Field(pattern=PROMPT_NAME)],
+        Annotated[tuple[PromptGrant, ...], BeforeValidator(_one_or_many), Field(min_length=1)],
+    ] = {}
     source: Path = Path()
     injected: frozenset[str] = frozenset()
 
@@ -281,6 +243,11 @@ class Manifest(Frozen):
                     msg = f"{where}[{i}].paths: only for a command upstream (the guard sees no other host)"
                     raise ValueError(msg)
         return self
+
+    @property
+    def grants_more_than_tools(self) -> bool:
+        """Whether it grants resources or prompts (else the upstream's are never read or shown)."""
+        return bool(self.resources or self.prompts)
 
     @property
     def name_prefix(self) -> str:
@@ -397,4 +364,12 @@ def load_manifests(folder: Path) -> tuple[Manifest, ...]:
                 msg = f"advertised name {name!r} is also advertised by server {names[name]!r}"
                 raise ConfigError(str(m.source), f"tools.{tool}", msg)
             names[name] = m.server
+    prompts: dict[str, str] = {}
+    for m in manifests:
+        for prompt in m.prompts:
+            name = m.name_prefix + prompt
+            if name in prompts:
+                msg = f"advertised prompt name {name!r} is also advertised by server {prompts[name]!r}"
+                raise ConfigError(str(m.source), f"prompts.{prompt}", msg)
+            prompts[name] = m.server
     return manifests

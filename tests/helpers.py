@@ -39,6 +39,7 @@ from mcp_guard.guard.app import build_server, open_guard
 from mcp_guard.guard.caller import Caller
 from mcp_guard.manifest import Manifest, load_deployment
 from mcp_guard.upstream.transports import Transport, memory_transport
+from tests.conformance import upstream as conformance_upstream
 from tests.upstreams import decimal_refunds, files, hostile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -379,6 +380,9 @@ IN_MEMORY: dict[str, Callable[[Env], Server[Any]]] = {
     ),
     "tests.upstreams.decimal_refunds": lambda env: decimal_refunds.build_server(_journal(env)),
     "tests.upstreams.files": lambda env: files.build_server(_journal(env)),
+    "tests.conformance.upstream": lambda env: conformance_upstream.build_server(
+        env.get("CONFORMANCE_SECRET", ""), _journal(env)
+    ),
 }
 """The servers our `python -m MODULE` upstreams run, built from the environment the process gets."""
 

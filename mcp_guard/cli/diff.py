@@ -15,7 +15,7 @@ import anyio
 from mcp_guard import ledger as ledgers
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import GuardError
-from mcp_guard.guard.convert import tool_def
+from mcp_guard.guard.convert import surface_defs, tool_def
 from mcp_guard.guard.pins import (
     FIRST_USE,
     definitions_path,
@@ -26,7 +26,6 @@ from mcp_guard.guard.pins import (
 )
 from mcp_guard.ledger import PinEvent, Window
 from mcp_guard.manifest import Manifest
-from mcp_guard.policy.offers import ToolDef
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
 
@@ -56,7 +55,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
 
 
-def report(server: str, pinned: Mapping[str, Any] | None, source: str, live: Sequence[ToolDef]) -> list[str]:
+def report(server: str, pinned: Mapping[str, Any] | None, source: str, live: Sequence[Any]) -> list[str]:
     """The lines for one server: each tool new, gone or changed since it was pinned."""
     if pinned is None:
         return [f"{server}: no pinned definitions to compare with ({source})"]
@@ -93,7 +92,11 @@ async def diff_upstreams(
         if down:
             msg = f"manifest diff: upstream {down[0]!r} could not be started"
             raise GuardError(msg)
-        live = {name: [tool_def(t) for t in up.tools] for name, up in pool.upstreams.items()}
+        live: dict[str, list[Any]] = {
+            name: [tool_def(t) for t in up.tools] for name, up in pool.upstreams.items()
+        }
+        for name, up in pool.upstreams.items():  # resources, templates and prompts, pinned as tools are
+            live[name] += list(surface_defs(up.surfaces)) if up.manifest.grants_more_than_tools else []
     first_use: dict[str, dict[str, dict[str, Any]]] = {}
     if ledgers.exists(config.ledger):
         async with await ledgers.open_ledger(config.ledger, readonly=True) as ledger:

@@ -17,6 +17,7 @@ import anyio
 from pydantic import ValidationError
 
 from mcp_guard import __version__
+from mcp_guard.cli import surfaces
 from mcp_guard.cli.approvals import add_approvals_parser, run_approvals
 from mcp_guard.cli.grants import add_grants_parsers, run_agent_key, run_agents, run_grants
 from mcp_guard.cli.ledger import add_ledger_parser, run_ledger
@@ -56,9 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--agent", required=True, help="the agent, as named in guard.yaml")
     t.add_argument("--json", action="store_true", help="one JSON object per tool")
 
+    surfaces.register(sub)
     e = sub.add_parser("explain", help="the decision for one call and why; forwards and writes nothing")
     e.add_argument("--agent", required=True, help="the agent, as named in guard.yaml")
-    e.add_argument("tool", help="the advertised tool name, e.g. billing__refund")
+    e.add_argument("tool", help="the advertised tool or prompt name (billing__refund), or a resource URI")
     e.add_argument("arguments", help="the arguments as a JSON object")
 
     mf = sub.add_parser("manifest", help="tool owners' manifest helpers")
@@ -285,6 +287,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         msg = "explain: ARGS_JSON must be a JSON object"
         raise UsageError(msg)
     agent = agent_of(config, Policy(config, manifests), args.agent)
+    if surfaces.is_surface(manifests, args.tool):
+        allowed, line = surfaces.explain_surface(config, manifests, agent, args.tool, arguments)
+        print(line)
+        return 0 if allowed else 1
     preview = load_preview(config, manifests, agent)
     allowed, line = explain(preview, config, args.tool, arguments)
     print(line)
@@ -358,6 +364,7 @@ COMMANDS = {
     "check": cmd_check,
     "tools": cmd_tools,
     "explain": cmd_explain,
+    "reads": lambda args: surfaces.cmd_reads(*load(args), args, agent_of),
     "demo": cmd_demo,
     "manifest": cmd_manifest,
     "agent": lambda args: run_agent_key(args, find_config(args.config)),

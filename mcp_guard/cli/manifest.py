@@ -18,6 +18,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel
 
 from mcp_guard import manifest as manifest_module
+from mcp_guard.cli.surfaces import render_surfaces, surface_problems
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import UpstreamUnavailable
 from mcp_guard.guard import pins
@@ -28,6 +29,7 @@ from mcp_guard.policy.engine import Policy
 from mcp_guard.policy.schemas import KEYWORDS_BY_TYPE, clean_text, type_keyword, types_of
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
+from mcp_guard.upstream.surfaces import Listed
 
 _INTERNAL = ("source", "injected")
 _DURATION_SCHEMA = {"type": "string", "pattern": r"^[0-9]+(s|m|h|d)$"}
@@ -218,18 +220,18 @@ def render_manifest(upstream: Upstream, tools: Sequence[types.Tool], name: str) 
     return "\n".join(out) + "\n"
 
 
-async def _list_tools(upstream: Upstream, name: str) -> tuple[types.Tool, ...]:
+async def _list_tools(upstream: Upstream, name: str) -> tuple[tuple[types.Tool, ...], Listed]:
     manifest = Manifest(server=name, upstream=upstream, tools={}, source=Path.cwd() / f"{name}.yaml")
     failures: list[str] = []
 
     errlog = Scrubber(()).log  # the upstream's stderr, shown as it comes (credentials redacted)
     async with open_pool((manifest,), failures.append, wait=START_TIMEOUT, errlog=errlog) as pool:
         up = pool.upstreams[name]
-        alive, tools = up.alive, up.tools
+        alive, tools, listed = up.alive, up.tools, up.surfaces
     if not alive:
         reason = failures[-1] if failures else f"upstream {name!r} did not answer in time"
         raise UpstreamUnavailable(reason)
-    return tools
+    return tools, listed
 
 
 def init_manifest(upstream: Upstream, inherit_env: Mapping[str, str] | None = None) -> str:
@@ -239,8 +241,8 @@ def init_manifest(upstream: Upstream, inherit_env: Mapping[str, str] | None = No
     started = upstream
     if upstream.command is not None and inherit_env:
         started = upstream.model_copy(update={"env": {**inherit_env, **upstream.env}})
-    tools = anyio.run(_list_tools, started, name)
-    return render_manifest(upstream, tools, name)
+    tools, listed = anyio.run(_list_tools, started, name)
+    return render_manifest(upstream, tools, name) + render_surfaces(listed)
 
 
 # -- check --live ---------------------------------------------------------------------------------
@@ -357,13 +359,14 @@ async def _check_live(config: GuardConfig, manifests: tuple[Manifest, ...]) -> l
     ) as pool:
         down = {name for name, up in pool.upstreams.items() if not up.alive}
         tools = {name: up.tools for name, up in pool.upstreams.items() if up.alive}
+        listed = {name: up.surfaces for name, up in pool.upstreams.items() if up.alive}
     out: list[str] = []
     for m in manifests:
         if m.server in down:
             said = [line for line in logs if line.startswith(f"upstream {m.server!r}")]
             reason = said[-1] if said else f"upstream {m.server!r} did not answer in time"
             out.append(f"{m.source}:upstream: {reason}")
-    out += live_problems(policy, manifests, tools)
+    out += live_problems(policy, manifests, tools) + surface_problems(manifests, listed)
     out += await pin_problems(config, manifests, tools, logs.append)
     return [scrubber.record(line) for line in out]
 

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -23,11 +24,12 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_guard import __version__
 from mcp_guard.config import GuardConfig, NotifyConfig
 from mcp_guard.errors import LedgerError
-from mcp_guard.guard import pins, standing
+from mcp_guard.guard import pins, reads, standing
 from mcp_guard.guard.convert import offered, tool_def
 from mcp_guard.guard.exchanges import Exchanges
 from mcp_guard.guard.observed import ObservedLedger
 from mcp_guard.guard.standing import Standing
+from mcp_guard.guard.surfaces import SurfaceCatalog
 from mcp_guard.guard.telemetry import Telemetry
 from mcp_guard.ledger import LedgerStore, PolicyEvent, open_ledger
 from mcp_guard.ledger.checkpoints import keep_checkpoints, signing_key
@@ -70,11 +72,14 @@ class Guard:
     # request (a weak set of those empties at once); its connection lives as long as the client.
     _sessions: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, init=False)
     learned: tuple[str, ...] = field(default=(), init=False)  # see learn_secret
+    exposed: reads.Exposed = field(init=False)  # resources, templates, prompts and subscriptions
 
     def __post_init__(self) -> None:
         self.scrubber = Scrubber(self.policy.secrets)
         self.exchanges.guard = self
         self.ledger.redactor = self.scrubber
+        self.exposed = reads.Exposed(SurfaceCatalog(self.ledger, self.log))
+        self.pool.on_updated = partial(reads.resource_updated, self)
 
     def log(self, text: str) -> None:
         self.scrubber.log(text)
@@ -209,10 +214,16 @@ class Guard:
         await self.notify()
 
     async def notify(self) -> None:
-        """Send notifications/tools/list_changed to every connected client."""
+        """Send notifications/tools/list_changed to every connected client (and the resource and
+        prompt list changes where the policy grants those)."""
+        resources, prompts = self.policy.exposes
         for session in list(self._sessions):
             try:
                 await session.send_tool_list_changed()
+                if resources:
+                    await session.send_resource_list_changed()
+                if prompts:
+                    await session.send_prompt_list_changed()
             except Exception as exc:
                 self.log(f"could not notify a client of a tool list change: {exc}")
 
@@ -263,7 +274,21 @@ def _same_lists(old: Mapping[str, tuple[types.Tool, ...]], new: Mapping[str, tup
 
 class GuardServer(Server[Any]):
     """The SDK's low-level server, saying on every transport that the tool list can change
-    (the HTTP session manager asks for initialization options with no arguments)."""
+    (the HTTP session manager asks for initialization options with no arguments), and offering
+    resources, prompts and completion only where the policy in force grants them."""
+
+    guard: Guard | None = None
+
+    def get_capabilities(self, *args: Any, **kwargs: Any) -> types.ServerCapabilities:
+        found = super().get_capabilities(*args, **kwargs)
+        resources, prompts = self.guard.policy.exposes if self.guard else (False, False)
+        return found.model_copy(
+            update={
+                "resources": found.resources if resources else None,
+                "prompts": found.prompts if prompts else None,
+                "completions": found.completions if resources or prompts else None,
+            }
+        )
 
     def create_initialization_options(
         self,
@@ -271,13 +296,15 @@ class GuardServer(Server[Any]):
         experimental_capabilities: dict[str, dict[str, Any]] | None = None,
         extensions: dict[str, dict[str, Any]] | None = None,
     ) -> InitializationOptions:
-        chosen = notification_options or NotificationOptions(tools_changed=True)
+        chosen = notification_options or NotificationOptions(
+            tools_changed=True, prompts_changed=True, resources_changed=True
+        )
         return super().create_initialization_options(chosen, experimental_capabilities, extensions)
 
 
 def build_server(caller: Caller) -> GuardServer:
-    """Only tools/list, tools/call, logging/setLevel and ping are served; every other method gets
-    -32601."""
+    """Tools, resources, prompts, completion, logging/setLevel and ping are served; every other
+    method gets -32601."""
     with warnings.catch_warnings():  # logging/setLevel is deprecated by 2026-07-28, not before it
         warnings.simplefilter("ignore", MCPDeprecationWarning)
         server = GuardServer(
@@ -287,7 +314,16 @@ def build_server(caller: Caller) -> GuardServer:
             on_call_tool=caller.call_tool,
             on_set_logging_level=caller.set_logging_level,
             get_tool_input_schema=caller.tool_input_schema,
+            on_list_resources=partial(reads.list_resources, caller),
+            on_list_resource_templates=partial(reads.list_templates, caller),
+            on_read_resource=partial(reads.read_resource, caller),
+            on_subscribe_resource=partial(reads.subscribe_resource, caller),
+            on_unsubscribe_resource=partial(reads.unsubscribe_resource, caller),
+            on_list_prompts=partial(reads.list_prompts, caller),
+            on_get_prompt=partial(reads.get_prompt, caller),
+            on_completion=partial(reads.complete, caller),
         )
+    server.guard = caller.guard
     server.middleware = []  # the SDK's telemetry middleware costs 10-15% per call; not configured here
     return server
 

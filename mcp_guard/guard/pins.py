@@ -249,7 +249,7 @@ async def lock_upstreams(
 ) -> list[tuple[Path, int]]:
     """Start the upstreams, then write each one's lock from its live tools: (path, tools) each.
     An upstream that does not start is an error; no lock is written for any then."""
-    from mcp_guard.guard.convert import tool_def  # the one digest
+    from mcp_guard.guard.convert import surface_defs, tool_def  # the one digest
     from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
 
     async with open_pool(manifests, log, wait=START_TIMEOUT) as pool:
@@ -258,7 +258,9 @@ async def lock_upstreams(
         if down:
             msg = f"manifest lock: upstream {down[0]!r} could not be started; no lock was written"
             raise GuardError(msg)
-        defs = {up.name: [tool_def(t) for t in up.tools] for up in ups}
+        defs: dict[str, list[Any]] = {up.name: [tool_def(t) for t in up.tools] for up in ups}
+        for up in ups:  # resources, templates and prompts too, where the manifest grants them
+            defs[up.name] += list(surface_defs(up.surfaces)) if up.manifest.grants_more_than_tools else []
     written = []
     for manifest in manifests:
         path = lock_path(manifest)

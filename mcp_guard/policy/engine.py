@@ -111,6 +111,8 @@ class Policy:
         }
         selected = {(m.server, "*") for m in manifests if any(g.activation for g in m.select)}
         self.activatable = frozenset(named | selected)
+        # Whether any manifest grants resources, and prompts: what the guard offers beside tools.
+        self.exposes = (any(m.resources for m in manifests), any(m.prompts for m in manifests))
         self._compiled: dict[tuple[str, str, int, str], Offer | None] = {}
         self._schema_checked: dict[str, bool] = {}
 

@@ -22,6 +22,8 @@ class Reason(StrEnum):
     DUPLICATE_CALL = "duplicate_call"
     FLOW_BLOCKED = "flow_blocked"
     LOCKED_OUT = "locked_out"
+    UNKNOWN_RESOURCE = "unknown_resource"
+    UNKNOWN_PROMPT = "unknown_prompt"
 
 
 def denial(reason: Reason | str, detail: str) -> str:

@@ -8,18 +8,19 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import mcp_types as types
-from mcp import ClientSession, MCPError
+from mcp import ClientSession
 from mcp.shared.dispatcher import ProgressFnT as ProgressFn
 
 from mcp_guard import tracing
 from mcp_guard.config import LimitsConfig
-from mcp_guard.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from mcp_guard.errors import UpstreamUnavailable
 from mcp_guard.manifest import Manifest
 from mcp_guard.upstream import inbound
+from mcp_guard.upstream.surfaces import NOTICES, Listed, dump, failure, list_surfaces, relist
 from mcp_guard.upstream.transports import Transport, Wiring, describe_failure, manifest_transport
 
 START_TIMEOUT = 30.0  # an upstream that has not answered initialize and tools/list by then has failed
@@ -28,14 +29,14 @@ MAX_BACKOFF = 30.0  # seconds between attempts to start an upstream that keeps f
 MAX_RESULT_BYTES = LimitsConfig().max_result_bytes
 OnChange = Callable[["Upstream"], Awaitable[None]]
 Log = Callable[[str], None]
+T = TypeVar("T")
 
 
 class Upstream:
     """One upstream server. A background task owns its transport and session, so that their
-    context managers open and close in one task; calls use the session from any task. Starting
-    never holds up requests for other upstreams: a failed start is retried after a backoff. Each
-    line of its stderr goes to `errlog` (default `log`), prefixed with the server name. Each
-    session is opened by `transport` (default: what the manifest names)."""
+    context managers open and close in one task; requests use the session from any task. Starting
+    never holds up other upstreams: a failed start is retried after a backoff. Its stderr lines go
+    to `errlog` (default `log`); each session is opened by `transport` (default: the manifest's)."""
 
     def __init__(
         self,
@@ -52,6 +53,8 @@ class Upstream:
         self.manifest, self._relay = manifest, relay
         self._on_secret = on_secret or (lambda _: None)
         self.tools: tuple[types.Tool, ...] = ()
+        self.surfaces = Listed()  # its resources, templates and prompts
+        self.on_updated: Callable[[str, str], Awaitable[None]] | None = None  # (server, uri)
         self.max_result_bytes = max_result_bytes
         self._on_change = on_change
         self._log = log
@@ -118,10 +121,11 @@ class Upstream:
                     ClientSession(read, write, message_handler=self._on_message, **callbacks)
                 )
                 with anyio.fail_after(START_TIMEOUT):
-                    await session.initialize()
+                    init = await session.initialize()
                     tools = tuple((await session.list_tools()).tools)
-                changed = _dump(tools) != _dump(self.tools)
-                self.tools, self._session, self._failures = tools, session, 0
+                    listed = await list_surfaces(session, init.capabilities)
+                changed = dump(tools) != dump(self.tools) or listed.dump() != self.surfaces.dump()
+                self.tools, self.surfaces, self._session, self._failures = tools, listed, session, 0
                 self._starting = None
                 done.set()
                 if changed:
@@ -171,6 +175,12 @@ class Upstream:
                 self._log(f"upstream {self.name!r}: relisting tools failed: {describe_failure(exc)}")
                 return
             await self._on_change(self)
+        elif (
+            isinstance(message, NOTICES)
+            and self._session is not None
+            and await relist(self, self._session, message)
+        ):
+            await self._on_change(self)
 
     def mark_dead(self) -> None:
         if self._stop is not None:
@@ -180,9 +190,29 @@ class Upstream:
     async def call(
         self, tg: anyio.abc.TaskGroup, tool: str, arguments: dict[str, Any], progress: ProgressFn | None
     ) -> types.CallToolResult:
+        timeout = self.manifest.upstream.timeout
+        return await self.ask(
+            tg, tool, lambda s: inbound.call_tool(s, self.name, tool, arguments, timeout, progress)
+        )
+
+    async def ask(
+        self, tg: anyio.abc.TaskGroup, what: str, send: Callable[[ClientSession], Awaitable[T]]
+    ) -> T:
+        """`send` on the live session, within the timeout; every failure becomes an UpstreamError."""
         self._in_flight += 1
         try:
-            return await self._call(tg, tool, arguments, progress)
+            session = await self.ensure(tg)
+            timeout = self.manifest.upstream.timeout
+            try:
+                with anyio.fail_after(timeout + 5), tracing.upstream_call(self.name, what):
+                    return await send(session)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except Exception as exc:
+                error, dead = failure(exc, self.name, timeout, self._too_large, self._session is None)
+                if dead:
+                    self.mark_dead()
+                raise error from None
         finally:
             self._in_flight -= 1
             if self._retired and self._in_flight == 0:
@@ -194,45 +224,12 @@ class Upstream:
         if self._in_flight == 0:
             self.mark_dead()
 
-    async def _call(
-        self, tg: anyio.abc.TaskGroup, tool: str, arguments: dict[str, Any], progress: ProgressFn | None
-    ) -> types.CallToolResult:
-        session = await self.ensure(tg)
-        timeout = self.manifest.upstream.timeout
-        try:
-            with anyio.fail_after(timeout + 5), tracing.upstream_call(self.name, tool):
-                return await inbound.call_tool(session, self.name, tool, arguments, timeout, progress)
-        except MCPError as exc:
-            if exc.error.code == types.REQUEST_TIMEOUT:
-                raise UpstreamTimeout(f"upstream {self.name!r} timed out after {timeout:g}s") from None
-            if exc.error.code == types.CONNECTION_CLOSED:
-                self.mark_dead()
-                if self._too_large:
-                    msg = f"upstream {self.name!r}: a message over limits.max_result_bytes was refused"
-                    raise UpstreamError(msg) from None
-            raise UpstreamError(f"upstream {self.name!r}: {describe_failure(exc)}") from None
-        except TimeoutError:
-            self.mark_dead()
-            raise UpstreamTimeout(f"upstream {self.name!r} timed out after {timeout:g}s") from None
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            if self._session is None or isinstance(
-                exc, anyio.ClosedResourceError | anyio.BrokenResourceError
-            ):
-                self.mark_dead()
-            raise UpstreamError(f"upstream {self.name!r}: {describe_failure(exc)}") from None
-
     async def aclose(self) -> None:
         self.mark_dead()
 
 
 async def _ignore(_: Upstream) -> None:
     return None
-
-
-def _dump(tools: tuple[types.Tool, ...]) -> list[dict[str, Any]]:
-    return [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in tools]
 
 
 class Pool:
@@ -257,10 +254,11 @@ class Pool:
         self.max_result_bytes = max_result_bytes
         self.tg: anyio.abc.TaskGroup | None = None
         self._on_change = on_change
+        self.on_updated: Callable[[str, str], Awaitable[None]] | None = None
         self.upstreams = {m.server: self._new(m) for m in manifests}
 
     def _new(self, manifest: Manifest) -> Upstream:
-        return Upstream(
+        up = Upstream(
             manifest,
             self._on_change,
             self.log,
@@ -270,6 +268,8 @@ class Pool:
             on_secret=self.on_secret,
             relay=self.relay,
         )
+        up.on_updated = self._updated
+        return up
 
     def upstream(self, server: str) -> Upstream:
         """The upstream in force for a server; one removed by a reload is unavailable."""
@@ -351,6 +351,10 @@ class Pool:
     ) -> types.CallToolResult:
         assert self.tg is not None
         return await self.upstream(server).call(self.tg, tool, arguments, progress)
+
+    async def _updated(self, server: str, uri: str) -> None:
+        if self.on_updated is not None:
+            await self.on_updated(server, uri)
 
     async def aclose(self) -> None:
         for up in self.upstreams.values():

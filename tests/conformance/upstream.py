@@ -1,12 +1,18 @@
 """The upstream the conformance suite's server scenarios expect, over stdio, for the guard to
-wrap (manifest prefix ""): every `test_*` tool of @modelcontextprotocol/conformance's server
-scenarios and `json_schema_2020_12_tool`, behaving as each scenario's description asks.
+wrap (manifest prefix ""): every `test_*` tool, resource, resource template and prompt of
+@modelcontextprotocol/conformance's server scenarios, completion, and `json_schema_2020_12_tool`,
+behaving as each scenario's description asks. Besides them, for the guard's own tests: a resource
+under `test://private/` (and a template there), and, when CONFORMANCE_SECRET is set, a resource
+whose text and blob carry that secret.
 
 Run: python tests/conformance/upstream.py"""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -192,7 +198,115 @@ async def _dispatch(ctx: ServerRequestContext[Any, Any], name: str, args: dict[s
     raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
 
 
-def build_server() -> Server[Any]:
+RESOURCES = [
+    types.Resource(
+        uri="test://static-text",
+        name="static-text",
+        description="A static text resource",
+        mime_type="text/plain",
+    ),
+    types.Resource(
+        uri="test://static-binary", name="static-binary", description="A static PNG", mime_type="image/png"
+    ),
+    types.Resource(uri="test://watched-resource", name="watched", description="A resource to subscribe to"),
+    types.Resource(
+        uri="test://private/payroll", name="payroll", description="Granted to no agent in the tests"
+    ),
+]
+TEMPLATES = [
+    types.ResourceTemplate(
+        uri_template="test://template/{id}/data", name="template", description="Data by id"
+    ),
+    types.ResourceTemplate(
+        uri_template="test://private/{name}", name="private", description="Private by name"
+    ),
+]
+PROMPTS = [
+    types.Prompt(name="test_simple_prompt", description="A prompt without arguments"),
+    types.Prompt(
+        name="test_prompt_with_arguments",
+        description="A prompt with two required arguments",
+        arguments=[
+            types.PromptArgument(name="arg1", description="First argument", required=True),
+            types.PromptArgument(name="arg2", description="Second argument", required=True),
+        ],
+    ),
+    types.Prompt(
+        name="test_prompt_with_embedded_resource",
+        description="A prompt that embeds a resource",
+        arguments=[types.PromptArgument(name="resourceUri", description="The URI to embed", required=True)],
+    ),
+    types.Prompt(name="test_prompt_with_image", description="A prompt with an image"),
+]
+
+
+def _contents(uri: str, secret: str) -> list[types.TextResourceContents | types.BlobResourceContents]:
+    if uri == "test://static-text":
+        return [
+            types.TextResourceContents(
+                uri=uri, mime_type="text/plain", text="This is the content of the static text resource."
+            )
+        ]
+    if uri == "test://static-binary":
+        return [types.BlobResourceContents(uri=uri, mime_type="image/png", blob=PNG)]
+    if uri.startswith("test://template/") and uri.endswith("/data"):
+        ident = uri[len("test://template/") : -len("/data")]
+        return [
+            types.TextResourceContents(
+                uri=uri,
+                mime_type="application/json",
+                text=json.dumps({"id": ident, "templateTest": True, "data": f"Data for ID: {ident}"}),
+            )
+        ]
+    if uri == "test://watched-resource":
+        return [types.TextResourceContents(uri=uri, mime_type="text/plain", text="watched")]
+    if uri == "test://leaky" and secret:
+        blob = base64.b64encode(f"key={secret}".encode()).decode()
+        return [
+            types.TextResourceContents(uri=uri, mime_type="text/plain", text=f"the key is {secret}"),
+            types.BlobResourceContents(uri=uri, mime_type="application/octet-stream", blob=blob),
+            types.TextResourceContents(uri="test://private/payroll", mime_type="text/plain", text="salaries"),
+        ]
+    if uri.startswith("test://private/"):
+        return [types.TextResourceContents(uri=uri, mime_type="text/plain", text="salaries")]
+    raise MCPError(-32002, f"Resource not found: {uri}")
+
+
+def _messages(name: str, args: dict[str, str]) -> list[types.PromptMessage]:
+    def user(content: Any) -> types.PromptMessage:
+        return types.PromptMessage(role="user", content=content)
+
+    if name == "test_simple_prompt":
+        return [user(types.TextContent(type="text", text="This is a simple prompt for testing."))]
+    if name == "test_prompt_with_arguments":
+        text = f"Prompt with arguments: arg1='{args.get('arg1')}', arg2='{args.get('arg2')}'"
+        return [user(types.TextContent(type="text", text=text))]
+    if name == "test_prompt_with_embedded_resource":
+        uri = args.get("resourceUri", "")
+        resource = types.TextResourceContents(
+            uri=uri, mime_type="text/plain", text="Embedded resource content for testing."
+        )
+        return [
+            user(types.EmbeddedResource(type="resource", resource=resource)),
+            user(types.TextContent(type="text", text="Please process the embedded resource above.")),
+        ]
+    if name == "test_prompt_with_image":
+        return [
+            user(types.ImageContent(type="image", data=PNG, mime_type="image/png")),
+            user(types.TextContent(type="text", text="Please analyze the image above.")),
+        ]
+    raise MCPError(types.INVALID_PARAMS, f"Unknown prompt: {name}")
+
+
+def _note(journal: Path | None, method: str, params: Any) -> None:
+    """One JSON line per resources, prompts or completion request that reached this upstream."""
+    if journal is not None:
+        dumped = params.model_dump(mode="json", by_alias=True, exclude_none=True) if params else {}
+        with journal.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"method": method, "params": dumped}) + "\n")
+
+
+def build_server(secret: str = "", journal: Path | None = None) -> Server[Any]:
     async def list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
@@ -204,11 +318,61 @@ def build_server() -> Server[Any]:
         result: types.CallToolResult = await _dispatch(ctx, params.name, params.arguments or {})
         return result
 
-    return Server("conformance-upstream", version="1.0.0", on_list_tools=list_tools, on_call_tool=call_tool)
+    async def list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
+        leaky = [types.Resource(uri="test://leaky", name="leaky")] if secret else []
+        return types.ListResourcesResult(resources=RESOURCES + leaky)
+
+    async def list_templates(ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
+        return types.ListResourceTemplatesResult(resource_templates=TEMPLATES)
+
+    async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+        _note(journal, "resources/read", params)
+        return types.ReadResourceResult(contents=_contents(str(params.uri), secret))
+
+    async def subscribe(
+        ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
+        _note(journal, "resources/subscribe", params)
+        await ctx.session.send_resource_updated(str(params.uri))  # at once, so a test need not wait
+        return types.EmptyResult()
+
+    async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        return types.EmptyResult()
+
+    async def list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=PROMPTS)
+
+    async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        _note(journal, "prompts/get", params)
+        return types.GetPromptResult(messages=_messages(params.name, dict(params.arguments or {})))
+
+    async def complete(ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
+        _note(journal, "completion/complete", params)
+        value = params.argument.value
+        values = [v for v in ("low", "high", "paris", "park", value + "1") if v.startswith(value)]
+        return types.CompleteResult(
+            completion=types.Completion(values=values, total=len(values), has_more=False)
+        )
+
+    return Server(
+        "conformance-upstream",
+        version="1.0.0",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_list_resources=list_resources,
+        on_list_resource_templates=list_templates,
+        on_read_resource=read_resource,
+        on_subscribe_resource=subscribe,
+        on_unsubscribe_resource=unsubscribe,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
+        on_completion=complete,
+    )
 
 
 async def serve() -> None:
-    server = build_server()
+    journal = os.environ.get("MCP_GUARD_EXAMPLE_JOURNAL")
+    server = build_server(os.environ.get("CONFORMANCE_SECRET", ""), Path(journal) if journal else None)
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 

