@@ -18,7 +18,10 @@ import anyio
 from mcp_guard.guard.app import open_guard
 from mcp_guard.identity.keys import hash_key, new_key
 from mcp_guard.transports.http import GuardMiddleware, build_app
+from mcp_guard.upstream.transports import memory_transport
 from tests.helpers import BILLING_TOOLS, Deployment, memory_transports
+from tests.upstreams.asking import SECRET_ENV, Observed
+from tests.upstreams.asking import build_server as build_asking
 
 KEY, OTHER_KEY = new_key(), new_key()
 MODERN = "2026-07-28"
@@ -242,3 +245,59 @@ async def test_an_allowed_call_on_the_lean_path_is_recorded_before_and_after_it_
     assert seen["arguments"]["amount"] == amount
     [decision] = deployment.ledger()
     assert (decision["decision"], decision["outcome"], decision["session"]) == ("allow", "ok", None)
+
+
+async def test_a_modern_calls_input_request_and_its_retry_are_served_alike_on_both_paths(
+    deployment: Deployment,
+) -> None:
+    """A relayed elicitation reaches a 2026-07-28 client over HTTP as its call's result, and the
+    retry with the answer completes the call, whether the lean path or the SDK's serves it."""
+    upstream = {
+        "command": "python",
+        "args": ["-m", "asking"],
+        "env": {SECRET_ENV: "s"},
+        "relay": {"elicitation": True},
+    }
+    deployment.agents = {"qa-bot": ["qa"]}
+    deployment.add(
+        "asking", {"server": "asking", "upstream": upstream, "tools": {"elicit": {"allow": ["role:qa"]}}}
+    )
+    deployment.extra_config["agents"] = {"qa-bot": {"roles": ["qa"], "keys": [hash_key(KEY)]}}
+    config, manifests = deployment.load()
+    observed = Observed()
+    transport = memory_transport(lambda m: build_asking(observed, m.upstream.env[SECRET_ENV]))
+    envelope = {**ENVELOPE, "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}}}
+    asked = {"name": "asking__elicit", "arguments": {"message": "name?"}, "_meta": envelope}
+    async with open_guard(config, manifests, ("qa-bot",), {"asking": transport}) as guard:
+        app = build_app(guard, "127.0.0.1")
+        plain = GuardMiddleware(app.app, guard, app.allowed, app.authenticator)
+        assert app.lean is not None
+        offered: Callable[..., Any] = app.lean.serve
+        served: list[bool] = []
+
+        async def watched(*args: Any) -> bool:
+            served.append(bool(await offered(*args)))
+            return served[-1]
+
+        app.lean.serve = watched  # type: ignore[method-assign,assignment]
+        await guard.warm()
+        inner: Any = app.app
+        async with inner.router.lifespan_context(inner):
+            said = []
+            for served_by in (app, plain):
+                first = await send(
+                    served_by, Case({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": asked})
+                )
+                result = first.body["result"]
+                assert result["resultType"] == "input_required", first
+                [(key, request)] = result["inputRequests"].items()
+                assert request["method"] == "elicitation/create"
+                answer = {key: {"action": "accept", "content": {"name": "ada"}}}
+                retry = {**asked, "inputResponses": answer, "requestState": result["requestState"]}
+                done = await send(
+                    served_by, Case({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": retry})
+                )
+                said.append(done.body["result"]["content"][0]["text"])
+    assert said == ['accept {"name": "ada"}'] * 2
+    assert served == [True, True]  # the lean path answered the call and its retry
+    assert [c["tool"] for c in deployment.ledger()] == ["elicit", "elicit"]  # decided once per call
