@@ -1,10 +1,15 @@
 """The ledger: what every decision and outcome becomes, and the stores that keep it. The guard and
-the CLI use the `LedgerStore` protocol (base.py) and `open_ledger`; a store's package (sqlite/) is
-imported only from here."""
+the CLI use the `LedgerStore` protocol (base.py) and `open_ledger`; a store's package (sqlite/,
+postgres/) is imported only from here (postgres/ only when a ledger names a database: its driver
+is an optional extra)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 from mcp_guard.config import LedgerConfig
+from mcp_guard.errors import LedgerError
 from mcp_guard.ledger.base import (
     ActivationEvent,
     ApprovalEvent,
@@ -45,10 +50,36 @@ __all__ = [
 
 async def open_ledger(config: LedgerConfig, *, readonly: bool = False) -> LedgerStore:
     """The store `config` names, opened for appending (created or migrated on first use), or for
-    reading only (LedgerError when there is no ledger yet). Only SQLite (`ledger.path`) so far."""
+    reading only (LedgerError when there is no ledger yet): PostgreSQL at `ledger.url`, else the
+    SQLite file at `ledger.path`."""
+    if config.url is not None:
+        opened: LedgerStore = await _postgres().PostgresStore.open(
+            config.url, config.where, config.durability, readonly=readonly
+        )
+        return opened
     return SQLiteStore.open(config.path, config.durability, readonly=readonly)
 
 
 def exists(config: LedgerConfig) -> bool:
-    """Whether there is a ledger to read yet (a guard has written one)."""
+    """Whether there is a ledger to read yet (a guard has written one); LedgerError when its
+    database cannot be reached."""
+    if config.url is not None:
+        engine = _postgres().Engine
+        try:
+            engine.open(config.url, config.where, readonly=True).close()
+        except LedgerError as exc:
+            if "no mcp-guard ledger there yet" in str(exc):
+                return False
+            raise
+        return True
     return config.path.exists()
+
+
+def _postgres() -> Any:
+    """The PostgreSQL store's modules, imported on first use: psycopg is an optional extra."""
+    try:
+        from mcp_guard.ledger.postgres import engine, store
+    except ImportError as exc:
+        msg = "ledger.url names a PostgreSQL ledger: install mcp-guard[postgres] (psycopg) to use it"
+        raise LedgerError(msg) from exc
+    return SimpleNamespace(PostgresStore=store.PostgresStore, Engine=engine.Engine)
