@@ -6,6 +6,7 @@ its own (a schema), so no test sees another's ledger."""
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -68,9 +69,10 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get(ENV):
         yield os.environ[ENV]
         return
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one per run, not per worker
-    server = start_server(shared / "postgres")
+    # One server a test run, shared by its workers; outside pytest's temporary folders, which the
+    # server's own user (as root) cannot enter.
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"{os.getpid()}"
+    server = start_server(Path(tempfile.gettempdir()) / f"mcp-guard-test-postgres-{run[:16]}")
     url = str(server.get_uri())
     with psycopg.connect(url, autocommit=True) as conn:  # a test server: speed over crash safety
         conn.execute("ALTER SYSTEM SET fsync = off")
