@@ -43,6 +43,7 @@ __all__ = [
     "Settle",
     "UnlockEvent",
     "Window",
+    "copy_ledger",
     "exists",
     "open_ledger",
 ]
@@ -75,11 +76,25 @@ def exists(config: LedgerConfig) -> bool:
     return config.path.exists()
 
 
+def copy_ledger(source: LedgerConfig, url: str) -> tuple[int, str]:
+    """Copy the SQLite ledger `source` names into the empty PostgreSQL ledger at `url`, every entry
+    as it is; (entries copied, the head hash both now share). LedgerError if the source does not
+    verify, the destination is not empty, or the copy does not verify to the same head."""
+    if source.url is not None:
+        msg = f"{source.where}: copy reads a SQLite ledger (ledger.path), not a PostgreSQL one"
+        raise LedgerError(msg)
+    destination = LedgerConfig(url=url)
+    copied: tuple[int, str] = _postgres().copy_ledger(source.path, url, destination.where)
+    return copied
+
+
 def _postgres() -> Any:
     """The PostgreSQL store's modules, imported on first use: psycopg is an optional extra."""
     try:
-        from mcp_guard.ledger.postgres import engine, store
+        from mcp_guard.ledger.postgres import copy, engine, store
     except ImportError as exc:
         msg = "ledger.url names a PostgreSQL ledger: install mcp-guard[postgres] (psycopg) to use it"
         raise LedgerError(msg) from exc
-    return SimpleNamespace(PostgresStore=store.PostgresStore, Engine=engine.Engine)
+    return SimpleNamespace(
+        PostgresStore=store.PostgresStore, Engine=engine.Engine, copy_ledger=copy.copy_ledger
+    )
