@@ -107,9 +107,8 @@ class Engine:
         with self._lock:
             flushing = 0
             try:
-                conn = self._connection()
+                conn = self._begin(write)
                 if write:
-                    conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
                     last_id, head = conn.execute(
                         "SELECT last_id, entry_hash FROM ledger_head FOR UPDATE"
                     ).fetchone() or (0, "")
@@ -118,7 +117,6 @@ class Engine:
                     for fields, stamp in self._deferred[:flushing]:
                         appender.append(fields, stamp)
                 else:
-                    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     appender = _Appender(self, conn, 0, "")
                 yield appender
                 if write and appender.appended:
@@ -132,10 +130,29 @@ class Engine:
                 self._abandon()
                 msg = f"{self.where}: {schema.describe(exc)}"
                 raise error(msg) from exc
+            except LedgerError as exc:  # the server cannot be reached
+                self._abandon()
+                raise error(str(exc)) from exc
             except BaseException:
                 self._abandon()
                 raise
             del self._deferred[:flushing]
+
+    def _begin(self, write: bool) -> psycopg.Connection[Any]:
+        """BEGIN on the connection, or on a new one if the server dropped it while it was idle (a
+        restart, a failover, an idle timeout): nothing was sent in this transaction yet, so trying
+        once more is safe."""
+        begin = "BEGIN ISOLATION LEVEL " + ("READ COMMITTED" if write else "REPEATABLE READ READ ONLY")
+        conn = self._connection()
+        try:
+            conn.execute(begin)
+        except psycopg.OperationalError:
+            if not conn.broken:
+                raise
+            self.close_connection()
+            conn = self._connection()
+            conn.execute(begin)
+        return conn
 
     def _abandon(self) -> None:
         conn = self._conn
