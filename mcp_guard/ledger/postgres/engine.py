@@ -33,6 +33,9 @@ INSERT = (
 )
 _PREV, _TS = COLUMNS.index("prev_hash"), COLUMNS.index("ts")
 _NOTIFY = f"SELECT pg_notify('{schema.CHANNEL}', %s)"
+_HEAD = "UPDATE ledger_head SET last_id = %s, entry_hash = %s"
+_BEGIN_READ = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+_BEGIN_WRITE = "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT last_id, entry_hash FROM ledger_head FOR UPDATE"
 
 
 class Engine:
@@ -107,25 +110,20 @@ class Engine:
         with self._lock:
             flushing = 0
             try:
-                conn = self._begin(write)
+                conn, found = self._begin(write)
+                appender = _Appender(self, conn, int(found[0]), str(found[1]))
                 if write:
-                    last_id, head = conn.execute(
-                        "SELECT last_id, entry_hash FROM ledger_head FOR UPDATE"
-                    ).fetchone() or (0, "")
-                    appender = _Appender(self, conn, int(last_id), str(head))
                     flushing = len(self._deferred)
                     for fields, stamp in self._deferred[:flushing]:
                         appender.append(fields, stamp)
-                else:
-                    appender = _Appender(self, conn, 0, "")
+                    appender.send()  # before the settle step: it may read them
                 yield appender
-                if write and appender.appended:
-                    conn.execute(
-                        "UPDATE ledger_head SET last_id = %s, entry_hash = %s",
-                        (appender.last_id, appender.head),
-                    )
-                    conn.execute(_NOTIFY, (str(appender.last_id),))
-                conn.execute("COMMIT")
+                with conn.pipeline():  # one round trip: the rows, the head, the notice, the commit
+                    if write and appender.appended:
+                        appender.send()
+                        conn.execute(_HEAD, (appender.last_id, appender.head))
+                        conn.execute(_NOTIFY, (str(appender.last_id),))
+                    conn.execute("COMMIT")
             except psycopg.Error as exc:
                 self._abandon()
                 msg = f"{self.where}: {schema.describe(exc)}"
@@ -138,21 +136,24 @@ class Engine:
                 raise
             del self._deferred[:flushing]
 
-    def _begin(self, write: bool) -> psycopg.Connection[Any]:
-        """BEGIN on the connection, or on a new one if the server dropped it while it was idle (a
-        restart, a failover, an idle timeout): nothing was sent in this transaction yet, so trying
-        once more is safe."""
-        begin = "BEGIN ISOLATION LEVEL " + ("READ COMMITTED" if write else "REPEATABLE READ READ ONLY")
+    def _begin(self, write: bool) -> tuple[psycopg.Connection[Any], tuple[Any, ...]]:
+        """BEGIN (and, to write, lock the chain head) in one round trip, on the connection or on a
+        new one if the server dropped it while it was idle (a restart, a failover, an idle
+        timeout): nothing was sent in this transaction yet, so trying once more is safe."""
+        begin = _BEGIN_WRITE if write else _BEGIN_READ
         conn = self._connection()
         try:
-            conn.execute(begin)
+            cur = conn.execute(begin)
         except psycopg.OperationalError:
             if not conn.broken:
                 raise
             self.close_connection()
             conn = self._connection()
-            conn.execute(begin)
-        return conn
+            cur = conn.execute(begin)
+        if not write:
+            return conn, (0, "")
+        cur.nextset()
+        return conn, cur.fetchone() or (0, "")
 
     def _abandon(self) -> None:
         conn = self._conn
@@ -266,31 +267,38 @@ class Engine:
 
 
 class _Appender:
-    """What one transaction appends: each row chained to the head it locked."""
+    """What one transaction appends: each row chained to the head it locked, sent in batches."""
 
-    __slots__ = ("appended", "conn", "engine", "head", "last_id")
+    __slots__ = ("appended", "conn", "engine", "head", "last_id", "pending")
 
     def __init__(self, engine: Engine, conn: psycopg.Connection[Any], last_id: int, head: str) -> None:
         self.engine, self.conn = engine, conn
         self.last_id, self.head = last_id, head
         self.appended = 0
+        self.pending: list[Sequence[object]] = []
 
     def insert(self, rows: Sequence[Sequence[object]]) -> None:
         """Insert whole rows (id, COLUMNS..., entry_hash) as they are; the last becomes the head."""
         if rows:
-            with self.conn.cursor() as cur:
-                cur.executemany(INSERT, rows)
+            self.pending += rows
+            self.send()
             self.last_id, self.head = int(rows[-1][0]), str(rows[-1][-1])  # type: ignore[call-overload]
             self.appended += len(rows)
 
     def append(self, fields: Mapping[str, object], ts: str) -> None:
-        """Insert one entry after the head; the one place every row passes: redacted here, before it
-        is hashed."""
+        """Chain one entry after the head (sent with the next batch); the one place every row
+        passes: redacted here, before it is hashed."""
         if self.engine.redactor is not None:
             fields = redact(fields, self.engine.redactor)
         values = [fields.get(name) for name in COLUMNS]
         values[_PREV], values[_TS] = self.head, ts
         self.head = entry_hash(values)
         self.last_id += 1
-        self.conn.execute(INSERT, [self.last_id, *values, self.head])
+        self.pending.append([self.last_id, *values, self.head])
         self.appended += 1
+
+    def send(self) -> None:
+        if self.pending:
+            with self.conn.cursor() as cur:
+                cur.executemany(INSERT, self.pending)
+            self.pending = []
