@@ -5,6 +5,7 @@ is an optional extra)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -46,6 +47,7 @@ __all__ = [
     "copy_ledger",
     "exists",
     "open_ledger",
+    "sqlite_snapshot",
 ]
 
 
@@ -88,6 +90,15 @@ def copy_ledger(source: LedgerConfig, url: str) -> tuple[int, str]:
     return copied
 
 
+def sqlite_snapshot(config: LedgerConfig, path: Path) -> Path:
+    """The ledger as a SQLite file Datasette can read: the file itself, or, for a PostgreSQL ledger,
+    a snapshot of it written to `path` (a new file)."""
+    if config.url is None:
+        return config.path
+    _postgres().to_sqlite(config.url, config.where, path)
+    return path
+
+
 def _postgres() -> Any:
     """The PostgreSQL store's modules, imported on first use: psycopg is an optional extra."""
     try:
@@ -96,5 +107,8 @@ def _postgres() -> Any:
         msg = "ledger.url names a PostgreSQL ledger: install mcp-guard[postgres] (psycopg) to use it"
         raise LedgerError(msg) from exc
     return SimpleNamespace(
-        PostgresStore=store.PostgresStore, Engine=engine.Engine, copy_ledger=copy.copy_ledger
+        PostgresStore=store.PostgresStore,
+        Engine=engine.Engine,
+        copy_ledger=copy.copy_ledger,
+        to_sqlite=copy.to_sqlite,
     )

@@ -1,6 +1,7 @@
 """The ledger commands on a PostgreSQL ledger: `ledger copy --to URL` brings a SQLite ledger over with
 its chain and head hash intact (and refuses a ledger that is not empty), after which every reading
-command prints the same on both; `ledger tail -f` prints what another process commits, pushed by
+command prints the same on both, and a snapshot back in SQLite (what `ledger browse` serves) keeps
+the head too; the README's least-privileged role appends and reads but cannot change an entry; `ledger tail -f` prints what another process commits, pushed by
 LISTEN/NOTIFY."""
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import anyio
+import psycopg
+import pytest
 
 from mcp_guard.cli.main import main
 from mcp_guard.config import LedgerConfig
-from mcp_guard.ledger import ApprovalEvent, MarkEvent, PolicyEvent, open_ledger
+from mcp_guard.ledger import ApprovalEvent, MarkEvent, PolicyEvent, open_ledger, sqlite_snapshot
 from mcp_guard.ledger.entries import CallRecord
-from tests.helpers import guard_env
+from tests.helpers import REPO_ROOT, guard_env
 
 POLICY = "ef" * 32
 TIMEOUT = 30.0
@@ -88,6 +91,49 @@ async def test_a_sqlite_ledger_copied_to_postgresql_keeps_its_head_and_reads_the
         assert on_postgres[1], command
     code, out, _ = await anyio.to_thread.run_sync(run, "--ledger", postgres_url, "ledger", "verify")
     assert out == f"ok: 9 entries, head {sqlite_head}\n"
+    # And back, as `ledger browse` serves it: a SQLite snapshot with the same chain.
+    snapshot = sqlite_snapshot(LedgerConfig(url=postgres_url), tmp_path / "snapshot.db")
+    async with await open_ledger(LedgerConfig(path=snapshot), readonly=True) as copied:
+        assert (await copied.verify()).head == sqlite_head
+
+
+def grants(readme: str, schema: str) -> list[str]:
+    """The README's grants for the guard's role, as statements for a role of this test's own."""
+    block = readme.split("```sql\n", 1)[1].split("```", 1)[0]
+    role = f"guard_{uuid.uuid4().hex[:8]}"
+    text = block.replace("ROLE guard", f"ROLE {role}").replace("TO guard", f"TO {role}")
+    text = text.replace("SCHEMA public", f"SCHEMA {schema}").replace(
+        "DATABASE mcp_guard", "DATABASE postgres"
+    )
+    return [line.split("--")[0].strip() for line in text.splitlines() if line.split("--")[0].strip()]
+
+
+async def test_the_readmes_least_privileged_role_decides_and_reads_but_cannot_change_an_entry(
+    postgres_url: str,
+) -> None:
+    async with await open_ledger(LedgerConfig(url=postgres_url)) as owner:  # creates the schema
+        await owner.decide(record())
+    schema = postgres_url.rsplit("%3D", 1)[1]
+    statements = grants((REPO_ROOT / "README.md").read_text(encoding="utf-8"), schema)
+    role = statements[0].split()[2]
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        for statement in statements:
+            admin.execute(statement.replace("PASSWORD '...'", "").rstrip(";").encode())
+    as_guard = postgres_url.replace("postgresql://postgres:@", f"postgresql://{role}@")
+    async with await open_ledger(LedgerConfig(url=as_guard)) as guard:
+        refused = await guard.decide(record("deny"))
+        assert [i.call_id for i in await guard.invocations()][-1] == refused.call_id
+        assert (await guard.verify()).ok
+    with psycopg.connect(as_guard, autocommit=True) as conn:
+        for sql in ("UPDATE entries SET agent = 'x'", "DELETE FROM entries", "TRUNCATE entries",
+                    "CREATE TABLE sneaky (x int)"):  # fmt: skip
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.encode())
+    with (  # and the owner meets the triggers
+        psycopg.connect(postgres_url, autocommit=True) as admin,
+        pytest.raises(psycopg.errors.RaiseException, match="append-only"),
+    ):
+        admin.execute(b"UPDATE entries SET agent = 'x'")
 
 
 async def test_tail_follow_prints_what_another_process_commits(postgres_url: str) -> None:

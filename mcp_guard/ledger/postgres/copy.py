@@ -2,7 +2,8 @@
 it is (ids, hashes, the columns of whatever schema the file has), so the copy's chain verifies to
 the same head hash. The source is verified first, in the same read transaction the rows are read
 in; the copy is verified after. Imports nothing from mcp_guard but errors, the ledger's values,
-the SQLite store's schema and verify, and its siblings."""
+the SQLite store's engine, schema and verify, and its siblings. Also the way back, a snapshot in a
+new SQLite file, for `ledger browse`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from mcp_guard.ledger.chain import COLUMNS
 from mcp_guard.ledger.postgres import verify
 from mcp_guard.ledger.postgres.engine import Engine
 from mcp_guard.ledger.sqlite import schema
+from mcp_guard.ledger.sqlite.engine import Ledger
 from mcp_guard.ledger.sqlite.verify import verify as verify_sqlite
 
 
@@ -44,6 +46,32 @@ def copy_ledger(path: Path, url: str, where: str, busy_timeout: float = 2.0) -> 
         msg = f"{where}: the copy does not verify to the source's head {checked.head}: {result.problem}"
         raise LedgerError(msg)
     return copied, result.head
+
+
+def to_sqlite(url: str, where: str, path: Path) -> int:
+    """Write a snapshot of the PostgreSQL ledger at `url` into a new SQLite ledger at `path` (for
+    `ledger browse`: Datasette reads SQLite), every entry as it is; how many entries."""
+    Ledger.open(path).close()  # the SQLite schema, current
+    engine = Engine.open(url, where, readonly=True)
+    try:
+        rows = engine.read_raw(lambda conn: conn.execute(_SELECT_ALL).fetchall())
+    finally:
+        engine.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.executemany(_INSERT_SQLITE, rows)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return len(rows)
+
+
+_SELECT_ALL = f"SELECT id, {', '.join(COLUMNS)}, entry_hash FROM entries ORDER BY id"  # noqa: S608
+_INSERT_SQLITE = (
+    f"INSERT INTO entries (id, {', '.join(COLUMNS)}, entry_hash) "  # noqa: S608
+    f"VALUES ({', '.join('?' * (len(COLUMNS) + 2))})"
+)
 
 
 def _rows(conn: sqlite3.Connection) -> Iterator[Sequence[object]]:

@@ -114,7 +114,13 @@ def version(conn: psycopg.Connection[Any]) -> int | None:
 
 
 def migrate(conn: psycopg.Connection[Any], where: str) -> None:
-    """Create or bring the schema up to SCHEMA_VERSION in one transaction; refuse a newer one."""
+    """Create or bring the schema up to SCHEMA_VERSION in one transaction; refuse a newer one. A
+    schema already current is left alone, so a role that may not create tables can open it."""
+    found = version(conn)
+    if found is not None:
+        refuse_newer(found, where)
+        if found == SCHEMA_VERSION:
+            return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         conn.execute(
