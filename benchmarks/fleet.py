@@ -262,6 +262,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     opts = parser.parse_args()
     report: dict[str, Any] = {"machine": machine(), "python": platform.python_version()}
+    report["load_before"] = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="mcp-guard-fleet-") as tmp_name:
         tmp = Path(tmp_name)
         os.chmod(tmp, 0o755)  # an embedded server runs as a user of its own when we are root
@@ -285,6 +286,7 @@ def main() -> int:
             log(json.dumps(report["scale"]))
         if server is not None:
             server.cleanup()
+    report["load_after"] = os.getloadavg()
     print(json.dumps(report, indent=1))
     if opts.json:
         opts.json.write_text(json.dumps(report, indent=1) + "\n")
