@@ -56,10 +56,11 @@ async def test_a_connection_killed_mid_decision_or_a_read_only_database_refuses_
         async with inprocess_guard(deployment, "support-bot") as session:
             assert not (await lookup(session, "ORD-1001")).is_error
 
-            # Killed mid-transaction: another session holds the chain head, so the guard's decision
-            # waits inside its transaction for it; its connection is terminated there.
+            # Killed mid-transaction: another session locks the entries table, so the guard's
+            # decision, holding the chain head, waits inside its transaction to insert its row; its
+            # connection is terminated there.
             with psycopg.connect(url) as holder:
-                holder.execute("SELECT 1 FROM ledger_head FOR UPDATE")
+                holder.execute(b"LOCK TABLE entries IN ACCESS EXCLUSIVE MODE")
                 async with anyio.create_task_group() as tg:
                     results: list[Any] = []
 

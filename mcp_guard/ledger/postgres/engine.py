@@ -138,8 +138,8 @@ class Engine:
 
     def _begin(self, write: bool) -> tuple[psycopg.Connection[Any], tuple[Any, ...]]:
         """BEGIN (and, to write, lock the chain head) in one round trip, on the connection or on a
-        new one if the server dropped it while it was idle (a restart, a failover, an idle
-        timeout): nothing was sent in this transaction yet, so trying once more is safe."""
+        new one if the server dropped it (a restart, a failover, an idle timeout, or while waiting
+        for the head): nothing was written in this transaction yet, so trying once more is safe."""
         begin = _BEGIN_WRITE if write else _BEGIN_READ
         conn = self._connection()
         try:
