@@ -72,13 +72,15 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # One server a test run, shared by its workers; outside pytest's temporary folders, which the
     # server's own user (as root) cannot enter.
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"{os.getpid()}"
-    server = start_server(Path(tempfile.gettempdir()) / f"mcp-guard-test-postgres-{run[:16]}")
+    pgdata = Path(tempfile.gettempdir()) / f"mcp-guard-test-postgres-{run[:16]}"
+    server = start_server(pgdata)
     url = str(server.get_uri())
     with psycopg.connect(url, autocommit=True) as conn:  # a test server: speed over crash safety
         conn.execute("ALTER SYSTEM SET fsync = off")
         conn.execute("ALTER SYSTEM SET synchronous_commit = off")
         conn.execute("SELECT pg_reload_conf()")
     yield url
+    pgdata.with_suffix(".lock").unlink(missing_ok=True)  # the server goes when its last user exits
 
 
 @pytest.fixture
