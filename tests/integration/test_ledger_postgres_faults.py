@@ -117,3 +117,4 @@ async def test_a_database_server_restarting_refuses_calls_until_it_is_back_then_
         assert await recorded(url) == [("ORD-1001", "allow", "ok"), ("ORD-1003", "allow", "ok")]
     finally:
         await anyio.to_thread.run_sync(server.cleanup)
+        pgdata.with_suffix(".lock").unlink(missing_ok=True)
