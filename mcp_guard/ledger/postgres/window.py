@@ -93,6 +93,12 @@ class PostgresWindow(SQLiteWindow):
         if seconds is not None:
             sql += " AND ts > ?"
             params.append(self.since(seconds))
+        else:
+            # The few rows appended since `after_id`: bounded on both sides, so the planner keeps to
+            # the id range even where its statistics are stale (a ledger just copied or filled) and
+            # would otherwise read every row the tool ever had, as the SQLite store's unary `+` says.
+            sql += " AND id <= ?"
+            params.append(self.last_id())
         rows = self._conn.execute(sql + " ORDER BY id", params)
         return [(i, ts, c, a, s, loads(args)) for i, ts, c, a, s, args in rows]
 
