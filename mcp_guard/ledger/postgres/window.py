@@ -35,6 +35,17 @@ class Connection:
         return self.raw.execute(sql.replace("?", "%s"), list(params))
 
 
+_ALLOWED = (
+    "SELECT id, ts, call_id, agent, session, arguments FROM entries "
+    "WHERE kind = 'decision' AND decision = 'allow' AND "
+)
+_ALLOWED_SINCE = (
+    "SELECT id, ts, call_id, agent, session, arguments FROM (SELECT * FROM entries "
+    "WHERE id > ? AND id <= ? OFFSET 0) AS recent WHERE server = ? AND tool = ? "
+    "AND kind = 'decision' AND decision = 'allow' ORDER BY id"
+)
+
+
 class PostgresWindow(SQLiteWindow):
     """The history as seen from inside one transaction (see `Window`)."""
 
@@ -85,21 +96,17 @@ class PostgresWindow(SQLiteWindow):
     def allowed(
         self, server: str, tool: str, *, after_id: int = 0, seconds: float | None = None
     ) -> list[tuple[int, str, str, str, str | None, object]]:
-        sql = (
-            "SELECT id, ts, call_id, agent, session, arguments FROM entries WHERE id > ? "
-            "AND server = ? AND tool = ? AND kind = 'decision' AND decision = 'allow'"
-        )
-        params: list[object] = [after_id, server, tool]
         if seconds is not None:
-            sql += " AND ts > ?"
-            params.append(self.since(seconds))
+            sql = _ALLOWED + "server = ? AND tool = ? AND ts > ? AND id > ? ORDER BY id"
+            params: list[object] = [server, tool, self.since(seconds), after_id]
         else:
-            # The few rows appended since `after_id`: bounded on both sides, so the planner keeps to
-            # the id range even where its statistics are stale (a ledger just copied or filled) and
-            # would otherwise read every row the tool ever had, as the SQLite store's unary `+` says.
-            sql += " AND id <= ?"
-            params.append(self.last_id())
-        rows = self._conn.execute(sql + " ORDER BY id", params)
+            # The few rows appended since `after_id`, read by id alone: the subquery (an optimisation
+            # fence, OFFSET 0) keeps the planner on the id range even where its statistics are stale
+            # (a ledger just filled or copied), where it would rather read every row the tool ever
+            # had through (server, tool, ts), as the SQLite store's unary `+` says.
+            sql = _ALLOWED_SINCE
+            params = [after_id, self.last_id(), server, tool]
+        rows = self._conn.execute(sql, params)
         return [(i, ts, c, a, s, loads(args)) for i, ts, c, a, s, args in rows]
 
     def _standing(self, *conditions: tuple[str, object]) -> list[LedgerEvent]:
