@@ -44,8 +44,28 @@ class CheckpointsConfig(Frozen):
 
 class LedgerConfig(Frozen):
     path: Path = Path("mcp-guard-ledger.db")
+    # A PostgreSQL ledger (fleet mode) instead of the file at `path`: postgresql://user@host/db
+    url: str | None = None
     durability: Literal["normal", "full"] = "normal"
     checkpoints: CheckpointsConfig | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("postgresql", "postgres"):
+            msg = "must be a postgresql:// URL"
+            raise ValueError(msg)
+        return value
+
+    @property
+    def where(self) -> str:
+        """The ledger's location for messages: the file, or the URL without its password."""
+        if self.url is None:
+            return str(self.path)
+        parts = urlsplit(self.url)
+        if not parts.password:
+            return self.url
+        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 class AgentConfig(Frozen):

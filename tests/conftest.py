@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Deployment
+from tests.postgres import postgres_server, postgres_url
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures: a real PostgreSQL, one database a test
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,22 @@
 """`mcp-guard ledger browse`: the ledger in Datasette (the `browse` extra), read-only, with the
 guard's canned queries and facets. Datasette reads a file it may not write through `mode=ro`
-connections; no canned query writes, and the write API is not there. Imports config and errors;
-Datasette only when the command runs."""
+connections; no canned query writes, and the write API is not there. A PostgreSQL ledger is served
+as a SQLite snapshot taken when the command starts. Imports config, errors and ledger; Datasette
+only when the command runs."""
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import ConfigError, LedgerError
+from mcp_guard.ledger import sqlite_snapshot
 
 # Parameterless, so that each answers as it is through Datasette's JSON API (`/<db>/<name>.json`).
 QUERIES: dict[str, dict[str, str]] = {
@@ -96,8 +102,13 @@ def build(path: Path) -> Any:
 def run_browse(args: argparse.Namespace, config: LedgerConfig) -> int:
     import uvicorn
 
-    datasette = build(config.path)
-    name = config.path.stem
+    if config.url is not None:  # Datasette reads SQLite: serve a snapshot taken now
+        folder = Path(tempfile.mkdtemp(prefix="mcp-guard-browse-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        print(f"mcp-guard: a snapshot of {config.where}, taken now", file=sys.stderr)
+    path = sqlite_snapshot(config, folder / "ledger.db") if config.url is not None else config.path
+    datasette = build(path)
+    name = path.stem
     print(f"mcp-guard: the ledger at http://{args.host}:{args.port}/{name} (read-only; Ctrl-C stops)")
     uvicorn.run(datasette.app(), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -24,6 +24,7 @@ import anyio
 from mcp_guard import loading
 from mcp_guard.cli.audit import add_audit_parsers, run_audit, run_keygen, wants_audit
 from mcp_guard.cli.browse import add_browse_parser, run_browse
+from mcp_guard.cli.copy import add_copy_parser, run_copy, run_init
 from mcp_guard.config import LedgerConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.ledger import Invocation, LedgerEvent, LedgerStore, Window, exists, open_ledger
@@ -129,6 +130,7 @@ def add_ledger_parser(subparsers: Any) -> None:
     stats.add_argument("--json", action="store_true", help="one JSON object, with p50/p95 durations per tool")
     add_audit_parsers(commands, verify)
     add_browse_parser(commands)
+    add_copy_parser(commands)
 
 
 def run_ledger(args: argparse.Namespace, ledger: LedgerConfig | Path, out: TextIO | None = None) -> int:
@@ -191,8 +193,10 @@ async def until_interrupted(fn: Callable[..., Awaitable[int]], *args: Any) -> in
 async def _run(args: argparse.Namespace, config: LedgerConfig, out: TextIO) -> int:
     if args.ledger_command == "keygen":
         return run_keygen(args, out)
+    if args.ledger_command in ("copy", "init"):
+        return await (run_copy(args, config, out) if args.ledger_command == "copy" else run_init(config, out))
     if args.ledger_command == "tail" and args.follow and not exists(config):
-        print(f"mcp-guard: {config.path}: no ledger yet; waiting for a guard to write one", file=sys.stderr)
+        print(f"mcp-guard: {config.where}: no ledger yet; waiting for a guard to write one", file=sys.stderr)
         await _until_written(config)
     async with await open_ledger(config, readonly=True) as ledger:
         if wants_audit(args):

@@ -38,8 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="guard.yaml (default: $MCP_GUARD_CONFIG, else ./guard.yaml)")
     p.add_argument(
         "--ledger",
-        metavar="PATH",
-        help="for `ledger` and `approvals`: read this ledger file, no guard.yaml needed",
+        metavar="PATH|URL",
+        help="for `ledger` and `approvals`: this ledger file or postgresql:// URL, no guard.yaml needed",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("jti", metavar="JTI")
     _everywhere(p, "--config", help="guard.yaml (also accepted before the command)")
     _everywhere(
-        p, "--ledger", metavar="PATH", help="a ledger file to read (also accepted before the command)"
+        p, "--ledger", metavar="PATH|URL", help="a ledger file or URL (also accepted before the command)"
     )
     return p
 
@@ -372,17 +372,20 @@ COMMANDS = {
 }
 
 
+def _ledger_at(given: str) -> LedgerConfig:
+    """--ledger: a ledger file's path, or a PostgreSQL ledger's URL."""
+    if given.startswith(("postgresql://", "postgres://")):
+        return LedgerConfig(url=given)
+    return LedgerConfig(path=Path(given))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "ledger" and args.ledger_command == "keygen":
             return run_ledger(args, LedgerConfig())  # needs no guard.yaml
         if args.command in ("ledger", "approvals"):
-            ledger = (
-                LedgerConfig(path=Path(args.ledger))
-                if args.ledger
-                else load_ledger_config(find_config(args.config))
-            )
+            ledger = _ledger_at(args.ledger) if args.ledger else load_ledger_config(find_config(args.config))
             run = run_ledger if args.command == "ledger" else run_approvals
             return int(run(args, ledger))
         if args.command == "grants":

@@ -140,7 +140,7 @@ def _with_ledger(config: GuardConfig, fn: Any) -> Any:
     if ledgers.exists(config.ledger):
         return anyio.run(_read, config, fn, None)
     with tempfile.TemporaryDirectory() as folder:
-        empty = config.ledger.model_copy(update={"path": Path(folder) / "empty.db"})
+        empty = config.ledger.model_copy(update={"path": Path(folder) / "empty.db", "url": None})
 
         async def read() -> Any:
             async with await ledgers.open_ledger(empty) as ledger:

@@ -18,8 +18,10 @@ from mcp_guard.ledger.entries import CallRecord
 POLICY = "cd" * 32
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerConfig:
+    if request.param == "postgres":
+        return LedgerConfig(url=request.getfixturevalue("postgres_url"))
     return LedgerConfig(path=tmp_path / "ledger.db")
 
 

@@ -15,12 +15,13 @@ from sqlite_utils import Database
 
 from mcp_guard.ledger import RevocationEvent, open_ledger
 from mcp_guard.ledger.chain import COLUMNS, ZERO_HASH, entry_hash
-from tests.contract.test_ledger_store import POLICY, SQLiteKind, record
+from mcp_guard.ledger.postgres.copy import copy_ledger
+from tests.contract.test_ledger_store import POLICY, PostgresKind, SQLiteKind, make_kind, record
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def kind(request: pytest.FixtureRequest, tmp_path: Path) -> SQLiteKind:
-    return SQLiteKind(tmp_path / "ledger.db")
+    return make_kind(request, tmp_path)
 
 
 def schema3_ledger(kind: SQLiteKind, decisions: int) -> list[str]:
@@ -43,6 +44,8 @@ def schema3_ledger(kind: SQLiteKind, decisions: int) -> list[str]:
             [*(row[name] for name in names), head],
         )
     conn.close()
+    if isinstance(kind, PostgresKind):  # its rows, as `ledger copy` brings them
+        copy_ledger(kind.path, kind.url, kind.url)
     return call_ids
 
 

@@ -1,6 +1,6 @@
 """The LedgerStore contract: what every store must do, through the protocol only. Each test runs
-against every store kind the `kind` fixture yields (SQLite now); a new store joins by adding a
-kind that can open it, tamper with it, and build a ledger of the previous schema."""
+against every store kind the `kind` fixture yields (SQLite, PostgreSQL); a new store joins by adding
+a kind that can open it, tamper with it, and build a ledger of the previous schema."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 
 import anyio
+import psycopg
 import pytest
 from sqlite_utils import Database
 
@@ -36,6 +37,7 @@ from mcp_guard.ledger import (
 )
 from mcp_guard.ledger.chain import HASHED_COLUMNS, ZERO_HASH, entry_hash
 from mcp_guard.ledger.entries import CallRecord, format_ts
+from mcp_guard.ledger.postgres.copy import copy_ledger
 from mcp_guard.manifest import Budget
 
 POLICY = "ab" * 32
@@ -62,6 +64,11 @@ class SQLiteKind:
     """How the contract opens, damages and ages a SQLite ledger."""
 
     path: Path
+
+    @property
+    def target(self) -> str:
+        """What a process given only a string opens: the file's path, or the database's URL."""
+        return str(self.path)
 
     def config(self, durability: str = "normal") -> LedgerConfig:
         return LedgerConfig(path=self.path, durability=durability)  # type: ignore[arg-type]
@@ -96,9 +103,43 @@ class SQLiteKind:
         return call_ids
 
 
-@pytest.fixture(params=["sqlite"])
-def kind(request: pytest.FixtureRequest, tmp_path: Path) -> SQLiteKind:
+@dataclass
+class PostgresKind(SQLiteKind):
+    """How the contract opens, damages and ages a PostgreSQL ledger (`path`: a scratch file)."""
+
+    url: str = ""
+
+    @property
+    def target(self) -> str:
+        return self.url
+
+    def config(self, durability: str = "normal") -> LedgerConfig:
+        return LedgerConfig(url=self.url, durability=durability)  # type: ignore[arg-type]
+
+    def tamper(self, nth: int) -> None:
+        """Edit the nth entry by hand, as the database's owner could (the guard's role cannot)."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE entries DISABLE TRIGGER entries_no_update")
+            conn.execute("UPDATE entries SET agent = 'someone-else' WHERE id = %s", (nth,))
+            conn.execute("ALTER TABLE entries ENABLE TRIGGER entries_no_update")
+
+    def old_ledger(self, decisions: int) -> list[str]:
+        """Entries of a ledger written before the method column (hash v1), as `ledger copy` brings
+        them from an old SQLite file: PostgreSQL ledgers never had that schema, but hold its rows."""
+        call_ids = SQLiteKind(self.path).old_ledger(decisions)
+        copy_ledger(self.path, self.url, self.url)
+        return call_ids
+
+
+def make_kind(request: pytest.FixtureRequest, tmp_path: Path) -> SQLiteKind:
+    if request.param == "postgres":
+        return PostgresKind(tmp_path / "source.db", request.getfixturevalue("postgres_url"))
     return SQLiteKind(tmp_path / "ledger.db")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def kind(request: pytest.FixtureRequest, tmp_path: Path) -> SQLiteKind:
+    return make_kind(request, tmp_path)
 
 
 @pytest.fixture(params=["normal", "full"])
@@ -192,7 +233,9 @@ SPENDER = textwrap.dedent(
         return rec
 
     async def main():
-        async with await open_ledger(LedgerConfig(path=sys.argv[1])) as store:
+        target = sys.argv[1]
+        config = LedgerConfig(url=target) if target.startswith("postgresql:") else LedgerConfig(path=target)
+        async with await open_ledger(config) as store:
             for i in range(int(sys.argv[2])):
                 rec = CallRecord(f"{sys.argv[3]}-{i}", "support-bot", None, "billing", "refund", {}, "allow",
                                  None, None, "ab" * 32)
@@ -203,7 +246,7 @@ SPENDER = textwrap.dedent(
 )
 
 
-def race(path: Path, processes: int, calls: int) -> None:
+def race(path: str, processes: int, calls: int) -> None:
     """`processes` processes deciding `calls` budgeted calls each, all at once."""
     procs = [
         subprocess.Popen(
@@ -224,7 +267,7 @@ def race(path: Path, processes: int, calls: int) -> None:
 async def test_no_number_of_processes_can_overspend_a_budget(kind: SQLiteKind):
     async with await open_ledger(kind.config()):
         pass  # created before the race, so the processes only append
-    await anyio.to_thread.run_sync(race, kind.path, 3, 15)
+    await anyio.to_thread.run_sync(race, kind.target, 3, 15)
     async with await open_ledger(kind.config(), readonly=True) as reader:
         got = await reader.invocations()
         assert len(got) == 45
@@ -273,7 +316,9 @@ FOLLOWED = textwrap.dedent(
     from mcp_guard.ledger.entries import CallRecord
 
     async def main():
-        async with await open_ledger(LedgerConfig(path=sys.argv[1])) as store:
+        target = sys.argv[1]
+        config = LedgerConfig(url=target) if target.startswith("postgresql:") else LedgerConfig(path=target)
+        async with await open_ledger(config) as store:
             rec = CallRecord(sys.argv[2], "finance-bot", None, "billing", "payout", {}, "deny", "limit_exceeded",
                              None, "ab" * 32)
             await store.decide(rec)
@@ -290,7 +335,7 @@ async def test_follow_sees_what_another_process_commits(kind: SQLiteKind):
         call_id = uuid.uuid4().hex
         seen: list[str] = []
         with anyio.fail_after(WAIT):
-            done = await anyio.run_process([sys.executable, "-c", FOLLOWED, str(kind.path), call_id])
+            done = await anyio.run_process([sys.executable, "-c", FOLLOWED, kind.target, call_id])
             assert done.returncode == 0
             async for batch in store.follow(after, where=Filter(agent="finance-bot")):
                 seen += [inv.call_id for inv in batch]

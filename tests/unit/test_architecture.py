@@ -91,3 +91,25 @@ def test_the_library_never_imports_the_cli() -> None:
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_each_module_stays_small_enough_to_read_whole(name: str) -> None:
     assert len(MODULES[name].read_text().splitlines()) <= MAX_LINES
+
+
+def test_a_stores_package_is_imported_only_by_the_ledger() -> None:
+    stores = ("mcp_guard.ledger.sqlite", "mcp_guard.ledger.postgres")
+    offenders = {
+        name: sorted(m for m in GRAPH[name] if m.startswith(stores))
+        for name in GRAPH
+        if not name.startswith("mcp_guard.ledger")
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_the_postgresql_driver_is_imported_only_inside_its_store() -> None:
+    """psycopg is an optional extra: nothing else may need it to import."""
+    for name, path in MODULES.items():
+        if name.startswith("mcp_guard.ledger.postgres"):
+            continue
+        tree = ast.parse(path.read_text())
+        found = {
+            alias.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names
+        } | {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert "psycopg" not in found, name

@@ -21,7 +21,7 @@ DISTRIBUTION = {
     "sqlite_utils": "sqlite-utils",
     "opentelemetry": "opentelemetry-api",
 }
-EXTRAS = ("otel", "browse")
+EXTRAS = ("otel", "browse", "postgres")
 """Extras whose modules the package imports where they are used (the guard runs without them)."""
 
 

@@ -82,7 +82,7 @@ def invocations(
     where_sql, params = _where(where, ("id > ?", after_id), ("id <= ?", until_id))
     sql = select + where_sql
     if limit is not None:
-        sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?)"  # noqa: S608
+        sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?) AS recent"  # noqa: S608
         params.append(limit)
     return [_invocation(row) for row in conn.execute(sql + " ORDER BY id", params)]
 
@@ -194,7 +194,7 @@ def where(*conditions: tuple[str, object]) -> tuple[str, list[object]]:
         if value is not None:
             sql.append(condition)
             params += value if isinstance(value, tuple) else [value]
-    return " AND ".join(sql) or "1", params
+    return " AND ".join(sql) or "1 = 1", params
 
 
 def _invocation(row: Sequence[Any]) -> Invocation:
