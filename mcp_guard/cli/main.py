@@ -7,9 +7,7 @@ import argparse
 import difflib
 import os
 import sys
-import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -197,34 +195,10 @@ def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: st
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from mcp_guard.identity.tokens import issue_token
-    from mcp_guard.loading import format_duration, parse_duration
+    from mcp_guard.cli.tokens import run_issue, run_revoke
 
     config = load_config(find_config(args.config))
-    if args.token_command == "revoke":  # noqa: S105 - a subcommand
-        from mcp_guard.cli.tokens import run_revoke
-
-        return run_revoke(args, config)
-    if config.tokens is None:
-        msg = f"token issue: {config.source} has no `tokens` section (add tokens.signing_key)"
-        raise UsageError(msg)
-    if args.agent not in config.agents:
-        msg = f"token issue: agent {args.agent!r} is not defined in {config.source}"
-        raise UsageError(msg)
-    max_ttl = config.tokens.max_ttl
-    try:
-        ttl = parse_duration(args.ttl) if args.ttl else min(15 * 60.0, max_ttl)
-    except ValueError as exc:
-        msg = f"token issue: --ttl: {exc}"
-        raise UsageError(msg) from None
-    if ttl > max_ttl:
-        msg = f"token issue: --ttl {args.ttl} is longer than tokens.max_ttl ({format_duration(max_ttl)})"
-        raise UsageError(msg)
-    token, claims = issue_token(config.tokens, args.agent, ttl, time.time())
-    print(token)
-    expires = datetime.fromtimestamp(claims["exp"], tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    print(f"mcp-guard: token for {args.agent!r} expires {expires} (jti {claims['jti']})", file=sys.stderr)
-    return 0
+    return (run_revoke if args.token_command == "revoke" else run_issue)(args, config)  # noqa: S105
 
 
 def cmd_check(args: argparse.Namespace) -> int:

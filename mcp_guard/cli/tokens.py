@@ -1,4 +1,5 @@
-"""`mcp-guard token revoke JTI`: a `revocation` entry in the ledger, after which every guard process
+"""`mcp-guard token issue`: a short-lived token signed with guard.yaml's `tokens.signing_key`.
+`mcp-guard token revoke JTI`: a `revocation` entry in the ledger, after which every guard process
 on that ledger refuses a token with that id (the guard's own HS256 tokens and the authorization
 server's alike) from its next request on."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import time
+from datetime import UTC, datetime
 from typing import TextIO
 
 import anyio
@@ -61,4 +64,31 @@ def run_revoke(args: argparse.Namespace, config: GuardConfig, out: TextIO | None
         print(f"mcp-guard: {exc}", file=sys.stderr)
         return 1
     out.write(f"revoked: token {jti}{'' if added else ' (it already was)'}\n")
+    return 0
+
+
+def run_issue(args: argparse.Namespace, config: GuardConfig) -> int:
+    """`token issue`: a short-lived signed token on stdout, its expiry and jti on stderr."""
+    from mcp_guard.identity.tokens import issue_token
+    from mcp_guard.loading import format_duration, parse_duration
+
+    if config.tokens is None:
+        msg = f"token issue: {config.source} has no `tokens` section (add tokens.signing_key)"
+        raise UsageError(msg)
+    if args.agent not in config.agents:
+        msg = f"token issue: agent {args.agent!r} is not defined in {config.source}"
+        raise UsageError(msg)
+    max_ttl = config.tokens.max_ttl
+    try:
+        ttl = parse_duration(args.ttl) if args.ttl else min(15 * 60.0, max_ttl)
+    except ValueError as exc:
+        msg = f"token issue: --ttl: {exc}"
+        raise UsageError(msg) from None
+    if ttl > max_ttl:
+        msg = f"token issue: --ttl {args.ttl} is longer than tokens.max_ttl ({format_duration(max_ttl)})"
+        raise UsageError(msg)
+    token, claims = issue_token(config.tokens, args.agent, ttl, time.time())
+    print(token)
+    expires = datetime.fromtimestamp(claims["exp"], tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"mcp-guard: token for {args.agent!r} expires {expires} (jti {claims['jti']})", file=sys.stderr)
     return 0
