@@ -340,3 +340,37 @@ async def test_a_resource_or_prompt_whose_definition_is_not_its_pin_is_withheld(
     assert [e["reason"] for e in decisions(d) if e["decision"] == "deny"] == ["pin_mismatch"]
     held = {e["tool"] for e in ledger_events(d.ledger_path, "pin") if e.get("action") == "withheld"}
     assert {"resource:test://static-binary", "prompt:test_prompt_with_arguments"} <= held
+
+
+async def test_every_surface_is_scrubbed_of_the_upstream_credential_before_the_client_sees_it(
+    tmp_path: Path,
+) -> None:
+    d = deployment(tmp_path)
+    d.manifests[SERVER]["resources"][0]["uris"].append("test://leaky/*")
+    d.manifests[SERVER]["prompts"]["test_leaky_prompt"] = {"allow": ["role:support"]}
+    async with inprocess_guard(d, "support-bot") as session:
+        resources = await session.list_resources()
+        templates = await session.list_resource_templates()
+        prompts = await session.list_prompts()
+        got = await session.get_prompt("docs__test_leaky_prompt", {})
+        ref = types.PromptReference(type="ref/prompt", name="docs__test_leaky_prompt")
+        done = await session.complete(ref, {"name": "key", "value": "k"})
+    leaky = next(r for r in resources.resources if str(r.uri) == "test://leaky")
+    assert leaky.description  # relayed, scrubbed
+    assert leaky.title
+    assert [t.uri_template for t in templates.resource_templates if "leaky" in t.uri_template] == [
+        "test://leaky/{id}"
+    ]
+    assert "docs__test_leaky_prompt" in [p.name for p in prompts.prompts]
+    assert [m.content.type for m in got.messages] == ["text", "resource", "resource"]
+    blob = next(
+        m.content.resource
+        for m in got.messages
+        if isinstance(m.content, types.EmbeddedResource)
+        and isinstance(m.content.resource, types.BlobResourceContents)
+    )
+    assert SECRET not in base64.b64decode(blob.blob).decode(errors="replace")
+    assert len(done.completion.values) == 2
+    for result in (resources, templates, prompts, got, done):
+        assert_no_secret(dumped(result), SECRET)
+    assert [e["method"] for e in d.journal(SERVER)] == ["prompts/get", "completion/complete"]
