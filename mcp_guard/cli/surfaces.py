@@ -13,11 +13,14 @@ from typing import Any
 import anyio
 
 from mcp_guard.config import GuardConfig
-from mcp_guard.guard.convert import surface_defs
+from mcp_guard.guard.reads import View
+from mcp_guard.guard.surfaces import Held, peek
 from mcp_guard.manifest import Manifest
-from mcp_guard.policy.engine import Agent, Policy
-from mcp_guard.policy.prompts import decide_prompt, prompt_offers
-from mcp_guard.policy.resources import Surfaces, decide_read, readable, visible_templates
+from mcp_guard.policy.engine import Agent, Decision, Policy
+from mcp_guard.policy.prompts import prompt_offers
+from mcp_guard.policy.reasons import Reason
+from mcp_guard.policy.resources import Surfaces, patterns_for, readable, visible_templates
+from mcp_guard.policy.targets import Target
 from mcp_guard.policy.uris import matches, uri_problem
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
@@ -108,18 +111,9 @@ def surface_problems(manifests: Sequence[Manifest], listed: Mapping[str, Listed]
     return out
 
 
-def surfaces_of(policy: Policy, listed: Mapping[str, Listed]) -> Surfaces:
-    """The live surfaces of the servers whose manifest grants any (pins are the guard's business)."""
-    manifests = policy.manifests
-    return {
-        s: surface_defs(v)
-        for s, v in listed.items()
-        if s in manifests and manifests[s].grants_more_than_tools
-    }
-
-
-def reads_view(policy: Policy, agent: Agent, surfaces: Surfaces) -> dict[str, Any]:
-    """What `agent` may read and get: resources listed, templates shown, prompts with their limits."""
+def reads_view(policy: Policy, agent: Agent, surfaces: Surfaces, held: Held | None = None) -> dict[str, Any]:
+    """What `agent` may read and get: resources listed, templates shown, prompts with their limits,
+    and what it is granted but the guard withholds by its pin (`held`), decided as the guard does."""
     manifests, known = policy.manifests, policy.agents
     prompts = prompt_offers(agent, manifests, surfaces, known)
     return {
@@ -138,7 +132,31 @@ def reads_view(policy: Policy, agent: Agent, surfaces: Surfaces) -> dict[str, An
             {"name": name, "server": o.server, "prompt": o.prompt.id, "arguments": dict(o.grant.arguments)}
             for name, o in sorted(prompts.items())
         ],
+        "withheld": _withheld(View(agent, policy, surfaces, held or Held())),
     }
+
+
+def _withheld(view: View) -> list[dict[str, str]]:
+    """The resources, templates and prompts the agent is granted that their pin withholds, with
+    the guard's refusal (a template is not listed, so it is refused as its reads would be)."""
+    out = []
+    for w in view.held.all:
+        kind, ident = w.tool.split(":", 1)
+        manifest = view.policy.manifests[w.server]
+        if kind == "prompt":
+            decision = view.get(manifest.name_prefix + ident, {})
+        elif kind == "resource":
+            decision = view.read(ident)
+        elif matches(patterns_for(manifest, view.agent), ident):
+            detail = (
+                f"this {kind}'s definition is not the pinned one; it is withheld until an operator accepts it"
+            )
+            decision = Decision(False, Reason.PIN_MISMATCH, detail, Target("resource", w.server, ident), {})
+        else:
+            continue
+        if decision.reason == Reason.PIN_MISMATCH:
+            out.append({"kind": kind, "server": w.server, "id": ident, "text": decision.text})
+    return out
 
 
 def render_reads(view: Mapping[str, Any]) -> str:
@@ -156,6 +174,8 @@ def render_reads(view: Mapping[str, Any]) -> str:
         lines.append(f"  {p['name']}" + (f" [{limits}]" if limits else ""))
     if not view["prompts"]:
         lines.append("  (no prompts)")
+    for w in view["withheld"]:
+        lines.append(f"  {w['kind']} {w['id']} ({w['server']}) is not shown: {w['text']}")
     return "\n".join(lines) + "\n"
 
 
@@ -177,12 +197,21 @@ async def _live(
         return {name: up.surfaces for name, up in pool.upstreams.items() if up.alive}
 
 
+async def _pinned(
+    config: GuardConfig, manifests: tuple[Manifest, ...], transports: Mapping[str, Transport] | None
+) -> tuple[Surfaces, Held]:
+    listed = await _live(config, manifests, transports)
+    log = Scrubber(Policy(config, manifests).secrets).log
+    return await peek(config.ledger, Policy(config, manifests), listed, log)
+
+
 def live_surfaces(
     config: GuardConfig, manifests: tuple[Manifest, ...], transports: Mapping[str, Transport] | None = None
-) -> Surfaces:
+) -> tuple[Surfaces, Held]:
     """Start the upstreams that grant resources or prompts and read what they list (`transports`:
-    instead of the manifests', as for the pool)."""
-    return surfaces_of(Policy(config, manifests), anyio.run(_live, config, manifests, transports))
+    instead of the manifests', as for the pool): what the guard would offer, and withhold by its
+    pin, now (reading the ledger only)."""
+    return anyio.run(_pinned, config, manifests, transports)
 
 
 def register(sub: Any) -> None:
@@ -195,7 +224,7 @@ def cmd_reads(config: GuardConfig, manifests: tuple[Manifest, ...], args: Any, a
     """`reads --agent NAME [--json]`; `agent_of` is the command line's (an unknown agent: exit 2)."""
     policy = Policy(config, manifests)
     agent, as_json = agent_of(config, policy, args.agent), args.json
-    view = reads_view(policy, agent, live_surfaces(config, manifests))
+    view = reads_view(policy, agent, *live_surfaces(config, manifests))
     print(
         json.dumps(view, ensure_ascii=False) if as_json else render_reads(view), end="\n" if as_json else ""
     )
@@ -216,14 +245,9 @@ def explain_surface(
     transports: Mapping[str, Transport] | None = None,
 ) -> tuple[bool, str]:
     """(allowed, the line to print) for a read of a URI or a get of a prompt, as the guard decides
-    it (pins are not checked here); forwards nothing, writes nothing."""
-    policy = Policy(config, manifests)
-    surfaces = live_surfaces(config, manifests, transports)
-    if ":" in name:
-        decision = decide_read(agent, name, policy.manifests, surfaces, policy.agents)
-    else:
-        offers = prompt_offers(agent, policy.manifests, surfaces, policy.agents)
-        decision = decide_prompt(name, arguments, offers, config.limits.max_argument_bytes)
+    it (with its own View, pins included); forwards nothing, writes nothing."""
+    view = View(agent, Policy(config, manifests), *live_surfaces(config, manifests, transports))
+    decision = view.read(name) if ":" in name else view.get(name, dict(arguments))
     if not decision.allowed:
         return False, decision.text
     what = f"{decision.target.method} {decision.server}.{decision.target.name}"
