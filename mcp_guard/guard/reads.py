@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from mcp_guard.guard.caller import Caller
 
 RESOURCE_NOT_FOUND = -32002
+LOCKED_OUT = "this agent is locked out after repeated refusals"
 T = TypeVar("T")
 
 
@@ -70,6 +71,7 @@ class View:
     policy: Policy
     surfaces: Surfaces
     held: Held
+    locked: bool = False  # locked out (guard.yaml `lockout`): listed nothing, every request refused
 
     def read(self, uri: str) -> Decision:
         policy, withheld = self.policy, self.held.resources
@@ -108,9 +110,8 @@ async def view(guard: Guard, agent: Agent, policy: Policy | None = None) -> View
     live = {name: up.surfaces for name, up in guard.pool.upstreams.items()}
     exposed = guard.exposed
     surfaces = await exposed.catalog.current(policy, live)
-    if guard.standing.of(agent.name)[1]:
-        surfaces = {}
-    return View(agent, policy, surfaces, exposed.catalog.held)
+    locked = guard.standing.of(agent.name)[1]
+    return View(agent, policy, {} if locked else surfaces, exposed.catalog.held, locked)
 
 
 # -- lists ----------------------------------------------------------------------------------------
@@ -312,6 +313,8 @@ async def subscribe_resource(
     seen = await view(guard, caller.identify(ctx))
     uri = str(params.uri)
     decision = seen.read(uri)
+    if seen.locked:  # a subscription is not a recorded request: refused here, as a read would be
+        decision = Decision(False, Reason.LOCKED_OUT, LOCKED_OUT, decision.target, {})
     if not decision.allowed or decision.server is None:
         raise _not_found(decision)
     subscribers = guard.exposed.subscribers.setdefault(uri, weakref.WeakKeyDictionary())
@@ -360,8 +363,9 @@ async def resource_updated(guard: Guard, server: str, uri: str) -> None:
         agent = guard.policy.agents.get(name)
         if agent is None:
             continue
-        decision = (await view(guard, agent)).read(uri)
-        if not decision.allowed or decision.server != server:
+        seen = await view(guard, agent)
+        decision = seen.read(uri)
+        if seen.locked or not decision.allowed or decision.server != server:
             continue
         try:
             await connection.send_resource_updated(uri)

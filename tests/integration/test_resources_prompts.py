@@ -23,6 +23,7 @@ from tests.helpers import (
     dumped,
     inprocess_guard,
     inprocess_guards,
+    ledger_events,
 )
 
 SECRET = "docs-secret-7f3a9c1e55"
@@ -374,3 +375,44 @@ async def test_every_surface_is_scrubbed_of_the_upstream_credential_before_the_c
     for result in (resources, templates, prompts, got, done):
         assert_no_secret(dumped(result), SECRET)
     assert [e["method"] for e in d.journal(SERVER)] == ["prompts/get", "completion/complete"]
+
+
+async def test_a_locked_out_agent_is_listed_nothing_and_refused_reads_prompts_completion_and_subscriptions(
+    tmp_path: Path,
+) -> None:
+    d = deployment(tmp_path)
+    d.extra_config["lockout"] = {"denials": 2, "within": "5m", "for": "15m"}
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.PromptListChangedNotification):
+            changed.set()
+
+    async with inprocess_guard(d, "support-bot", message_handler=on_message) as session:
+        assert (await session.list_prompts()).prompts
+        for _ in range(2):  # the second refusal locks the agent out
+            with pytest.raises(MCPError):
+                await session.read_resource("test://private/payroll")
+        with anyio.fail_after(TIMEOUT):
+            await changed.wait()
+        assert (await session.list_resources()).resources == []
+        assert (await session.list_resource_templates()).resource_templates == []
+        assert (await session.list_prompts()).prompts == []
+        prompt = types.PromptReference(type="ref/prompt", name="docs__test_prompt_with_arguments")
+        refused: list[tuple[str, Any]] = [
+            ("resources/read", session.read_resource("test://static-text")),
+            ("prompts/get", session.get_prompt(prompt.name, {"arg1": "low", "arg2": "x"})),
+            ("completion/complete", session.complete(prompt, {"name": "arg2", "value": "pa"})),
+            ("resources/subscribe", subscribe(session, "test://watched-resource")),
+        ]
+        for method, request in refused:
+            with pytest.raises(MCPError) as caught:
+                await request
+            assert caught.value.error.message.startswith("denied (locked_out): "), (method, caught.value)
+    assert d.journal(SERVER) == []  # the upstream saw none of them
+    assert [(e["method"], e["reason"]) for e in decisions(d)][2:] == [
+        ("resources/read", "locked_out"),
+        ("prompts/get", "locked_out"),
+        ("completion/complete", "locked_out"),
+    ]
+    assert len(ledger_events(d.ledger_path, "lockout")) == 1
