@@ -12,13 +12,14 @@ from typing import Any
 
 import anyio
 
+from mcp_guard import ledger as ledgers
 from mcp_guard.config import GuardConfig
-from mcp_guard.guard.reads import View
+from mcp_guard.guard.reads import LOCKED_OUT, View
 from mcp_guard.guard.surfaces import Held, peek
 from mcp_guard.manifest import Manifest
 from mcp_guard.policy.engine import Agent, Decision, Policy
 from mcp_guard.policy.prompts import prompt_offers
-from mcp_guard.policy.reasons import Reason
+from mcp_guard.policy.reasons import Reason, denial
 from mcp_guard.policy.resources import Surfaces, patterns_for, readable, visible_templates
 from mcp_guard.policy.targets import Target
 from mcp_guard.policy.uris import matches, uri_problem
@@ -161,6 +162,8 @@ def _withheld(view: View) -> list[dict[str, str]]:
 
 def render_reads(view: Mapping[str, Any]) -> str:
     lines = [f"agent {view['agent']} may read:"]
+    if view.get("locked_out_until"):
+        lines.insert(0, f"(locked out until {view['locked_out_until']}; `mcp-guard agents unlock` ends it)")
     for server, patterns in sorted(view["patterns"].items()):
         if patterns:
             lines.append(f"  {server}: {', '.join(patterns)}")
@@ -214,6 +217,27 @@ def live_surfaces(
     return anyio.run(_pinned, config, manifests, transports)
 
 
+async def _lockout(config: GuardConfig, agent: str) -> str | None:
+    """When the agent's lockout in force ends (None: not locked out, or no `lockout` configured)."""
+    if config.lockout is None or not ledgers.exists(config.ledger):
+        return None
+    async with await ledgers.open_ledger(config.ledger, readonly=True) as ledger:
+        found = await ledger.read(lambda window: window.lockouts(agent=agent))
+    return found[0].until if found else None
+
+
+def agent_view(
+    config: GuardConfig,
+    manifests: tuple[Manifest, ...],
+    agent: Agent,
+    transports: Mapping[str, Transport] | None = None,
+) -> tuple[View, str | None]:
+    """The guard's own View of the agent now (locked out: nothing), and when its lockout ends."""
+    until = anyio.run(_lockout, config, agent.name)
+    surfaces, held = live_surfaces(config, manifests, transports)
+    return View(agent, Policy(config, manifests), {} if until else surfaces, held, until is not None), until
+
+
 def register(sub: Any) -> None:
     r = sub.add_parser("reads", help="the resources and prompts an agent may read and get")
     r.add_argument("--agent", required=True, help="the agent, as named in guard.yaml")
@@ -224,7 +248,8 @@ def cmd_reads(config: GuardConfig, manifests: tuple[Manifest, ...], args: Any, a
     """`reads --agent NAME [--json]`; `agent_of` is the command line's (an unknown agent: exit 2)."""
     policy = Policy(config, manifests)
     agent, as_json = agent_of(config, policy, args.agent), args.json
-    view = reads_view(policy, agent, *live_surfaces(config, manifests))
+    seen, until = agent_view(config, manifests, agent)
+    view = {**reads_view(policy, agent, seen.surfaces, seen.held), "locked_out_until": until}
     print(
         json.dumps(view, ensure_ascii=False) if as_json else render_reads(view), end="\n" if as_json else ""
     )
@@ -246,8 +271,10 @@ def explain_surface(
 ) -> tuple[bool, str]:
     """(allowed, the line to print) for a read of a URI or a get of a prompt, as the guard decides
     it (with its own View, pins included); forwards nothing, writes nothing."""
-    view = View(agent, Policy(config, manifests), *live_surfaces(config, manifests, transports))
+    view, until = agent_view(config, manifests, agent, transports)
     decision = view.read(name) if ":" in name else view.get(name, dict(arguments))
+    if until is not None:  # the ledger refuses every request of a locked-out agent
+        return False, denial(Reason.LOCKED_OUT, f"{LOCKED_OUT} until {until}")
     if not decision.allowed:
         return False, decision.text
     what = f"{decision.target.method} {decision.server}.{decision.target.name}"

@@ -1,6 +1,7 @@
 """Resources, templates, subscriptions, prompts and completion through the in-process guard, the
 upstream (tests/conformance/upstream.py) in memory: default deny, listing equals reading, every
-refusal recorded with its method and never seen by the upstream, and every result scrubbed."""
+refusal recorded with its method and never seen by the upstream, every result and listing scrubbed,
+and a locked-out agent refused all of it (and `explain` saying so)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import mcp_types as types
 import pytest
 from mcp import MCPError
 
+from mcp_guard.cli.surfaces import agent_view, explain_surface
+from mcp_guard.policy.engine import Policy
 from tests.helpers import (
     REPO_ROOT,
     TIMEOUT,
@@ -24,6 +27,7 @@ from tests.helpers import (
     inprocess_guard,
     inprocess_guards,
     ledger_events,
+    memory_transports,
 )
 
 SECRET = "docs-secret-7f3a9c1e55"
@@ -405,11 +409,31 @@ async def test_a_locked_out_agent_is_listed_nothing_and_refused_reads_prompts_co
             ("completion/complete", session.complete(prompt, {"name": "arg2", "value": "pa"})),
             ("resources/subscribe", subscribe(session, "test://watched-resource")),
         ]
+        said = {}
         for method, request in refused:
             with pytest.raises(MCPError) as caught:
                 await request
-            assert caught.value.error.message.startswith("denied (locked_out): "), (method, caught.value)
+            said[method] = caught.value.error.message
+            assert said[method].startswith("denied (locked_out): "), (method, caught.value)
     assert d.journal(SERVER) == []  # the upstream saw none of them
+    before = d.ledger()
+    config, manifests = d.load()
+    agent = Policy(config, manifests).agents["support-bot"]
+
+    def explained(name: str, arguments: dict[str, str]) -> tuple[bool, str]:
+        return explain_surface(config, manifests, agent, name, arguments, memory_transports(manifests))
+
+    for name, arguments, method in [
+        ("test://static-text", {}, "resources/read"),
+        (prompt.name, {"arg1": "low", "arg2": "x"}, "prompts/get"),
+    ]:
+        assert await anyio.to_thread.run_sync(explained, name, arguments) == (False, said[method])
+    view, until = await anyio.to_thread.run_sync(
+        agent_view, config, manifests, agent, memory_transports(manifests)
+    )
+    assert until is not None
+    assert view.surfaces == {}
+    assert d.ledger() == before  # explain and reads record nothing
     assert [(e["method"], e["reason"]) for e in decisions(d)][2:] == [
         ("resources/read", "locked_out"),
         ("prompts/get", "locked_out"),
