@@ -381,7 +381,7 @@ IN_MEMORY: dict[str, Callable[[Env], Server[Any]]] = {
     "tests.upstreams.decimal_refunds": lambda env: decimal_refunds.build_server(_journal(env)),
     "tests.upstreams.files": lambda env: files.build_server(_journal(env)),
     "tests.conformance.upstream": lambda env: conformance_upstream.build_server(
-        env.get("CONFORMANCE_SECRET", ""), _journal(env)
+        env.get("CONFORMANCE_SECRET", ""), _journal(env), env.get("CONFORMANCE_DRIFT", "")
     ),
 }
 """The servers our `python -m MODULE` upstreams run, built from the environment the process gets."""

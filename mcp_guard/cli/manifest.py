@@ -22,7 +22,8 @@ from mcp_guard.cli.surfaces import render_surfaces, surface_problems
 from mcp_guard.config import GuardConfig
 from mcp_guard.errors import UpstreamUnavailable
 from mcp_guard.guard import pins
-from mcp_guard.guard.convert import tool_def
+from mcp_guard.guard.convert import surface_defs, tool_def
+from mcp_guard.guard.surfaces import wanted
 from mcp_guard.loading import format_duration, parse_duration
 from mcp_guard.manifest import Manifest, Upstream
 from mcp_guard.policy.engine import Policy
@@ -367,7 +368,7 @@ async def _check_live(config: GuardConfig, manifests: tuple[Manifest, ...]) -> l
             reason = said[-1] if said else f"upstream {m.server!r} did not answer in time"
             out.append(f"{m.source}:upstream: {reason}")
     out += live_problems(policy, manifests, tools) + surface_problems(manifests, listed)
-    out += await pin_problems(config, manifests, tools, logs.append)
+    out += await pin_problems(config, manifests, tools, logs.append, wanted(policy, listed))
     return [scrubber.record(line) for line in out]
 
 
@@ -376,10 +377,13 @@ async def pin_problems(
     manifests: Sequence[Manifest],
     tools: Mapping[str, Sequence[types.Tool]],
     log: Callable[[str], None],
+    listed: Mapping[str, Listed] | None = None,
 ) -> list[str]:
     """Pins that no longer match: against the lock files, or (without a lock) the first-use pins
-    in the ledger. Reads only: nothing is pinned here."""
-    catalog = {server: tuple(tool_def(t) for t in live) for server, live in tools.items()}
+    in the ledger; of tools, and of the resources, templates and prompts `listed`. Reads only."""
+    catalog: dict[str, tuple[Any, ...]] = {s: tuple(tool_def(t) for t in live) for s, live in tools.items()}
+    for server, found in (listed or {}).items():
+        catalog[server] = catalog.get(server, ()) + surface_defs(found)
     by_server = {m.server: m for m in manifests}
     pinned, locks = await pins.peek(config.ledger, by_server, catalog, log)
     out = []

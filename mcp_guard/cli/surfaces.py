@@ -12,12 +12,16 @@ from typing import Any
 
 import anyio
 
+from mcp_guard import ledger as ledgers
 from mcp_guard.config import GuardConfig
-from mcp_guard.guard.convert import surface_defs
+from mcp_guard.guard.reads import LOCKED_OUT, View
+from mcp_guard.guard.surfaces import Held, peek
 from mcp_guard.manifest import Manifest
-from mcp_guard.policy.engine import Agent, Policy
-from mcp_guard.policy.prompts import decide_prompt, prompt_offers
-from mcp_guard.policy.resources import Surfaces, decide_read, readable, visible_templates
+from mcp_guard.policy.engine import Agent, Decision, Policy
+from mcp_guard.policy.prompts import prompt_offers
+from mcp_guard.policy.reasons import Reason, denial
+from mcp_guard.policy.resources import Surfaces, patterns_for, readable, visible_templates
+from mcp_guard.policy.targets import Target
 from mcp_guard.policy.uris import matches, uri_problem
 from mcp_guard.secrets import Scrubber
 from mcp_guard.upstream.pool import START_TIMEOUT, open_pool
@@ -108,18 +112,9 @@ def surface_problems(manifests: Sequence[Manifest], listed: Mapping[str, Listed]
     return out
 
 
-def surfaces_of(policy: Policy, listed: Mapping[str, Listed]) -> Surfaces:
-    """The live surfaces of the servers whose manifest grants any (pins are the guard's business)."""
-    manifests = policy.manifests
-    return {
-        s: surface_defs(v)
-        for s, v in listed.items()
-        if s in manifests and manifests[s].grants_more_than_tools
-    }
-
-
-def reads_view(policy: Policy, agent: Agent, surfaces: Surfaces) -> dict[str, Any]:
-    """What `agent` may read and get: resources listed, templates shown, prompts with their limits."""
+def reads_view(policy: Policy, agent: Agent, surfaces: Surfaces, held: Held | None = None) -> dict[str, Any]:
+    """What `agent` may read and get: resources listed, templates shown, prompts with their limits,
+    and what it is granted but the guard withholds by its pin (`held`), decided as the guard does."""
     manifests, known = policy.manifests, policy.agents
     prompts = prompt_offers(agent, manifests, surfaces, known)
     return {
@@ -138,11 +133,37 @@ def reads_view(policy: Policy, agent: Agent, surfaces: Surfaces) -> dict[str, An
             {"name": name, "server": o.server, "prompt": o.prompt.id, "arguments": dict(o.grant.arguments)}
             for name, o in sorted(prompts.items())
         ],
+        "withheld": _withheld(View(agent, policy, surfaces, held or Held())),
     }
+
+
+def _withheld(view: View) -> list[dict[str, str]]:
+    """The resources, templates and prompts the agent is granted that their pin withholds, with
+    the guard's refusal (a template is not listed, so it is refused as its reads would be)."""
+    out = []
+    for w in view.held.all:
+        kind, ident = w.tool.split(":", 1)
+        manifest = view.policy.manifests[w.server]
+        if kind == "prompt":
+            decision = view.get(manifest.name_prefix + ident, {})
+        elif kind == "resource":
+            decision = view.read(ident)
+        elif matches(patterns_for(manifest, view.agent), ident):
+            detail = (
+                f"this {kind}'s definition is not the pinned one; it is withheld until an operator accepts it"
+            )
+            decision = Decision(False, Reason.PIN_MISMATCH, detail, Target("resource", w.server, ident), {})
+        else:
+            continue
+        if decision.reason == Reason.PIN_MISMATCH:
+            out.append({"kind": kind, "server": w.server, "id": ident, "text": decision.text})
+    return out
 
 
 def render_reads(view: Mapping[str, Any]) -> str:
     lines = [f"agent {view['agent']} may read:"]
+    if view.get("locked_out_until"):
+        lines.insert(0, f"(locked out until {view['locked_out_until']}; `mcp-guard agents unlock` ends it)")
     for server, patterns in sorted(view["patterns"].items()):
         if patterns:
             lines.append(f"  {server}: {', '.join(patterns)}")
@@ -156,6 +177,8 @@ def render_reads(view: Mapping[str, Any]) -> str:
         lines.append(f"  {p['name']}" + (f" [{limits}]" if limits else ""))
     if not view["prompts"]:
         lines.append("  (no prompts)")
+    for w in view["withheld"]:
+        lines.append(f"  {w['kind']} {w['id']} ({w['server']}) is not shown: {w['text']}")
     return "\n".join(lines) + "\n"
 
 
@@ -177,12 +200,42 @@ async def _live(
         return {name: up.surfaces for name, up in pool.upstreams.items() if up.alive}
 
 
+async def _pinned(
+    config: GuardConfig, manifests: tuple[Manifest, ...], transports: Mapping[str, Transport] | None
+) -> tuple[Surfaces, Held]:
+    listed = await _live(config, manifests, transports)
+    log = Scrubber(Policy(config, manifests).secrets).log
+    return await peek(config.ledger, Policy(config, manifests), listed, log)
+
+
 def live_surfaces(
     config: GuardConfig, manifests: tuple[Manifest, ...], transports: Mapping[str, Transport] | None = None
-) -> Surfaces:
+) -> tuple[Surfaces, Held]:
     """Start the upstreams that grant resources or prompts and read what they list (`transports`:
-    instead of the manifests', as for the pool)."""
-    return surfaces_of(Policy(config, manifests), anyio.run(_live, config, manifests, transports))
+    instead of the manifests', as for the pool): what the guard would offer, and withhold by its
+    pin, now (reading the ledger only)."""
+    return anyio.run(_pinned, config, manifests, transports)
+
+
+async def _lockout(config: GuardConfig, agent: str) -> str | None:
+    """When the agent's lockout in force ends (None: not locked out, or no `lockout` configured)."""
+    if config.lockout is None or not ledgers.exists(config.ledger):
+        return None
+    async with await ledgers.open_ledger(config.ledger, readonly=True) as ledger:
+        found = await ledger.read(lambda window: window.lockouts(agent=agent))
+    return found[0].until if found else None
+
+
+def agent_view(
+    config: GuardConfig,
+    manifests: tuple[Manifest, ...],
+    agent: Agent,
+    transports: Mapping[str, Transport] | None = None,
+) -> tuple[View, str | None]:
+    """The guard's own View of the agent now (locked out: nothing), and when its lockout ends."""
+    until = anyio.run(_lockout, config, agent.name)
+    surfaces, held = live_surfaces(config, manifests, transports)
+    return View(agent, Policy(config, manifests), {} if until else surfaces, held, until is not None), until
 
 
 def register(sub: Any) -> None:
@@ -195,7 +248,8 @@ def cmd_reads(config: GuardConfig, manifests: tuple[Manifest, ...], args: Any, a
     """`reads --agent NAME [--json]`; `agent_of` is the command line's (an unknown agent: exit 2)."""
     policy = Policy(config, manifests)
     agent, as_json = agent_of(config, policy, args.agent), args.json
-    view = reads_view(policy, agent, live_surfaces(config, manifests))
+    seen, until = agent_view(config, manifests, agent)
+    view = {**reads_view(policy, agent, seen.surfaces, seen.held), "locked_out_until": until}
     print(
         json.dumps(view, ensure_ascii=False) if as_json else render_reads(view), end="\n" if as_json else ""
     )
@@ -216,14 +270,11 @@ def explain_surface(
     transports: Mapping[str, Transport] | None = None,
 ) -> tuple[bool, str]:
     """(allowed, the line to print) for a read of a URI or a get of a prompt, as the guard decides
-    it (pins are not checked here); forwards nothing, writes nothing."""
-    policy = Policy(config, manifests)
-    surfaces = live_surfaces(config, manifests, transports)
-    if ":" in name:
-        decision = decide_read(agent, name, policy.manifests, surfaces, policy.agents)
-    else:
-        offers = prompt_offers(agent, policy.manifests, surfaces, policy.agents)
-        decision = decide_prompt(name, arguments, offers, config.limits.max_argument_bytes)
+    it (with its own View, pins included); forwards nothing, writes nothing."""
+    view, until = agent_view(config, manifests, agent, transports)
+    decision = view.read(name) if ":" in name else view.get(name, dict(arguments))
+    if until is not None:  # the ledger refuses every request of a locked-out agent
+        return False, denial(Reason.LOCKED_OUT, f"{LOCKED_OUT} until {until}")
     if not decision.allowed:
         return False, decision.text
     what = f"{decision.target.method} {decision.server}.{decision.target.name}"

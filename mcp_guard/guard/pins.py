@@ -104,8 +104,10 @@ class Withheld:
             if self.pinned is None
             else f"differs from its pin ({self.pinned[:12]}...)"
         )
+        # a resource, template or prompt is pinned as `kind:id`; a tool name never holds ':'
+        kind, ident = self.tool.split(":", 1) if ":" in self.tool else ("tool", self.tool)
         return (
-            f"warning: upstream {self.server!r} tool {self.tool!r} is withheld: its definition "
+            f"warning: upstream {self.server!r} {kind} {ident!r} is withheld: its definition "
             f"({self.digest[:12]}...) {why}; review it, then run `mcp-guard manifest lock {self.server}`"
         )
 

@@ -30,7 +30,7 @@ from mcp_guard.guard.convert import (
     relay_prompt,
     relay_read,
 )
-from mcp_guard.guard.surfaces import SurfaceCatalog
+from mcp_guard.guard.surfaces import Held, SurfaceCatalog
 from mcp_guard.ledger.entries import CallRecord
 from mcp_guard.policy.engine import Agent, Decision, Policy
 from mcp_guard.policy.prompts import (
@@ -39,6 +39,7 @@ from mcp_guard.policy.prompts import (
     decide_completion,
     decide_prompt,
     prompt_offers,
+    withheld_prompt,
 )
 from mcp_guard.policy.reasons import Reason, denial
 from mcp_guard.policy.resources import Surfaces, decide_read, readable, visible_templates
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from mcp_guard.guard.caller import Caller
 
 RESOURCE_NOT_FOUND = -32002
+LOCKED_OUT = "this agent is locked out after repeated refusals"
 T = TypeVar("T")
 
 
@@ -68,11 +70,23 @@ class View:
     agent: Agent
     policy: Policy
     surfaces: Surfaces
-    withheld: frozenset[str]
+    held: Held
+    locked: bool = False  # locked out (guard.yaml `lockout`): listed nothing, every request refused
 
     def read(self, uri: str) -> Decision:
+        policy, withheld = self.policy, self.held.resources
+        return decide_read(self.agent, uri, policy.manifests, self.surfaces, policy.agents, withheld)
+
+    def get(self, name: str, arguments: dict[str, Any]) -> Decision:
+        """A prompts/get: a prompt withheld by its pin is refused pin_mismatch to its grantees."""
         policy = self.policy
-        return decide_read(self.agent, uri, policy.manifests, self.surfaces, policy.agents, self.withheld)
+        decision = decide_prompt(name, arguments, self.prompts(), policy.config.limits.max_argument_bytes)
+        if decision.reason != Reason.UNKNOWN_PROMPT:
+            return decision
+        held = withheld_prompt(
+            self.agent, name, arguments, policy.manifests, self.held.prompts, policy.agents
+        )
+        return held or decision
 
     def prompts(self) -> dict[str, PromptOffer]:
         return prompt_offers(self.agent, self.policy.manifests, self.surfaces, self.policy.agents)
@@ -96,9 +110,8 @@ async def view(guard: Guard, agent: Agent, policy: Policy | None = None) -> View
     live = {name: up.surfaces for name, up in guard.pool.upstreams.items()}
     exposed = guard.exposed
     surfaces = await exposed.catalog.current(policy, live)
-    if guard.standing.of(agent.name)[1]:
-        surfaces = {}
-    return View(agent, policy, surfaces, exposed.catalog.withheld)
+    locked = guard.standing.of(agent.name)[1]
+    return View(agent, policy, {} if locked else surfaces, exposed.catalog.held, locked)
 
 
 # -- lists ----------------------------------------------------------------------------------------
@@ -111,7 +124,7 @@ async def list_resources(
     seen = await view(caller.guard, caller.identify(ctx))
     scrubber = caller.guard.scrubber
     found = readable(seen.agent, seen.policy.manifests, seen.surfaces, seen.policy.agents)
-    shown = [advertise_resource(d, scrubber) for _, d in found if d.id not in seen.withheld]
+    shown = [advertise_resource(d, scrubber) for _, d in found if d.id not in seen.held.resources]
     return types.ListResourcesResult(resources=[r for r in shown if r is not None])
 
 
@@ -237,9 +250,7 @@ async def get_prompt(
 ) -> types.GetPromptResult:
     served(caller, "prompts/get")
     seen = await view(caller.guard, caller.identify(ctx))
-    arguments = dict(params.arguments or {})
-    limit = seen.policy.config.limits.max_argument_bytes
-    decision = decide_prompt(params.name, arguments, seen.prompts(), limit)
+    decision = seen.get(params.name, dict(params.arguments or {}))
     forwarded = {k: str(v) for k, v in decision.arguments.items()}
     request = types.GetPromptRequest(
         params=types.GetPromptRequestParams(name=decision.target.name, arguments=forwarded or None)
@@ -302,6 +313,8 @@ async def subscribe_resource(
     seen = await view(guard, caller.identify(ctx))
     uri = str(params.uri)
     decision = seen.read(uri)
+    if seen.locked:  # a subscription is not a recorded request: refused here, as a read would be
+        decision = Decision(False, Reason.LOCKED_OUT, LOCKED_OUT, decision.target, {})
     if not decision.allowed or decision.server is None:
         raise _not_found(decision)
     subscribers = guard.exposed.subscribers.setdefault(uri, weakref.WeakKeyDictionary())
@@ -350,8 +363,9 @@ async def resource_updated(guard: Guard, server: str, uri: str) -> None:
         agent = guard.policy.agents.get(name)
         if agent is None:
             continue
-        decision = (await view(guard, agent)).read(uri)
-        if not decision.allowed or decision.server != server:
+        seen = await view(guard, agent)
+        decision = seen.read(uri)
+        if seen.locked or not decision.allowed or decision.server != server:
             continue
         try:
             await connection.send_resource_updated(uri)

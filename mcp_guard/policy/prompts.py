@@ -121,6 +121,31 @@ def decide_prompt(
     return Decision(True, None, "allowed", Target("prompt", offer.server, offer.prompt.id), dict(arguments))
 
 
+def withheld_prompt(
+    agent: Agent,
+    name: str,
+    arguments: Mapping[str, Any],
+    manifests: Mapping[str, Manifest],
+    withheld: Collection[tuple[str, str]],
+    known: Collection[str],
+) -> Decision | None:
+    """A prompt withheld by its pin ((server, prompt) in `withheld`) that the agent is granted is
+    refused `pin_mismatch`; to anyone else it does not exist, so withholding reveals no hidden
+    prompt. The guard and `explain` both decide with this."""
+    if agent.name not in known:
+        return None
+    for server, prompt in sorted(withheld):
+        manifest = manifests.get(server)
+        if manifest is None or manifest.name_prefix + prompt != name:
+            continue
+        if any(g.matches(agent.name, agent.roles) for g in manifest.prompts.get(prompt, ())):
+            detail = (
+                "this prompt's definition is not the pinned one; it is withheld until an operator accepts it"
+            )
+            return _refuse("prompt", Reason.PIN_MISMATCH, detail, server, prompt, arguments)
+    return None
+
+
 def template_variables(template: str) -> frozenset[str]:
     """The variable names of an RFC 6570 URI template."""
     names = set()

@@ -2,8 +2,9 @@
 wrap (manifest prefix ""): every `test_*` tool, resource, resource template and prompt of
 @modelcontextprotocol/conformance's server scenarios, completion, and `json_schema_2020_12_tool`,
 behaving as each scenario's description asks. Besides them, for the guard's own tests: a resource
-under `test://private/` (and a template there), and, when CONFORMANCE_SECRET is set, a resource
-whose text and blob carry that secret.
+under `test://private/` (and a template there); when CONFORMANCE_SECRET is set, a resource, a
+template and a prompt that carry that secret in everything they list and return (completion values
+too); and CONFORMANCE_DRIFT, appended to every resource's and prompt's description (a rug pull).
 
 Run: python tests/conformance/upstream.py"""
 
@@ -272,7 +273,7 @@ def _contents(uri: str, secret: str) -> list[types.TextResourceContents | types.
     raise MCPError(-32002, f"Resource not found: {uri}")
 
 
-def _messages(name: str, args: dict[str, str]) -> list[types.PromptMessage]:
+def _messages(name: str, args: dict[str, str], secret: str = "") -> list[types.PromptMessage]:
     def user(content: Any) -> types.PromptMessage:
         return types.PromptMessage(role="user", content=content)
 
@@ -290,6 +291,16 @@ def _messages(name: str, args: dict[str, str]) -> list[types.PromptMessage]:
             user(types.EmbeddedResource(type="resource", resource=resource)),
             user(types.TextContent(type="text", text="Please process the embedded resource above.")),
         ]
+    if name == "test_leaky_prompt" and secret:
+        blob = base64.b64encode(f"key={secret}".encode()).decode()
+        embedded = [
+            types.TextResourceContents(uri="test://leaky", mime_type="text/plain", text=f"key {secret}"),
+            types.BlobResourceContents(uri="test://leaky", mime_type="application/octet-stream", blob=blob),
+        ]
+        return [
+            user(types.TextContent(type="text", text=f"the key is {secret}")),
+            *(user(types.EmbeddedResource(type="resource", resource=r)) for r in embedded),
+        ]
     if name == "test_prompt_with_image":
         return [
             user(types.ImageContent(type="image", data=PNG, mime_type="image/png")),
@@ -306,7 +317,34 @@ def _note(journal: Path | None, method: str, params: Any) -> None:
             handle.write(json.dumps({"method": method, "params": dumped}) + "\n")
 
 
-def build_server(secret: str = "", journal: Path | None = None) -> Server[Any]:
+def _leaky(secret: str) -> tuple[types.Resource, types.ResourceTemplate, types.Prompt]:
+    """What the upstream lists with the secret in every text field the guard relays."""
+    said = f"uses key {secret}"
+    return (
+        types.Resource(uri="test://leaky", name=f"leaky {secret}", title=said, description=said),
+        types.ResourceTemplate(
+            uri_template="test://leaky/{id}", name=f"leaky {secret}", title=said, description=said
+        ),
+        types.Prompt(
+            name="test_leaky_prompt",
+            title=said,
+            description=said,
+            arguments=[types.PromptArgument(name="key", description=said)],
+        ),
+    )
+
+
+def _drifted(items: list[Any], drift: str) -> list[Any]:
+    return (
+        [i.model_copy(update={"description": (i.description or "") + drift}) for i in items]
+        if drift
+        else items
+    )
+
+
+def build_server(secret: str = "", journal: Path | None = None, drift: str = "") -> Server[Any]:
+    leaky = _leaky(secret) if secret else None
+
     async def list_tools(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
@@ -319,11 +357,11 @@ def build_server(secret: str = "", journal: Path | None = None) -> Server[Any]:
         return result
 
     async def list_resources(ctx: Any, params: Any) -> types.ListResourcesResult:
-        leaky = [types.Resource(uri="test://leaky", name="leaky")] if secret else []
-        return types.ListResourcesResult(resources=RESOURCES + leaky)
+        listed = RESOURCES + ([leaky[0]] if leaky else [])
+        return types.ListResourcesResult(resources=_drifted(listed, drift))
 
     async def list_templates(ctx: Any, params: Any) -> types.ListResourceTemplatesResult:
-        return types.ListResourceTemplatesResult(resource_templates=TEMPLATES)
+        return types.ListResourceTemplatesResult(resource_templates=TEMPLATES + ([leaky[1]] if leaky else []))
 
     async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         _note(journal, "resources/read", params)
@@ -340,16 +378,21 @@ def build_server(secret: str = "", journal: Path | None = None) -> Server[Any]:
         return types.EmptyResult()
 
     async def list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
-        return types.ListPromptsResult(prompts=PROMPTS)
+        listed = PROMPTS + ([leaky[2]] if leaky else [])
+        return types.ListPromptsResult(prompts=_drifted(listed, drift))
 
     async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
         _note(journal, "prompts/get", params)
-        return types.GetPromptResult(messages=_messages(params.name, dict(params.arguments or {})))
+        messages = _messages(params.name, dict(params.arguments or {}), secret)
+        said = f"uses key {secret}" if secret and params.name == "test_leaky_prompt" else None
+        return types.GetPromptResult(description=said, messages=messages)
 
     async def complete(ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
         _note(journal, "completion/complete", params)
         value = params.argument.value
         values = [v for v in ("low", "high", "paris", "park", value + "1") if v.startswith(value)]
+        if secret and params.argument.name == "key":
+            values = [f"{value}{secret}", "plain"]
         return types.CompleteResult(
             completion=types.Completion(values=values, total=len(values), has_more=False)
         )
@@ -372,7 +415,8 @@ def build_server(secret: str = "", journal: Path | None = None) -> Server[Any]:
 
 async def serve() -> None:
     journal = os.environ.get("MCP_GUARD_EXAMPLE_JOURNAL")
-    server = build_server(os.environ.get("CONFORMANCE_SECRET", ""), Path(journal) if journal else None)
+    secret, drift = os.environ.get("CONFORMANCE_SECRET", ""), os.environ.get("CONFORMANCE_DRIFT", "")
+    server = build_server(secret, Path(journal) if journal else None, drift)
     async with stdio_server() as (read_stream, write_stream):
         await server.run(read_stream, write_stream, server.create_initialization_options())
 

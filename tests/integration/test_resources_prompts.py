@@ -1,6 +1,7 @@
 """Resources, templates, subscriptions, prompts and completion through the in-process guard, the
 upstream (tests/conformance/upstream.py) in memory: default deny, listing equals reading, every
-refusal recorded with its method and never seen by the upstream, and every result scrubbed."""
+refusal recorded with its method and never seen by the upstream, every result and listing scrubbed,
+and a locked-out agent refused all of it (and `explain` saying so)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import mcp_types as types
 import pytest
 from mcp import MCPError
 
+from mcp_guard.cli.surfaces import agent_view, explain_surface
+from mcp_guard.policy.engine import Policy
 from tests.helpers import (
     REPO_ROOT,
     TIMEOUT,
@@ -23,6 +26,8 @@ from tests.helpers import (
     dumped,
     inprocess_guard,
     inprocess_guards,
+    ledger_events,
+    memory_transports,
 )
 
 SECRET = "docs-secret-7f3a9c1e55"
@@ -340,3 +345,98 @@ async def test_a_resource_or_prompt_whose_definition_is_not_its_pin_is_withheld(
     assert [e["reason"] for e in decisions(d) if e["decision"] == "deny"] == ["pin_mismatch"]
     held = {e["tool"] for e in ledger_events(d.ledger_path, "pin") if e.get("action") == "withheld"}
     assert {"resource:test://static-binary", "prompt:test_prompt_with_arguments"} <= held
+
+
+async def test_every_surface_is_scrubbed_of_the_upstream_credential_before_the_client_sees_it(
+    tmp_path: Path,
+) -> None:
+    d = deployment(tmp_path)
+    d.manifests[SERVER]["resources"][0]["uris"].append("test://leaky/*")
+    d.manifests[SERVER]["prompts"]["test_leaky_prompt"] = {"allow": ["role:support"]}
+    async with inprocess_guard(d, "support-bot") as session:
+        resources = await session.list_resources()
+        templates = await session.list_resource_templates()
+        prompts = await session.list_prompts()
+        got = await session.get_prompt("docs__test_leaky_prompt", {})
+        ref = types.PromptReference(type="ref/prompt", name="docs__test_leaky_prompt")
+        done = await session.complete(ref, {"name": "key", "value": "k"})
+    leaky = next(r for r in resources.resources if str(r.uri) == "test://leaky")
+    assert leaky.description  # relayed, scrubbed
+    assert leaky.title
+    assert [t.uri_template for t in templates.resource_templates if "leaky" in t.uri_template] == [
+        "test://leaky/{id}"
+    ]
+    assert "docs__test_leaky_prompt" in [p.name for p in prompts.prompts]
+    assert [m.content.type for m in got.messages] == ["text", "resource", "resource"]
+    blob = next(
+        m.content.resource
+        for m in got.messages
+        if isinstance(m.content, types.EmbeddedResource)
+        and isinstance(m.content.resource, types.BlobResourceContents)
+    )
+    assert SECRET not in base64.b64decode(blob.blob).decode(errors="replace")
+    assert len(done.completion.values) == 2
+    for result in (resources, templates, prompts, got, done):
+        assert_no_secret(dumped(result), SECRET)
+    assert [e["method"] for e in d.journal(SERVER)] == ["prompts/get", "completion/complete"]
+
+
+async def test_a_locked_out_agent_is_listed_nothing_and_refused_reads_prompts_completion_and_subscriptions(
+    tmp_path: Path,
+) -> None:
+    d = deployment(tmp_path)
+    d.extra_config["lockout"] = {"denials": 2, "within": "5m", "for": "15m"}
+    changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.PromptListChangedNotification):
+            changed.set()
+
+    async with inprocess_guard(d, "support-bot", message_handler=on_message) as session:
+        assert (await session.list_prompts()).prompts
+        for _ in range(2):  # the second refusal locks the agent out
+            with pytest.raises(MCPError):
+                await session.read_resource("test://private/payroll")
+        with anyio.fail_after(TIMEOUT):
+            await changed.wait()
+        assert (await session.list_resources()).resources == []
+        assert (await session.list_resource_templates()).resource_templates == []
+        assert (await session.list_prompts()).prompts == []
+        prompt = types.PromptReference(type="ref/prompt", name="docs__test_prompt_with_arguments")
+        refused: list[tuple[str, Any]] = [
+            ("resources/read", session.read_resource("test://static-text")),
+            ("prompts/get", session.get_prompt(prompt.name, {"arg1": "low", "arg2": "x"})),
+            ("completion/complete", session.complete(prompt, {"name": "arg2", "value": "pa"})),
+            ("resources/subscribe", subscribe(session, "test://watched-resource")),
+        ]
+        said = {}
+        for method, request in refused:
+            with pytest.raises(MCPError) as caught:
+                await request
+            said[method] = caught.value.error.message
+            assert said[method].startswith("denied (locked_out): "), (method, caught.value)
+    assert d.journal(SERVER) == []  # the upstream saw none of them
+    before = d.ledger()
+    config, manifests = d.load()
+    agent = Policy(config, manifests).agents["support-bot"]
+
+    def explained(name: str, arguments: dict[str, str]) -> tuple[bool, str]:
+        return explain_surface(config, manifests, agent, name, arguments, memory_transports(manifests))
+
+    for name, arguments, method in [
+        ("test://static-text", {}, "resources/read"),
+        (prompt.name, {"arg1": "low", "arg2": "x"}, "prompts/get"),
+    ]:
+        assert await anyio.to_thread.run_sync(explained, name, arguments) == (False, said[method])
+    view, until = await anyio.to_thread.run_sync(
+        agent_view, config, manifests, agent, memory_transports(manifests)
+    )
+    assert until is not None
+    assert view.surfaces == {}
+    assert d.ledger() == before  # explain and reads record nothing
+    assert [(e["method"], e["reason"]) for e in decisions(d)][2:] == [
+        ("resources/read", "locked_out"),
+        ("prompts/get", "locked_out"),
+        ("completion/complete", "locked_out"),
+    ]
+    assert len(ledger_events(d.ledger_path, "lockout")) == 1

@@ -11,7 +11,13 @@ import pytest
 from mcp_guard.errors import ConfigError
 from mcp_guard.manifest import Manifest, load_manifest
 from mcp_guard.policy.engine import Agent
-from mcp_guard.policy.prompts import CompletionRef, decide_completion, decide_prompt, prompt_offers
+from mcp_guard.policy.prompts import (
+    CompletionRef,
+    decide_completion,
+    decide_prompt,
+    prompt_offers,
+    withheld_prompt,
+)
 from mcp_guard.policy.resources import SurfaceDef, decide_read, readable, visible_templates
 
 SUPPORT = Agent("support-bot", frozenset({"support"}))
@@ -93,6 +99,23 @@ def test_a_withheld_uri_is_refused_pin_mismatch() -> None:
         SUPPORT, "file:///srv/kb/a.md", MANIFESTS, SURFACES, KNOWN, {"file:///srv/kb/a.md"}
     )
     assert decision.reason == "pin_mismatch"
+
+
+@pytest.mark.parametrize(
+    ("agent", "name", "reason"),
+    [
+        (SUPPORT, "kb__triage", "pin_mismatch"),
+        (FINANCE, "kb__triage", None),  # not granted: it does not exist for this agent
+        (STRANGER, "kb__triage", None),
+        (SUPPORT, "triage", None),  # the advertised name only
+        (FINANCE, "kb__payroll", None),  # granted, but not withheld
+    ],
+)
+def test_a_withheld_prompt_is_refused_pin_mismatch_only_to_its_grantees(
+    agent: Agent, name: str, reason: str | None
+) -> None:
+    decision = withheld_prompt(agent, name, {}, MANIFESTS, {("kb", "triage")}, KNOWN)
+    assert (decision.reason if decision else None) == reason
 
 
 def test_listing_is_the_read_decision_applied_to_every_listed_resource() -> None:
