@@ -159,9 +159,16 @@ class Call:
     async def _forward(
         self, call_id: str, decision: Decision
     ) -> types.CallToolResult | types.InputRequiredResult:
-        """Forward now; for a client of the multi-round-trip form the forward runs on its own, and
-        this request returns its result or, first, what the upstream asks (rounds.py)."""
-        if self.ctx.session.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+        """Forward now; for a client of the multi-round-trip form, where the upstream may ask for
+        input (its manifest relays elicitation or sampling), the forward runs on its own, and this
+        request returns its result or, first, what the upstream asks (rounds.py)."""
+        assert decision.server is not None
+        up = self.guard.pool.upstreams.get(decision.server)  # gone: _forward_now records the failure
+        if (
+            self.ctx.session.protocol_version not in MODERN_PROTOCOL_VERSIONS
+            or up is None
+            or not up.manifest.upstream.relay.requests
+        ):
             return await self._forward_now(call_id, decision, None)
         rounds, tg = self.guard.exchanges.rounds, self.guard.pool.tg
         assert tg is not None
@@ -174,7 +181,8 @@ class Call:
                     result = await self._forward_now(call_id, decision, parked)
                 finally:
                     parked.finish(result)
-                await anyio.sleep(KEEP)  # for a client that is answering still, then forgotten
+                with anyio.move_on_after(KEEP):  # for a client that is answering still
+                    await parked.forgotten.wait()
             finally:
                 rounds.forget(parked)
 

@@ -36,6 +36,7 @@ class Parked:
         self._waiting: dict[str, tuple[type[Any], anyio.Event, list[Answer]]] = {}
         self._asked = 0
         self._reading = anyio.Lock()
+        self.forgotten = anyio.Event()  # the client has its result, or the call was given up on
 
     async def ask(self, request: types.InputRequest, wait: float) -> Answer:
         """Queue `request` for the client's next round and wait up to `wait` for its answer."""
@@ -79,6 +80,7 @@ class Parked:
     def close(self) -> None:
         self._send.close()
         self._receive.close()
+        self.forgotten.set()
 
     async def next(self) -> Next:
         """The call's result, or what the upstream asks that the client has not been shown yet."""
