@@ -161,7 +161,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     agent = agent_of(config, Policy(config, manifests), args.agent)
 
     async def run() -> None:
-        async with open_guard(config, manifests, (agent.name,)) as guard, anyio.create_task_group() as tg:
+        async with (
+            open_guard(config, manifests, (agent.name,), owns_process=True) as guard,
+            anyio.create_task_group() as tg,
+        ):
             tg.start_soon(watch, guard)  # live reload, for as long as the guard serves
             tg.start_soon(stop_on_signal, tg.cancel_scope.cancel)
             await serve_stdio(Caller(guard, agent.name))
@@ -185,7 +188,7 @@ def _serve_http(config: GuardConfig, manifests: tuple[Manifest, ...], listen: st
     sock = bind(host, port)
 
     async def run() -> None:
-        async with open_guard(config, manifests) as guard, anyio.create_task_group() as tg:
+        async with open_guard(config, manifests, owns_process=True) as guard, anyio.create_task_group() as tg:
             tg.start_soon(watch, guard)  # live reload, for as long as the guard serves
             await serve_http(guard, sock)
             tg.cancel_scope.cancel()

@@ -6,7 +6,7 @@ ledger only through its LedgerStore protocol: how and where a store commits is i
 
 from __future__ import annotations
 
-import json
+import gc
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Mapping
@@ -22,7 +22,7 @@ from mcp.server.models import InitializationOptions
 from mcp.shared.exceptions import MCPDeprecationWarning
 
 from mcp_guard import __version__
-from mcp_guard.config import GuardConfig, NotifyConfig
+from mcp_guard.config import GuardConfig
 from mcp_guard.errors import LedgerError
 from mcp_guard.guard import pins, reads, standing
 from mcp_guard.guard.convert import offered, tool_def
@@ -42,7 +42,6 @@ from mcp_guard.upstream.transports import Transport
 
 if TYPE_CHECKING:
     from mcp_guard.guard.caller import Caller
-    from mcp_guard.guard.holds import Hold
 
 Lists = dict[str, tuple[types.Tool, ...]]  # each upstream's tool list, by server
 
@@ -59,6 +58,7 @@ class Guard:
     served: tuple[str, ...] = ()  # agents to prepare offers for at start (stdio: its one agent)
     telemetry: Telemetry = field(default_factory=Telemetry)  # metrics and traces, each off unless configured
     exchanges: Exchanges = field(default_factory=Exchanges)  # upstream requests and logs relayed to clients
+    owns_process: bool = False  # the serving command: its start-up heap is frozen once warm
     scrubber: Scrubber = field(init=False)
     # Caches for the policy in force: (policy, the upstreams' lists, the pin-checked catalog).
     _catalog: tuple[Policy, Lists, Catalog] | None = field(default=None, init=False)
@@ -132,6 +132,12 @@ class Guard:
                     await self.offers(agents[name])
         except Exception as exc:
             self.log(f"could not prepare the tool catalog at start: {exc}")
+        if self.owns_process:
+            # What the start built (the SDK's models, the catalog, compiled limits) lives as long as
+            # the process: out of the collector's reach, a full collection under load walks only
+            # what requests allocate. It was the guard's p99 over HTTP: 5x the bare proxy's on one
+            # connection, below it after.
+            gc.freeze()
 
     async def offers(
         self, agent: Agent, policy: Policy | None = None, scrubber: Scrubber | None = None
@@ -231,30 +237,6 @@ class Guard:
         """Remember the client's connection, to tell it when the tools it may see change."""
         self._sessions.add(getattr(ctx.session, "_connection", ctx.session))
 
-    def approval_filed(self, hold: Hold, request: Mapping[str, Any]) -> None:
-        """Run guard.yaml's `approvals.notify.command` for a request just filed, with the request
-        as one JSON object on stdin, in the background: the call waits for an operator, not for
-        the command. A failure or a timeout is logged."""
-        notify = self.policy.config.approvals.notify
-        if notify is None or self.pool.tg is None:
-            return
-        fields = {key: request.get(key) for key in ("id", "arguments", "requested_at", "expires_at")}
-        body = {**fields, "agent": hold.agent, "server": hold.server, "tool": hold.tool}
-        self.pool.tg.start_soon(self._notify, notify, json.dumps(body).encode())
-
-    async def _notify(self, notify: NotifyConfig, body: bytes) -> None:
-        timeout = notify.timeout
-        try:
-            with anyio.fail_after(timeout):
-                done = await anyio.run_process(list(notify.command), input=body, check=False)
-            if done.returncode != 0:
-                said = self.scrubber.record(done.stderr.decode("utf-8", "replace").strip()[:200])
-                self.log(f"approvals.notify exited with status {done.returncode}: {said}")
-        except TimeoutError:
-            self.log(f"approvals.notify did not finish within {timeout:g} s")
-        except OSError as exc:
-            self.log(f"approvals.notify could not be run: {exc}")
-
     async def record_outcome(
         self, call_id: str, outcome: str, ms: float, detail: str | None, scrubber: Scrubber
     ) -> None:
@@ -335,10 +317,13 @@ async def open_guard(
     served: tuple[str, ...] = (),
     transports: Mapping[str, Transport] | None = None,
     telemetry: Telemetry | None = None,
+    *,
+    owns_process: bool = False,
 ) -> AsyncIterator[Guard]:
     """Open the ledger, start every upstream, and close them all on exit. `served` names the agents
     whose offers are prepared at start (default: every agent); `transports` goes to the pool;
-    `telemetry` defaults to what guard.yaml and the OTEL_* variables configure."""
+    `telemetry` defaults to what guard.yaml and the OTEL_* variables configure; `owns_process`:
+    the guard is the process (the `serve` command), not a part of a larger one such as a test."""
     policy = Policy(config, manifests)
     scrubber = Scrubber(policy.secrets)
     points = config.ledger.checkpoints
@@ -372,7 +357,15 @@ async def open_guard(
             relay=exchanges,
         ) as pool:
             guards.append(
-                Guard(policy, pool, ledger, served=served, telemetry=telemetry, exchanges=exchanges)
+                Guard(
+                    policy,
+                    pool,
+                    ledger,
+                    served=served,
+                    telemetry=telemetry,
+                    exchanges=exchanges,
+                    owns_process=owns_process,
+                )
             )
             await guards[0].record_policy({"action": "loaded", "hash": policy.hash})
             try:

@@ -20,7 +20,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_guard.config import LockoutConfig
 from mcp_guard.errors import LedgerUnavailable, UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from mcp_guard.guard import holds, pins
+from mcp_guard.guard import holds, notices, pins
 from mcp_guard.guard.convert import refusal, relay
 from mcp_guard.guard.exchanges import Exchange
 from mcp_guard.guard.paths import contained
@@ -128,7 +128,7 @@ class Call:
             partial(holds.request, hold=hold, policy_hash=policy_hash, lockout=lockout)
         )
         if filed is not None:
-            self.guard.approval_filed(hold, filed)
+            notices.approval_filed(self.guard, hold, filed)
         if verdict != "pending":
             return  # refused whatever an operator says (asked no one), or decided already
         progress = progress_relay(self.ctx)
