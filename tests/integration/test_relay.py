@@ -6,6 +6,7 @@ and the ledger file (plain sqlite3) are checked; the adversarial cases are the p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import warnings
@@ -444,3 +445,19 @@ def test_a_bad_relay_block_is_a_load_error(deployment: Deployment, relay: dict[s
     deployment.add("asking", {"server": "asking", "upstream": upstream, "tools": {}})
     with pytest.raises(ConfigError, match="relay"):
         deployment.load()
+
+
+async def test_a_modern_call_leaves_no_task_behind_once_its_client_has_the_result(
+    deployment: Deployment,
+) -> None:
+    """The background forward of a multi-round-trip call ends with the call: a task left waiting
+    per call piles up under load (tens of thousands at a few hundred calls a second)."""
+    async with relayed(deployment, {"qa-bot": _client(modern=True)}) as r:
+        assert await r.call("qa-bot", "log", {"level": "info", "text": "warm"})
+        before = len(asyncio.all_tasks())
+        for n in range(5):
+            assert await r.call("qa-bot", "log", {"level": "info", "text": f"call {n}"})
+        with anyio.fail_after(5):
+            while len(asyncio.all_tasks()) > before:  # noqa: ASYNC110 - tasks have no event to wait on
+                await anyio.sleep(0.01)
+    assert [c["tool"] for c in deployment.ledger()] == ["log"] * 6
