@@ -1,6 +1,7 @@
 """The PostgreSQL store's Window: the SQLite store's window and tallies, read through a connection
-that speaks PostgreSQL. The queries they share are plain SQL; the few that are SQLite's own
-(INDEXED BY, `IS ?`, unary `+`, json_extract) are written again here. Sound for the same reason
+that speaks PostgreSQL. The queries they share are plain SQL; the few that are SQLite's own are
+written again here (unary `+`, json_extract) or name their SQLite words in the window's dialect
+attributes, which this one sets to PostgreSQL's (no INDEXED BY, `IS NOT DISTINCT FROM ?`). Sound for the same reason
 as on SQLite: every write transaction holds the chain head's row lock from its start, so ids are
 in commit order and nothing is appended while a decision reads. Imports nothing from mcp_guard but
 the ledger's values and the SQLite store's window, tallies and queries."""
@@ -13,13 +14,12 @@ from typing import Any
 
 import psycopg
 
-from mcp_guard.ledger.base import LedgerEvent, MarkEvent
+from mcp_guard.ledger.base import LedgerEvent
 from mcp_guard.ledger.sqlite import queries
 from mcp_guard.ledger.sqlite.queries import loads
 from mcp_guard.ledger.sqlite.schema import STANDING
 from mcp_guard.ledger.sqlite.tallies import Tallies
 from mcp_guard.ledger.sqlite.window import SQLiteWindow
-from mcp_guard.policy.reasons import NOT_COUNTED
 
 
 class Connection:
@@ -50,38 +50,11 @@ class PostgresWindow(SQLiteWindow):
     """The history as seen from inside one transaction (see `Window`)."""
 
     __slots__ = ()
+    _STANDING_INDEX = _DENIALS_INDEX = ""  # PostgreSQL takes no index hints; it plans with the partial ones
+    _SAME_SESSION = "session IS NOT DISTINCT FROM ?"
 
     def __init__(self, conn: Connection, now: datetime, tallies: Tallies) -> None:
         super().__init__(conn, now, tallies)  # type: ignore[arg-type]
-
-    def denials(self, agent: str, seconds: float) -> int:
-        since = self.since(seconds)
-        reset = self._conn.execute(
-            f"SELECT max(id), max(ts) FROM entries WHERE {STANDING} "  # noqa: S608
-            "AND kind IN ('lockout', 'unlock') AND agent = ?",
-            (agent,),
-        ).fetchone()
-        after = reset[0] or 0
-        if reset[1] is not None and reset[1] > since:
-            since = reset[1]
-        skipped = ", ".join("?" * len(NOT_COUNTED))
-        row = self._conn.execute(
-            f"SELECT count(*) FROM entries WHERE decision = 'deny' AND agent = ? "  # noqa: S608
-            f"AND ts > ? AND id > ? AND coalesce(reason, '') NOT IN ({skipped})",
-            (agent, since, after, *sorted(NOT_COUNTED)),
-        ).fetchone()
-        return int(row[0])
-
-    def marks(
-        self, agent: str, session: str | None, seconds: float, *, any_session: bool = False
-    ) -> Sequence[MarkEvent]:
-        found = self._standing(
-            ("kind = 'mark'", ()),
-            ("agent = ?", agent),
-            ("session IS NOT DISTINCT FROM ?", None if any_session else (session,)),
-            ("ts > ?", self.since(seconds)),
-        )
-        return [e for e in reversed(found) if isinstance(e, MarkEvent)]
 
     def revoked(self, jti: str) -> bool:
         # Few rows (an operator writes each by hand); parsed here, so a payload that is not JSON

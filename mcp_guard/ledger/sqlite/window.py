@@ -36,6 +36,10 @@ class SQLiteWindow:
     """The history as seen from inside one transaction (see `Window`)."""
 
     __slots__ = ("_conn", "_last", "_tallies", "now", "queued")
+    # What SQLite's SQL says that another dialect says otherwise (the PostgreSQL window's own).
+    _STANDING_INDEX = " INDEXED BY entries_standing"
+    _DENIALS_INDEX = " INDEXED BY entries_denials"
+    _SAME_SESSION = "session IS ?"
 
     def __init__(self, conn: sqlite3.Connection, now: datetime, tallies: Tallies) -> None:
         self.now = now
@@ -79,7 +83,7 @@ class SQLiteWindow:
     def denials(self, agent: str, seconds: float) -> int:
         since = self.since(seconds)
         reset = self._conn.execute(
-            f"SELECT max(id), max(ts) FROM entries INDEXED BY entries_standing WHERE {STANDING} "  # noqa: S608
+            f"SELECT max(id), max(ts) FROM entries{self._STANDING_INDEX} WHERE {STANDING} "  # noqa: S608
             "AND kind IN ('lockout', 'unlock') AND agent = ?",
             (agent,),
         ).fetchone()
@@ -88,7 +92,7 @@ class SQLiteWindow:
             since = reset[1]
         skipped = ", ".join("?" * len(NOT_COUNTED))
         row = self._conn.execute(
-            f"SELECT count(*) FROM entries INDEXED BY entries_denials WHERE {DENIED} AND agent = ? "  # noqa: S608
+            f"SELECT count(*) FROM entries{self._DENIALS_INDEX} WHERE {DENIED} AND agent = ? "  # noqa: S608
             f"AND ts > ? AND id > ? AND coalesce(reason, '') NOT IN ({skipped})",
             (agent, since, after, *sorted(NOT_COUNTED)),
         ).fetchone()
@@ -100,7 +104,7 @@ class SQLiteWindow:
         found = self._standing(
             ("kind = 'mark'", ()),
             ("agent = ?", agent),
-            ("session IS ?", None if any_session else (session,)),
+            (self._SAME_SESSION, None if any_session else (session,)),
             ("ts > ?", self.since(seconds)),
         )
         return [e for e in reversed(found) if isinstance(e, MarkEvent)]
