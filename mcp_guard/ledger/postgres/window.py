@@ -1,10 +1,11 @@
 """The PostgreSQL store's Window: the SQLite store's window and tallies, read through a connection
 that speaks PostgreSQL. The queries they share are plain SQL; the few that are SQLite's own are
 written again here (unary `+`, json_extract) or name their SQLite words in the window's dialect
-attributes, which this one sets to PostgreSQL's (no INDEXED BY, `IS NOT DISTINCT FROM ?`). Sound for the same reason
-as on SQLite: every write transaction holds the chain head's row lock from its start, so ids are
-in commit order and nothing is appended while a decision reads. Imports nothing from mcp_guard but
-the ledger's values and the SQLite store's window, tallies and queries."""
+attributes, which this one sets to PostgreSQL's (no INDEXED BY, `IS NOT DISTINCT FROM ?`).
+Sound for the same reason as on SQLite: every write transaction holds the chain head's row lock
+from its start, so ids are in commit order and nothing is appended while a decision reads.
+Imports nothing from mcp_guard but the ledger's values and the SQLite store's window, tallies and
+queries."""
 
 from __future__ import annotations
 
