@@ -13,16 +13,10 @@ import psycopg
 
 from mcp_guard.ledger.chain import COLUMNS, ZERO_HASH, Anchor, VerifyResult, chain_break, entry_hash
 from mcp_guard.ledger.postgres.schema import TRIGGERS
-from mcp_guard.ledger.sqlite.queries import loads
-from mcp_guard.ledger.sqlite.rows import EXPORTED
+from mcp_guard.ledger.postgres.window import Connection
+from mcp_guard.ledger.sqlite import rows
 
 _SELECT_CHAIN = f"SELECT id, entry_hash, {', '.join(COLUMNS)} FROM entries WHERE id > %s ORDER BY id"  # noqa: S608
-_CALL = ("agent", "session", "method", "server", "tool")
-_SELECT_ENTRIES = (
-    f"SELECT {', '.join('e.' + name for name in EXPORTED)}, {', '.join('d.' + name for name in _CALL)} "  # noqa: S608
-    "FROM entries AS e LEFT JOIN entries AS d ON e.kind = 'outcome' AND d.call_id = e.call_id "
-    "AND d.kind = 'decision' WHERE e.id > %s ORDER BY e.id LIMIT %s"
-)
 
 
 def verify(conn: psycopg.Connection[Any], start: tuple[int, str] = (0, ZERO_HASH)) -> VerifyResult:
@@ -83,33 +77,10 @@ def walk_chain(
 def anchor(
     conn: psycopg.Connection[Any], upto: int | None = None, since: Anchor | None = None
 ) -> Anchor | None:
-    """What the SQLite store's `rows.anchor` returns, read from `conn`."""
-    first = conn.execute("SELECT entry_hash FROM entries ORDER BY id LIMIT 1").fetchone()
-    if first is None:
-        return None
-    if upto is None:
-        row = conn.execute("SELECT id, entry_hash FROM entries ORDER BY id DESC LIMIT 1").fetchone()
-    else:
-        row = conn.execute("SELECT id, entry_hash FROM entries WHERE id = %s", (upto,)).fetchone()
-    if row is None:
-        return None
-    ledger, entry_id = str(first[0]), int(row[0])
-    low, counted = 0, 0
-    if since is not None and since.ledger == ledger and since.entry_id <= entry_id:
-        low, counted = since.entry_id, since.entries
-    found = conn.execute(
-        "SELECT count(*) FROM entries WHERE id > %s AND id <= %s", (low, entry_id)
-    ).fetchone()
-    return Anchor(ledger, entry_id, str(row[1]), counted + int(found[0] if found else 0))
+    """What the SQLite store's `rows.anchor` returns (its SQL is plain), read from `conn`."""
+    return rows.anchor(Connection(conn), upto, since)  # type: ignore[arg-type]
 
 
 def entries(conn: psycopg.Connection[Any], after: int, limit: int) -> list[dict[str, object]]:
-    """What the SQLite store's `rows.entries` returns, read from `conn`."""
-    found = []
-    for row in conn.execute(_SELECT_ENTRIES, (after, limit)):
-        entry: dict[str, object] = dict(zip(EXPORTED, row[: len(EXPORTED)], strict=True))
-        entry["arguments"], entry["payload"] = loads(entry["arguments"]), loads(entry["payload"])  # type: ignore[arg-type]
-        if entry["kind"] == "outcome":
-            entry["call"] = dict(zip(_CALL, row[len(EXPORTED) :], strict=True))
-        found.append(entry)
-    return found
+    """What the SQLite store's `rows.entries` returns, read from `conn` (whose schema is current)."""
+    return rows.exported(Connection(conn).execute(rows.SELECT_ENTRIES, (after, limit)))

@@ -6,9 +6,9 @@ siblings in ledger.sqlite."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from mcp_guard.ledger.chain import Anchor
 from mcp_guard.ledger.sqlite import schema
@@ -22,7 +22,7 @@ EXPORTED = (
 )  # fmt: skip
 """An exported entry's keys: every column of the entries table, id and both hashes included."""
 _CALL = ("agent", "session", "method", "server", "tool")
-_SELECT = (
+SELECT_ENTRIES = (
     f"SELECT {', '.join('e.' + name for name in EXPORTED)}, {', '.join('d.' + name for name in _CALL)} "  # noqa: S608
     "FROM entries AS e LEFT JOIN entries AS d ON e.kind = 'outcome' AND d.call_id = e.call_id "
     "AND d.kind = 'decision' WHERE e.id > ? ORDER BY e.id LIMIT ?"
@@ -67,13 +67,18 @@ def entries(conn: sqlite3.Connection, after: int, limit: int) -> list[dict[str, 
     """Up to `limit` entries with an id above `after`, oldest first, every column (arguments and
     payload parsed from their JSON); an outcome also gets its decision's agent, session, method,
     server and tool under `call` (not part of the entry, nor of its hash)."""
-    select = _SELECT
+    select = SELECT_ENTRIES
     columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
     for column in ("method", "credential", "name"):  # an older schema that no guard has migrated
         if column not in columns:
             select = select.replace(f"e.{column},", "NULL,").replace(f"d.{column},", "NULL,")
+    return exported(conn.execute(select, (after, limit)))
+
+
+def exported(rows: Iterable[Sequence[Any]]) -> list[dict[str, object]]:
+    """The rows of `SELECT_ENTRIES` as `entries` returns them."""
     found = []
-    for row in conn.execute(select, (after, limit)):
+    for row in rows:
         entry: dict[str, object] = dict(zip(EXPORTED, row[: len(EXPORTED)], strict=True))
         entry["arguments"], entry["payload"] = loads(entry["arguments"]), loads(entry["payload"])  # type: ignore[arg-type]
         if entry["kind"] == "outcome":
