@@ -82,7 +82,8 @@ def _count(text: str) -> int:
 
 def add_ledger_parser(subparsers: Any) -> None:
     """Add `ledger tail|verify|stats` to the CLI; dispatch with `run_ledger(args, config.ledger)`."""
-    ledger = subparsers.add_parser("ledger", help="read the ledger", description="Read the ledger.")
+    about = "read the ledger (and sign, copy or initialise it)"
+    ledger = subparsers.add_parser("ledger", help=about, description=about.capitalize() + ".")
     commands = ledger.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
     tail = commands.add_parser(
         "tail", help="recent invocations, oldest first", description="Recent invocations, oldest first."
