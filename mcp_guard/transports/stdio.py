@@ -8,7 +8,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import anyio
 import mcp_types as types
@@ -48,9 +48,11 @@ async def _wire(wire_in: BinaryIO, wire_out: BinaryIO) -> AsyncIterator[tuple[Re
     (pipes, sockets, terminals: what MCP clients give a server), saving two thread hops per
     message; a regular file, or a loop that is not asyncio, goes through a worker thread."""
     read: Read = partial(anyio.to_thread.run_sync, wire_in.read, CHUNK)
+    lock = anyio.Lock()
 
-    async def write(data: bytes) -> None:
-        await anyio.to_thread.run_sync(wire_out.write, data)
+    async def write(data: bytes) -> None:  # one line at a time, whichever task writes it
+        async with lock:
+            await anyio.to_thread.run_sync(wire_out.write, data)
 
     transports: list[asyncio.BaseTransport] = []
     # The event loop makes the descriptors non-blocking; their open file descriptions may be
@@ -77,7 +79,7 @@ async def _wire(wire_in: BinaryIO, wire_out: BinaryIO) -> AsyncIterator[tuple[Re
                 transports.append(writing)
                 writer = asyncio.StreamWriter(writing, protocol, None, loop)
 
-                async def write_on_loop(data: bytes) -> None:
+                async def write_on_loop(data: bytes) -> None:  # a whole line, at once
                     writer.write(data)
                     await writer.drain()
 
@@ -151,19 +153,14 @@ async def serve_stdio(caller: Caller) -> None:
     to_server: MemoryObjectSendStream[SessionMessage | Exception]
     server_in: MemoryObjectReceiveStream[SessionMessage | Exception]
     to_server, server_in = anyio.create_memory_object_stream(16)
-    server_out: MemoryObjectSendStream[SessionMessage]
-    from_server: MemoryObjectReceiveStream[SessionMessage]
-    server_out, from_server = anyio.create_memory_object_stream(16)
-    write_lock = anyio.Lock()
     open_requests = _Open()
 
     async def write(data: bytes) -> None:
-        async with write_lock:
-            try:
-                await write_wire(data)
-            except OSError as exc:  # the client closed its end: nobody is left to answer
-                guard.log(f"stopping: the client no longer reads the guard's output ({exc})")
-                tg.cancel_scope.cancel()
+        try:
+            await write_wire(data)
+        except OSError as exc:  # the client closed its end: nobody is left to answer
+            guard.log(f"stopping: the client no longer reads the guard's output ({exc})")
+            tg.cancel_scope.cancel()
 
     async def answer(code: int, message: str, msg_id: Any = None) -> None:
         error = types.JSONRPCError(
@@ -210,17 +207,31 @@ async def serve_stdio(caller: Caller) -> None:
             with anyio.move_on_after(DRAIN_SECONDS):
                 await open_requests.drained()
 
-    async def writer() -> None:
-        async with from_server:
-            async for item in from_server:
-                message = item.message
-                data = message.model_dump_json(by_alias=True, exclude_unset=True)
-                await write(data.encode() + b"\n")
-                if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
-                    open_requests.answered(message.id)
-
     async with _wire(wire_in, wire_out) as (read_wire, write_wire), anyio.create_task_group() as tg:
         tg.start_soon(reader)
-        tg.start_soon(writer)
-        await server.run(server_in, server_out, server.create_initialization_options())
+        replies = _Replies(write, open_requests)
+        await server.run(server_in, replies, server.create_initialization_options())
         tg.cancel_scope.cancel()
+
+
+class _Replies:
+    """The server's messages to the client (the SDK's `WriteStream`), each written whole by the task
+    that sends it: no writer task, no queue in between."""
+
+    def __init__(self, write: Write, open_requests: _Open) -> None:
+        self._write, self._open = write, open_requests
+
+    async def send(self, item: SessionMessage, /) -> None:
+        message = item.message
+        await self._write(message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+        if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
+            self._open.answered(message.id)
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None

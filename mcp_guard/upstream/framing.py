@@ -1,6 +1,6 @@
 """The bytes between the guard and an upstream: JSON-RPC messages framed one a line and read no
 further than the cap, and an upstream's stderr cut into bounded lines at a bounded rate. Pure
-stream handling, shared by every transport in transports.py; knows nothing of processes."""
+stream handling, shared by every transport (transports.py, pipes.py); knows nothing of processes."""
 
 from __future__ import annotations
 
@@ -22,14 +22,22 @@ def dump(message: SessionMessage) -> bytes:
     return message.message.model_dump_json(by_alias=True, exclude_unset=True).encode()
 
 
-async def read_messages(
-    stdout: ByteReceiveStream, send: MemoryObjectSendStream[SessionMessage | Exception], max_bytes: int
-) -> bool:
-    """Parse each line from `stdout` into a message for `send` until end of input (True), or until a
-    line passes `max_bytes` (False): never more than `max_bytes` plus one chunk is held."""
-    pending = bytearray()
-    async for chunk in stdout:
-        start = 0
+class Messages:
+    """Splits what an upstream writes into JSON-RPC messages, one a line, as it arrives, never
+    holding more than `max_bytes` of one line (plus the chunk in hand). Once a line passes the cap,
+    `too_large` is set and nothing more is parsed."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._pending = bytearray()
+        self.too_large = False
+
+    def feed(self, chunk: bytes) -> list[SessionMessage | Exception]:
+        """The messages `chunk` completes, in order, up to a line over the cap."""
+        out: list[SessionMessage | Exception] = []
+        if self.too_large:
+            return out
+        pending, start = self._pending, 0
         while (end := chunk.find(b"\n", start)) != -1:
             if pending:
                 pending += chunk[start:end]
@@ -38,12 +46,28 @@ async def read_messages(
             else:
                 line = chunk[start:end]
             start = end + 1
-            if len(line) > max_bytes:
-                return False
+            if len(line) > self._max_bytes:
+                self.too_large = True
+                return out
             if line.strip():
-                await send.send(parse(line))
+                out.append(parse(line))
         pending += chunk[start:]
-        if len(pending) > max_bytes:
+        if len(pending) > self._max_bytes:
+            self.too_large = True
+            pending.clear()
+        return out
+
+
+async def read_messages(
+    stdout: ByteReceiveStream, send: MemoryObjectSendStream[SessionMessage | Exception], max_bytes: int
+) -> bool:
+    """Parse each line from `stdout` into a message for `send` until end of input (True), or until a
+    line passes `max_bytes` (False): never more than `max_bytes` plus one chunk is held."""
+    messages = Messages(max_bytes)
+    async for chunk in stdout:
+        for message in messages.feed(chunk):
+            await send.send(message)
+        if messages.too_large:
             return False
     return True
 
@@ -56,31 +80,47 @@ def parse(line: bytes) -> SessionMessage | Exception:
         return exc
 
 
+class StderrLines:
+    """An upstream's stderr to `emit`, line by line as it arrives, decoded, at most MAX_STDERR_LINE
+    bytes a line (a longer one is cut and says so) and at most STDERR_LINES_PER_SECOND a second (the
+    rest are counted): an upstream that floods stderr costs the guard a bounded amount of memory and
+    output, and what is not shown is still read, so the upstream never blocks on a full pipe."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self._emit = emit
+        self._lines = _LineCutter(MAX_STDERR_LINE)
+        self._window, self._shown, self._dropped = time.monotonic(), 0, 0
+
+    def feed(self, chunk: bytes) -> None:
+        for line in self._lines.feed(chunk):
+            now = time.monotonic()
+            if now - self._window >= 1.0:
+                if self._dropped:
+                    self._emit(f"({self._dropped} more stderr lines not shown)")
+                self._window, self._shown, self._dropped = now, 0, 0
+            if self._shown < STDERR_LINES_PER_SECOND:
+                self._shown += 1
+                self._emit(line)
+            else:
+                self._dropped += 1
+
+    def flush(self) -> None:
+        """At the end of the stream, or when the guard stops reading it: what is left."""
+        for line in self._lines.flush():
+            self._emit(line)
+        if self._dropped:
+            self._emit(f"({self._dropped} more stderr lines not shown)")
+            self._dropped = 0
+
+
 async def relay_lines(stream: ByteReceiveStream, emit: Callable[[str], None]) -> None:
-    """Each line of `stream` to `emit`, decoded, at most MAX_STDERR_LINE bytes (a longer one is cut
-    and says so) and at most STDERR_LINES_PER_SECOND a second (the rest are counted): an upstream
-    that floods stderr costs the guard a bounded amount of memory and output. The stream is read to
-    its end whatever is shown, so that the upstream never blocks on a full pipe."""
-    lines = _LineCutter(MAX_STDERR_LINE)
-    window, shown, dropped = time.monotonic(), 0, 0
+    """Each line of `stream` to `emit`, as StderrLines bounds them, to the stream's end."""
+    lines = StderrLines(emit)
     try:
         async for chunk in stream:
-            for line in lines.feed(chunk):
-                now = time.monotonic()
-                if now - window >= 1.0:
-                    if dropped:
-                        emit(f"({dropped} more stderr lines not shown)")
-                    window, shown, dropped = now, 0, 0
-                if shown < STDERR_LINES_PER_SECOND:
-                    shown += 1
-                    emit(line)
-                else:
-                    dropped += 1
+            lines.feed(chunk)
     finally:  # at the end of the stream, or cut short when the guard stops
-        for line in lines.flush():
-            emit(line)
-        if dropped:
-            emit(f"({dropped} more stderr lines not shown)")
+        lines.flush()
 
 
 class _LineCutter:

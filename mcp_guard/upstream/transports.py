@@ -8,34 +8,25 @@ line by line, bounded, through the guard's scrubbed log. Knows nothing of agents
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2
-from anyio.abc import Process
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.client.stdio import get_default_environment
+from mcp.client._transport import ReadStream, WriteStream
 from mcp.client.streamable_http import streamable_http_client
-from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.server import Server
 from mcp.shared.message import SessionMessage
 
 from mcp_guard.manifest import Manifest
 from mcp_guard.upstream.credentials import ClientCredentialsAuth
-from mcp_guard.upstream.framing import dump, parse, read_messages, relay_lines
+from mcp_guard.upstream.framing import dump, parse
+from mcp_guard.upstream.pipes import EXIT_GRACE, stdio_transport
 
-Streams = tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]
-
-EXIT_GRACE = 2.0  # seconds an upstream has to exit after its stdin closes, and again after SIGTERM
-KILL_WAIT = 2.0  # seconds for the event loop to see a killed upstream exit
-STDERR_TAIL_WAIT = 0.5  # seconds to relay what an exited upstream left on stderr
+Streams = tuple[ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]]
 
 
 @dataclass(frozen=True)
@@ -93,128 +84,6 @@ def manifest_transport(manifest: Manifest, wiring: Wiring) -> AbstractAsyncConte
         auth = ClientCredentialsAuth(up.auth.client_credentials, wiring.on_secret)
     client = capped_http_client(up.headers, up.timeout, wiring.max_message_bytes, auth=auth, on_response=tell)
     return _owned_http(up.url, client, wiring.max_message_bytes)
-
-
-# -- stdio ---------------------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def stdio_transport(
-    command: str,
-    args: Sequence[str],
-    env: Mapping[str, str],
-    cwd: Path | None,
-    *,
-    max_message_bytes: int,
-    on_stderr: Callable[[str], None],
-    on_too_large: Callable[[], None],
-    on_exit: Callable[[int], None] = lambda _: None,
-) -> AsyncIterator[Streams]:
-    """Run an upstream and speak newline-delimited JSON-RPC over its stdin and stdout, like the
-    SDK's `stdio_client`, except that a line is refused once it passes `max_message_bytes` (the
-    upstream is killed at once, `on_too_large` is told, and the session sees the connection end)
-    and each stderr line goes to `on_stderr`. On exit the upstream gets its stdin closed, then
-    SIGTERM, then SIGKILL (its whole process group), each wait bounded; every pipe is closed."""
-    process = await anyio.open_process(
-        [command, *args], env={**get_default_environment(), **env}, cwd=cwd, start_new_session=True
-    )
-    stdin, stdout, stderr = process.stdin, process.stdout, process.stderr
-    assert stdin is not None
-    assert stdout is not None
-    assert stderr is not None
-    to_session, from_upstream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    to_upstream, from_session = anyio.create_memory_object_stream[SessionMessage](0)
-
-    async def read_stdout() -> None:
-        async with to_session:  # closing it is how the session learns the connection ended
-            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                if not await read_messages(stdout, to_session, max_message_bytes):
-                    on_too_large()
-                    _kill_now(process)
-                    return
-        # The session is gone: keep the pipe drained so that an upstream still writing can exit.
-        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            async for _ in stdout:
-                pass
-        with anyio.move_on_after(EXIT_GRACE):  # its stdout ended: it has exited, or soon will
-            await process.wait()
-        if process.returncode is not None:
-            on_exit(process.returncode)
-
-    async def write_stdin() -> None:
-        with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-            async with from_session:
-                async for message in from_session:
-                    await stdin.send(dump(message) + b"\n")
-        to_session.close()  # the upstream cannot be written to: end the session, not a hang
-
-    stderr_done = anyio.Event()
-
-    async def read_stderr() -> None:
-        try:
-            with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                await relay_lines(stderr, on_stderr)
-        finally:
-            stderr_done.set()
-
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(read_stdout)
-            tg.start_soon(write_stdin)
-            tg.start_soon(read_stderr)
-            try:
-                yield from_upstream, to_upstream
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await _stop(process, from_upstream, to_upstream)
-                    with anyio.move_on_after(STDERR_TAIL_WAIT):  # its last words, e.g. a traceback
-                        await stderr_done.wait()
-                tg.cancel_scope.cancel()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await _release(process)
-
-
-def _kill_now(process: Process) -> None:
-    """SIGKILL the upstream's whole process group (it was started in a session of its own)."""
-    with suppress(ProcessLookupError, PermissionError):
-        if sys.platform == "win32":  # pragma: no cover
-            process.kill()
-        else:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-async def _stop(process: Process, *streams: Any) -> None:
-    """Close stdin and wait for the upstream to exit; past the grace, SIGTERM then SIGKILL."""
-    for stream in streams:
-        stream.close()
-    assert process.stdin is not None
-    with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-        await process.stdin.aclose()
-    with anyio.move_on_after(EXIT_GRACE):
-        await process.wait()
-    if process.returncode is None:
-        if sys.platform == "win32":  # pragma: no cover
-            process.kill()
-        else:
-            await terminate_posix_process_tree(process, EXIT_GRACE)
-        with anyio.move_on_after(KILL_WAIT):
-            await process.wait()
-
-
-async def _release(process: Process) -> None:
-    """Close every pipe (a descendant may hold the other ends open) and reap the upstream."""
-    if process.returncode is None:
-        _kill_now(process)
-        with anyio.move_on_after(KILL_WAIT):
-            await process.wait()
-    if process.returncode is not None:
-        await process.aclose()
-        return
-    for pipe in (process.stdin, process.stdout, process.stderr):  # pragma: no cover (unkillable)
-        if pipe is not None:
-            with suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await pipe.aclose()
 
 
 # -- Streamable HTTP ------------------------------------------------------------------------------
