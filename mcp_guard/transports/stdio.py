@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
@@ -12,7 +13,6 @@ from typing import Any, BinaryIO, Self
 
 import anyio
 import mcp_types as types
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
 
@@ -96,33 +96,6 @@ async def _wire(wire_in: BinaryIO, wire_out: BinaryIO) -> AsyncIterator[tuple[Re
             os.close(fd)
 
 
-async def _read_lines(read: Read, max_bytes: int, emit: Any, refuse: Any) -> None:
-    """Split the input into lines without ever holding more than max_bytes of one line."""
-    buffer = bytearray()
-    skipping = False
-    while True:
-        chunk = await read()
-        if not chunk:
-            break
-        start = 0
-        while (end := chunk.find(b"\n", start)) != -1:
-            if skipping:
-                skipping = False
-            else:
-                buffer += chunk[start:end]
-                await emit(bytes(buffer))
-            buffer.clear()
-            start = end + 1
-        if not skipping:
-            buffer += chunk[start:]
-            if len(buffer) > max_bytes:
-                buffer.clear()
-                skipping = True
-                await refuse(f"message is larger than {max_bytes} bytes")
-    if buffer.strip() and not skipping:
-        await emit(bytes(buffer))
-
-
 class _Open:
     """Ids of the requests read but not answered yet, so that end of input can wait for them."""
 
@@ -150,9 +123,6 @@ async def serve_stdio(caller: Caller) -> None:
     server = build_server(caller)
     max_bytes = guard.policy.config.limits.max_message_bytes
     wire_in, wire_out = _claim_stdio()
-    to_server: MemoryObjectSendStream[SessionMessage | Exception]
-    server_in: MemoryObjectReceiveStream[SessionMessage | Exception]
-    to_server, server_in = anyio.create_memory_object_stream(16)
     open_requests = _Open()
 
     async def write(data: bytes) -> None:
@@ -162,56 +132,114 @@ async def serve_stdio(caller: Caller) -> None:
             guard.log(f"stopping: the client no longer reads the guard's output ({exc})")
             tg.cancel_scope.cancel()
 
-    async def answer(code: int, message: str, msg_id: Any = None) -> None:
-        error = types.JSONRPCError(
-            jsonrpc="2.0", id=msg_id, error=types.ErrorData(code=code, message=message)
-        )
-        await write(error.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+    async with _wire(wire_in, wire_out) as (read_wire, write_wire), anyio.create_task_group() as tg:
+        incoming = _Incoming(read_wire, max_bytes, write, open_requests)
+        replies = _Replies(write, open_requests)
+        await server.run(incoming, replies, server.create_initialization_options())
+        tg.cancel_scope.cancel()
 
-    async def refuse(reason: str) -> None:
-        await answer(types.PARSE_ERROR, f"Parse error: {reason}")
 
-    async def emit(line: bytes) -> None:
+class _Incoming:
+    """The client's messages for the server (the SDK's `ReadStream`), read, split into lines and
+    parsed strictly by the server's own read loop as it asks for the next one: no reader task and no
+    queue in between. A line that is not a valid JSON-RPC message is answered with its error here and
+    never reaches the server; a line over `max_bytes` is refused once and skipped, never held. At end
+    of input the requests already read are answered first (a script piped in ends right after its
+    last request), for up to DRAIN_SECONDS, and then the stream ends."""
+
+    def __init__(self, read: Read, max_bytes: int, write: Write, open_requests: _Open) -> None:
+        self._read, self._max_bytes, self._write, self._open = read, max_bytes, write, open_requests
+        self._ready: deque[SessionMessage] = deque()
+        self._buffer = bytearray()
+        self._skipping = False  # inside a line over the cap, until its newline
+        self._ended = False
+
+    async def receive(self) -> SessionMessage:
+        while not self._ready:
+            if self._ended:
+                with anyio.move_on_after(DRAIN_SECONDS):
+                    await self._open.drained()
+                raise anyio.EndOfStream
+            chunk = await self._read()
+            if chunk:
+                await self._feed(chunk)
+            else:
+                self._ended = True
+                if self._buffer.strip() and not self._skipping:
+                    await self._take(bytes(self._buffer))
+        return self._ready.popleft()
+
+    async def _feed(self, chunk: bytes) -> None:
+        buffer, start = self._buffer, 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if self._skipping:
+                self._skipping = False
+            else:
+                buffer += chunk[start:end]
+                await self._take(bytes(buffer))
+            buffer.clear()
+            start = end + 1
+        if not self._skipping:
+            buffer += chunk[start:]
+            if len(buffer) > self._max_bytes:
+                buffer.clear()
+                self._skipping = True
+                await self._refuse(f"message is larger than {self._max_bytes} bytes")
+
+    async def _take(self, line: bytes) -> None:
         if not line.strip():
             return
         try:
-            value = parse_strict(line, max_bytes)
+            value = parse_strict(line, self._max_bytes)
         except StrictJSONError as exc:
-            await refuse(str(exc))
+            await self._refuse(str(exc))
             return
         msg_id = value.get("id") if isinstance(value, dict) else None
         valid_id = msg_id if isinstance(msg_id, str) or type(msg_id) is int else None
         if isinstance(value, dict) and "id" in value and valid_id is None:
             # An id of null, true or 1.5 would make a request look like a notification.
-            await answer(types.INVALID_REQUEST, "Invalid request: id must be a string or an integer")
+            await self._answer(types.INVALID_REQUEST, "Invalid request: id must be a string or an integer")
             return
         try:
             message = types.jsonrpc_message_adapter.validate_python(value, by_name=False)
         except Exception:
-            await answer(types.INVALID_REQUEST, "Invalid request", valid_id)
+            await self._answer(types.INVALID_REQUEST, "Invalid request", valid_id)
             return
         if isinstance(message, types.JSONRPCRequest):
-            open_requests.read(message.id)
+            self._open.read(message.id)
         elif isinstance(message, types.JSONRPCNotification) and message.method == "notifications/cancelled":
             # A cancelled request is never answered: end of input must not wait for it.
             cancelled = cancelled_request_id_from_params(message.params)
             if cancelled is not None:
-                open_requests.answered(cancelled)
-        await to_server.send(SessionMessage(message))
+                self._open.answered(cancelled)
+        self._ready.append(SessionMessage(message))
 
-    async def reader() -> None:
-        async with to_server:
-            await _read_lines(read_wire, max_bytes, emit, refuse)
-            # End of input: answer what was already asked (a script piped in ends right after its
-            # last request), then let the server stop.
-            with anyio.move_on_after(DRAIN_SECONDS):
-                await open_requests.drained()
+    async def _refuse(self, reason: str) -> None:
+        await self._answer(types.PARSE_ERROR, f"Parse error: {reason}")
 
-    async with _wire(wire_in, wire_out) as (read_wire, write_wire), anyio.create_task_group() as tg:
-        tg.start_soon(reader)
-        replies = _Replies(write, open_requests)
-        await server.run(server_in, replies, server.create_initialization_options())
-        tg.cancel_scope.cancel()
+    async def _answer(self, code: int, message: str, msg_id: Any = None) -> None:
+        error = types.JSONRPCError(
+            jsonrpc="2.0", id=msg_id, error=types.ErrorData(code=code, message=message)
+        )
+        await self._write(error.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
 
 
 class _Replies:
