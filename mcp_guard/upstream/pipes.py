@@ -191,8 +191,10 @@ class _Pipes(asyncio.SubprocessProtocol):
         elif fd == STDERR:
             self._stderr.flush()
             self.stderr_done.set()
-        elif exc is not None:  # its stdin cannot be written to: end the session, not a hang
-            self.inbox.end()
+        else:
+            self.resume_writing()  # a send waiting for room finds the pipe gone
+            if exc is not None:  # its stdin cannot be written to: end the session, not a hang
+                self.inbox.end()
 
     def pause_writing(self) -> None:
         self.full = asyncio.Event()

@@ -214,6 +214,42 @@ async def test_the_settle_step_decides_inside_the_transaction(kind: SQLiteKind):
         assert other.decision == "allow"  # another scope has its own budget
 
 
+async def test_concurrent_decisions_each_get_their_own_answer_and_one_bad_one_spoils_none(kind: SQLiteKind):
+    """Decisions made at once by many calls of one guard (which the SQLite store commits together):
+    the budget holds across them, a settle step that raises and a call id used twice fail only
+    their own call, and the chain verifies with exactly the others in it."""
+    async with await open_ledger(kind.config()) as store:
+        used = record()
+        await store.decide(used)
+
+        def broken(window: Window) -> CallRecord:
+            raise ValueError("a settle step that cannot decide")
+
+        recs = [record() for _ in range(9)]
+        results: dict[int, CallRecord | Exception] = {}
+
+        async def decide(n: int) -> None:
+            rec = recs[n]
+            settle = broken if n == 3 else partial(within_budget, rec=rec)
+            try:
+                results[n] = await store.decide(used if n == 6 else rec, None if n == 6 else settle)
+            except (ValueError, LedgerError) as exc:
+                results[n] = exc
+
+        async with anyio.create_task_group() as tg:
+            for n in range(9):
+                tg.start_soon(decide, n)
+        assert isinstance(results[3], ValueError)
+        assert isinstance(results[6], LedgerError)
+        decisions = [results[n].decision for n in range(9) if n not in (3, 6)]  # type: ignore[union-attr]
+        assert sorted(decisions) == ["allow"] * 4 + ["deny"] * 3  # 5 an hour: `used` took one
+        got = {i.call_id: i.decision for i in await store.invocations()}
+        assert recs[3].call_id not in got
+        assert len(got) == 8
+        result = await store.verify()
+        assert (result.ok, result.entries) == (True, 8)
+
+
 SPENDER = textwrap.dedent(
     """
     import sys

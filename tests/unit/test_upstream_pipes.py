@@ -200,3 +200,20 @@ async def test_a_malformed_line_is_an_error_value_and_the_messages_around_it_arr
     assert isinstance(first, ValueError)
     assert isinstance(second, SessionMessage)
     assert second.message.id == 5  # type: ignore[union-attr]
+
+
+async def test_a_send_waiting_for_room_ends_when_the_upstream_exits_without_reading() -> None:
+    command, args = script("import time; time.sleep(0.5)")  # never reads its stdin, then exits
+    seen = Seen()
+    big = "z" * 100_000
+    async with stdio_transport(command, args, {}, None, **seen.wiring()) as (inbox, outbox):
+        with anyio.fail_after(5):  # not a hang: the waiting send returns once the pipe is gone
+            for i in range(100):
+                try:
+                    await outbox.send(message(i, big))
+                except anyio.BrokenResourceError:
+                    break
+            else:
+                raise AssertionError("10 MB went into a pipe nobody reads")
+            assert [item async for item in inbox] == []  # and the session sees the upstream gone
+    assert seen.exits == [0]

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NoReturn, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from sqlite_utils import Database
 
@@ -33,6 +32,7 @@ from mcp_guard.ledger.sqlite import queries, schema
 from mcp_guard.ledger.sqlite.queries import Event
 from mcp_guard.ledger.sqlite.schema import BACKSTOP_PAGES, CHECKPOINT_EVERY
 from mcp_guard.ledger.sqlite.tallies import Tallies
+from mcp_guard.ledger.sqlite.transaction import Transaction
 from mcp_guard.ledger.sqlite.verify import verify
 from mcp_guard.ledger.sqlite.window import SQLiteWindow
 
@@ -45,72 +45,6 @@ _PREV, _TS = COLUMNS.index("prev_hash"), COLUMNS.index("ts")
 
 Check = Callable[[SQLiteWindow], CallRecord]
 T = TypeVar("T")
-
-
-class _Transaction:
-    """BEGIN .. COMMIT on the ledger's connection under its thread lock; ROLLBACK on any error,
-    and a sqlite3.Error becomes `error` with a message for the person who must fix it. A class
-    rather than a generator: it runs twice on every call."""
-
-    __slots__ = ("_error", "_flushing", "_ledger", "_write")
-
-    def __init__(self, ledger: Ledger, *, write: bool) -> None:
-        self._ledger, self._write = ledger, write
-        self._error = LedgerUnavailable if write else LedgerError
-        self._flushing = 0  # deferred outcomes appended in this transaction
-
-    def __enter__(self) -> sqlite3.Connection:
-        ledger = self._ledger
-        # Waiting for another thread of this process counts against the same busy_timeout.
-        if not ledger._lock.acquire(blocking=False):
-            started = time.monotonic()
-            if not ledger._lock.acquire(timeout=ledger._busy_timeout):
-                msg = f"{ledger._path}: {schema.locked(ledger._busy_timeout)}"
-                raise self._error(msg)
-            waited = time.monotonic() - started
-        else:
-            waited = 0.0
-        conn = ledger._conn
-        try:
-            if waited > 0.001 or ledger._shortened:
-                # Only after a noticeable wait for the thread lock: the pragma costs ~20 us a call.
-                left = max(1, int((ledger._busy_timeout - waited) * 1000))
-                conn.execute(f"PRAGMA busy_timeout = {left}")
-                ledger._shortened = left < int(ledger._busy_timeout * 1000)
-            if self._write:
-                conn.execute("BEGIN IMMEDIATE")
-                ledger._head = None
-                self._flushing = ledger._append_deferred(conn)
-            else:
-                conn.execute("BEGIN")
-        except BaseException as exc:
-            self._fail(exc)
-        return conn
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc is not None:
-            self._fail(exc)
-        ledger = self._ledger
-        try:
-            ledger._conn.execute("COMMIT")
-        except BaseException as failed:
-            self._fail(failed)
-        try:
-            if self._flushing:
-                del ledger._deferred[: self._flushing]
-        finally:
-            ledger._lock.release()
-
-    def _fail(self, exc: BaseException) -> NoReturn:
-        ledger = self._ledger
-        try:
-            schema.rollback(ledger._conn)
-        finally:
-            ledger._lock.release()
-        if isinstance(exc, sqlite3.Error):
-            msg = f"{ledger._path}: {schema.describe(exc, ledger._busy_timeout)}"
-            raise self._error(msg) from exc
-        raise exc
 
 
 class Ledger:
@@ -220,12 +154,49 @@ class Ledger:
             self._record(decision_fields(rec), ts)
             return rec
         with self._transaction() as conn:
-            window = SQLiteWindow(conn, ts or datetime.now(UTC), self._tallies)
+            return self._settle(conn, rec, check, ts)
+
+    def record_decisions(
+        self, batch: Sequence[tuple[CallRecord, Check | None]]
+    ) -> list[CallRecord | Exception]:
+        """Commit decisions of concurrent calls in one transaction (group commit), settled in turn as
+        `record_decision` settles one, each seeing those before it: one BEGIN and COMMIT, and each
+        page written once, for all of them. Each comes back as its record or, if its check raised
+        or its call id was used before, that exception: it is left out and the others commit. Any
+        other SQLite error fails them all (LedgerUnavailable), as it fails one."""
+        results: list[CallRecord | Exception] = []
+        with self._transaction() as conn:
+            for rec, check in batch:
+                if len(batch) == 1:
+                    results.append(self._settle(conn, rec, check, None))
+                    break
+                head = self._head
+                conn.execute("SAVEPOINT decision")
+                try:
+                    results.append(self._settle(conn, rec, check, None))
+                except Exception as exc:  # this decision alone is left out ...
+                    if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+                        raise  # ... unless the ledger itself failed: then all of them are
+                    conn.execute("ROLLBACK TO decision")
+                    self._head = head
+                    if isinstance(exc, sqlite3.IntegrityError):  # a call id used twice
+                        msg = f"{self._path}: {schema.describe(exc, self._busy_timeout)}"
+                        results.append(LedgerUnavailable(msg))
+                    else:
+                        results.append(exc)
+                conn.execute("RELEASE decision")
+        return results
+
+    def _settle(
+        self, conn: sqlite3.Connection, rec: CallRecord, check: Check | None, ts: datetime | None
+    ) -> CallRecord:
+        window = SQLiteWindow(conn, ts or datetime.now(UTC), self._tallies)
+        if check is not None:
             rec = check(window)
-            stamp = format_ts(window.now)
-            self._append(conn, decision_fields(rec), stamp)
-            for fields in window.queued:
-                self._append(conn, fields, stamp)
+        stamp = format_ts(window.now)
+        self._append(conn, decision_fields(rec), stamp)
+        for fields in window.queued:
+            self._append(conn, fields, stamp)
         return rec
 
     def hold(self, fn: Callable[[SQLiteWindow], T]) -> T:
@@ -307,7 +278,7 @@ class Ledger:
 
         A check that must be atomic with its append (budgets, pins) reads inside it, then `_append`s.
         """
-        return _Transaction(self, write=True)
+        return Transaction(self, write=True)
 
     def _append_deferred(self, conn: sqlite3.Connection) -> int:
         batch = self._deferred[:]
@@ -334,7 +305,7 @@ class Ledger:
     # -- reading: each call reads one consistent snapshot, and raises LedgerError ------------------
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
-        return _Transaction(self, write=False)
+        return Transaction(self, write=False)
 
     def last_id(self) -> int:
         with self._read() as conn:

@@ -1,12 +1,14 @@
 """The SQLite LedgerStore: the engine driven from the event loop, committing by its durability.
 With `normal` a commit is a few tens of microseconds (no fsync), cheaper than a hop to a worker
-thread, so decisions commit on the event loop, where nothing can interrupt them, and outcomes ride
-on the next decision's transaction (one transaction per call). With `full` every commit waits for
-the disk, so each runs in a worker thread, shielded from cancellation. Imports nothing from
-mcp_guard but errors, the ledger's seam and its siblings in ledger.sqlite."""
+thread, so decisions commit on the event loop, where nothing can interrupt them: those of
+concurrent calls together (`_Group`), and outcomes ride on the next decisions' transaction (at
+most one transaction per call). With `full` every commit waits for the disk, so each runs in a
+worker thread, shielded from cancellation. Imports nothing from mcp_guard but errors, the
+ledger's seam and its siblings in ledger.sqlite."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from functools import partial
@@ -36,6 +38,7 @@ class SQLiteStore:
         self.engine = engine  # for the SQLite store's own tests and tools; the guard never uses it
         self._full = durability == "full"
         self._outcomes_waiting: anyio.Event | None = None  # made on the event loop, when first needed
+        self._group = _Group(engine)
 
     @classmethod
     def open(
@@ -65,7 +68,8 @@ class SQLiteStore:
 
     async def decide(self, record: CallRecord, settle: Settle | None = None) -> CallRecord:
         if not self._full:
-            return self.engine.record_decision(record, check=settle)
+            with anyio.CancelScope(shield=True):  # committed whatever becomes of the caller
+                return await self._group.join(record, settle)
         with anyio.CancelScope(shield=True):
             done = await anyio.to_thread.run_sync(partial(self.engine.record_decision, record, check=settle))
         return done
@@ -75,6 +79,7 @@ class SQLiteStore:
     ) -> None:
         if not self._full:
             self.engine.record_outcome(call_id, outcome, duration_ms, detail, defer=True)
+            self._group.ended(call_id)
             if self._outcomes_waiting is None:
                 self._outcomes_waiting = anyio.Event()
             self._outcomes_waiting.set()
@@ -161,3 +166,58 @@ class SQLiteStore:
     async def entries(self, after: int = 0, limit: int = 1000) -> list[dict[str, object]]:
         read = partial(rows.entries, after=after, limit=limit)
         return await anyio.to_thread.run_sync(rows.snapshot, self.engine.path, read)
+
+
+class _Group:
+    """Group commit for `durability: normal`. While other calls are in flight (decided and not yet
+    ended), the decisions made in one turn of the event loop are committed together at the start
+    of the next turn, in one transaction (`Ledger.record_decisions`), each settled in the order it
+    arrived and seeing those before it; a call with none beside it is committed at once, as
+    before. Each caller gets its own record, or its own check's exception."""
+
+    MAX_TRACKED = 10_000  # calls in flight remembered; past it (outcomes lost), start afresh
+
+    def __init__(self, engine: Ledger) -> None:
+        self._engine = engine
+        self._open: list[tuple[CallRecord, Settle | None, asyncio.Future[CallRecord]]] | None = None
+        self._in_flight: set[str] = set()  # call ids allowed whose outcome has not been recorded
+
+    async def join(self, record: CallRecord, settle: Settle | None) -> CallRecord:
+        if self._open is None and not self._in_flight:  # alone: nothing to wait for
+            (result,) = self._decide([(record, settle)])
+            if isinstance(result, Exception):
+                raise result
+            return result
+        loop = asyncio.get_running_loop()
+        if self._open is None:
+            self._open = []
+            loop.call_soon(self._commit)
+        future: asyncio.Future[CallRecord] = loop.create_future()
+        self._open.append((record, settle, future))
+        return await future
+
+    def ended(self, call_id: str) -> None:
+        self._in_flight.discard(call_id)
+
+    def _decide(self, batch: list[tuple[CallRecord, Settle | None]]) -> list[CallRecord | Exception]:
+        try:
+            results = self._engine.record_decisions(batch)
+        except Exception as exc:  # the ledger failed them all
+            return [exc] * len(batch)
+        if len(self._in_flight) > self.MAX_TRACKED:
+            self._in_flight.clear()
+        self._in_flight.update(
+            r.call_id for r in results if isinstance(r, CallRecord) and r.decision == "allow"
+        )
+        return results
+
+    def _commit(self) -> None:
+        group, self._open = self._open or [], None
+        results = self._decide([(record, settle) for record, settle, _ in group])
+        for (_, _, future), result in zip(group, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
