@@ -14,6 +14,7 @@ from mcp.shared.message import SessionMessage
 
 MAX_STDERR_LINE = 4096  # bytes of one upstream stderr line shown; the rest of a longer line is cut
 STDERR_LINES_PER_SECOND = 100  # more than this in one second are counted, not shown
+LOG_MESSAGES_PER_SECOND = 100  # an upstream's log messages passed on in one second; the rest counted
 
 
 def dump(message: SessionMessage) -> bytes:
@@ -80,6 +81,33 @@ def parse(line: bytes) -> SessionMessage | Exception:
         return exc
 
 
+class Bounded:
+    """Lets at most `per_second` things through in each second and counts the rest: what an
+    upstream can make the guard pass on (stderr lines, log messages) costs a bounded amount of
+    output however much it sends."""
+
+    def __init__(self, per_second: int) -> None:
+        self._per_second = per_second
+        self._window, self._passed, self._dropped = time.monotonic(), 0, 0
+
+    def take(self) -> tuple[bool, int]:
+        """Whether this one goes through, and how many were held back in the second that has just
+        ended (0 if none has, or none were)."""
+        now, ended = time.monotonic(), 0
+        if now - self._window >= 1.0:
+            ended, self._window, self._passed, self._dropped = self._dropped, now, 0, 0
+        if self._passed < self._per_second:
+            self._passed += 1
+            return True, ended
+        self._dropped += 1
+        return False, ended
+
+    def held_back(self) -> int:
+        """How many were held back since the last report, reported now."""
+        dropped, self._dropped = self._dropped, 0
+        return dropped
+
+
 class StderrLines:
     """An upstream's stderr to `emit`, line by line as it arrives, decoded, at most MAX_STDERR_LINE
     bytes a line (a longer one is cut and says so) and at most STDERR_LINES_PER_SECOND a second (the
@@ -89,28 +117,22 @@ class StderrLines:
     def __init__(self, emit: Callable[[str], None]) -> None:
         self._emit = emit
         self._lines = _LineCutter(MAX_STDERR_LINE)
-        self._window, self._shown, self._dropped = time.monotonic(), 0, 0
+        self._rate = Bounded(STDERR_LINES_PER_SECOND)
 
     def feed(self, chunk: bytes) -> None:
         for line in self._lines.feed(chunk):
-            now = time.monotonic()
-            if now - self._window >= 1.0:
-                if self._dropped:
-                    self._emit(f"({self._dropped} more stderr lines not shown)")
-                self._window, self._shown, self._dropped = now, 0, 0
-            if self._shown < STDERR_LINES_PER_SECOND:
-                self._shown += 1
+            shown, dropped = self._rate.take()
+            if dropped:
+                self._emit(f"({dropped} more stderr lines not shown)")
+            if shown:
                 self._emit(line)
-            else:
-                self._dropped += 1
 
     def flush(self) -> None:
         """At the end of the stream, or when the guard stops reading it: what is left."""
         for line in self._lines.flush():
             self._emit(line)
-        if self._dropped:
-            self._emit(f"({self._dropped} more stderr lines not shown)")
-            self._dropped = 0
+        if dropped := self._rate.held_back():
+            self._emit(f"({dropped} more stderr lines not shown)")
 
 
 async def relay_lines(stream: ByteReceiveStream, emit: Callable[[str], None]) -> None:

@@ -19,6 +19,7 @@ from mcp.shared.dispatcher import ProgressFnT as ProgressFn
 
 from mcp_guard.errors import UpstreamError
 from mcp_guard.manifest import Manifest
+from mcp_guard.upstream.framing import LOG_MESSAGES_PER_SECOND, Bounded
 
 Answer = types.InputResponse | types.ErrorData
 Ask = Callable[[types.InputRequest], Awaitable[Answer]]
@@ -43,11 +44,18 @@ class Relay(Protocol):
 
 def session_callbacks(manifest: Manifest, relay: Relay | None, log: Callable[[str], None]) -> dict[str, Any]:
     """The ClientSession callbacks for one session with the manifest's upstream: log messages always
-    reach the operator (`log`); sampling and elicitation are declared and relayed only as the
-    manifest's `upstream.relay` says."""
+    reach the operator (`log`), at most LOG_MESSAGES_PER_SECOND a second (the rest are counted);
+    sampling and elicitation are declared and relayed only as the manifest's `upstream.relay`
+    says."""
     server, opted = manifest.server, manifest.upstream.relay
+    rate = Bounded(LOG_MESSAGES_PER_SECOND)  # per session: a restarted upstream starts afresh
 
     async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        passed, dropped = rate.take()
+        if dropped:
+            log(f"upstream {server!r}: {dropped} more log messages in one second not shown or relayed")
+        if not passed:
+            return
         log(f"upstream {server!r} [{params.level}]: {params.data}")
         if relay is not None and opted.logging:
             await relay.log(server, params)

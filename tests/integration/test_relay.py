@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -437,6 +438,27 @@ async def test_without_a_level_or_without_relay_no_log_message_reaches_a_client(
         await r.call("qa-bot", "log", {"level": "error", "text": "boom"})
         await anyio.wait_all_tasks_blocked()
     assert r.clients["qa-bot"].logs == []
+
+
+async def test_a_flood_of_log_messages_is_bounded_for_the_operator_and_for_every_client(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(inbound, "LOG_MESSAGES_PER_SECOND", 5)
+    caplog.set_level("INFO")
+    async with relayed(deployment, {"qa-bot": _client()}) as r:
+        await set_level(r.clients["qa-bot"], "debug")
+        began = time.monotonic()
+        await r.call("qa-bot", "log", {"level": "error", "text": "flood", "count": 500})
+        await r.call("qa-bot", "log", {"level": "error", "text": "after", "count": 1})
+        await anyio.wait_all_tasks_blocked()
+        seconds = time.monotonic() - began
+    windows = int(seconds) + 2  # the seconds the calls spanned, each letting 5 through
+    heard = r.clients["qa-bot"].logs
+    assert 5 <= len(heard) <= 5 * windows < 500
+    shown = [m for m in caplog.messages if "[error]" in m and "flood" in m]
+    assert 5 <= len(shown) <= 5 * windows
+    if seconds < 1:  # both calls in one second: the second's message was held back too
+        assert all(h.data["text"] == "flood" for h in heard)  # type: ignore[index]
 
 
 @pytest.mark.parametrize("relay", [{"sampling": {"max_tokens": 0}}, {"sampling": True}, {"logs": True}])

@@ -35,7 +35,7 @@ TOOLS = [
         name="sample",
         input_schema=_schema(prompt=STRING, max_tokens={"type": "integer"}, context=STRING),
     ),
-    types.Tool(name="log", input_schema=_schema(level=STRING, text=STRING)),
+    types.Tool(name="log", input_schema=_schema(level=STRING, text=STRING, count={"type": "integer"})),
     types.Tool(name="ask_later", input_schema=_schema()),
     types.Tool(name="input_required", input_schema=_schema(message=STRING)),
 ]
@@ -82,8 +82,9 @@ async def _ask(ctx: ServerRequestContext[Any, Any], name: str, args: dict[str, A
                     related_request_id=related,
                 )
             )
-        if name == "log":
-            await session.send_log_message(args["level"], {"text": args["text"]}, "asking", related)
+        if name == "log":  # `count` times: a flood, for the guard to bound
+            for _ in range(int(args.get("count", 1))):
+                await session.send_log_message(args["level"], {"text": args["text"]}, "asking", related)
             return "logged"
     raise MCPError(types.INVALID_PARAMS, f"Unknown tool: {name}")
 
