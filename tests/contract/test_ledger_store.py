@@ -214,11 +214,13 @@ async def test_the_settle_step_decides_inside_the_transaction(kind: SQLiteKind):
         assert other.decision == "allow"  # another scope has its own budget
 
 
-async def test_concurrent_decisions_each_get_their_own_answer_and_one_bad_one_spoils_none(kind: SQLiteKind):
+async def test_concurrent_decisions_each_get_their_own_answer_and_one_bad_one_spoils_none(
+    kind: SQLiteKind, durability: str
+):
     """Decisions made at once by many calls of one guard (which the SQLite store commits together):
     the budget holds across them, a settle step that raises and a call id used twice fail only
     their own call, and the chain verifies with exactly the others in it."""
-    async with await open_ledger(kind.config()) as store:
+    async with await open_ledger(kind.config(durability)) as store:
         used = record()
         await store.decide(used)
 

@@ -167,7 +167,7 @@ class Ledger:
         results: list[CallRecord | Exception] = []
         with self._transaction() as conn:
             for rec, check in batch:
-                if len(batch) == 1:
+                if len(batch) == 1 and not self._deferred:  # alone: its failure fails nothing else
                     results.append(self._settle(conn, rec, check, None))
                     break
                 head = self._head
