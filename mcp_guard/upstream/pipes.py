@@ -154,7 +154,7 @@ class _Pipes(asyncio.SubprocessProtocol):
     ) -> None:
         self.inbox = Inbox(self._pause_stdout)
         self.stdin: asyncio.WriteTransport | None = None
-        self.full: asyncio.Event | None = None  # set while stdin's buffer is over its high mark
+        self.full: asyncio.Event | None = None  # while stdin's buffer is over its high mark; set as it drains
         self.exited = asyncio.Event()
         self.stopping = False  # the guard is stopping it: how it exits is no longer news
         self.stderr_done = asyncio.Event()
