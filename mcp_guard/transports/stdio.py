@@ -130,13 +130,13 @@ async def serve_stdio(caller: Caller) -> None:
             await write_wire(data)
         except OSError as exc:  # the client closed its end: nobody is left to answer
             guard.log(f"stopping: the client no longer reads the guard's output ({exc})")
-            tg.cancel_scope.cancel()
+            stop.cancel()
 
-    async with _wire(wire_in, wire_out) as (read_wire, write_wire), anyio.create_task_group() as tg:
-        incoming = _Incoming(read_wire, max_bytes, write, open_requests)
-        replies = _Replies(write, open_requests)
-        await server.run(incoming, replies, server.create_initialization_options())
-        tg.cancel_scope.cancel()
+    async with _wire(wire_in, wire_out) as (read_wire, write_wire):
+        with anyio.CancelScope() as stop:
+            incoming = _Incoming(read_wire, max_bytes, write, open_requests)
+            replies = _Replies(write, open_requests)
+            await server.run(incoming, replies, server.create_initialization_options())
 
 
 class _Incoming:
