@@ -280,6 +280,13 @@ async def complete(
     offers = seen.prompts()
     templates = visible_templates(seen.agent, seen.policy.manifests, seen.surfaces, seen.policy.agents)
     decision = decide_completion(asked, offers, templates, seen.policy.config.limits.max_argument_bytes)
+    if decision.reason == Reason.UNKNOWN_PROMPT:  # withheld by its pin, to its grantees
+        policy = seen.policy
+        held = withheld_prompt(
+            seen.agent, asked.name, decision.arguments, policy.manifests, seen.held.prompts, policy.agents,
+            "completion",
+        )  # fmt: skip
+        decision = held or decision
     upstream_ref: types.PromptReference | types.ResourceTemplateReference = (
         types.PromptReference(name=decision.target.name)
         if asked.kind == "ref/prompt"

@@ -128,10 +128,12 @@ def withheld_prompt(
     manifests: Mapping[str, Manifest],
     withheld: Collection[tuple[str, str]],
     known: Collection[str],
+    kind: str = "prompt",
 ) -> Decision | None:
     """A prompt withheld by its pin ((server, prompt) in `withheld`) that the agent is granted is
-    refused `pin_mismatch`; to anyone else it does not exist, so withholding reveals no hidden
-    prompt. The guard and `explain` both decide with this."""
+    refused `pin_mismatch`, for prompts/get and (`kind` "completion") for completion of its
+    arguments; to anyone else it does not exist, so withholding reveals no hidden prompt. The
+    guard and `explain` both decide with this."""
     if agent.name not in known:
         return None
     for server, prompt in sorted(withheld):
@@ -142,7 +144,7 @@ def withheld_prompt(
             detail = (
                 "this prompt's definition is not the pinned one; it is withheld until an operator accepts it"
             )
-            return _refuse("prompt", Reason.PIN_MISMATCH, detail, server, prompt, arguments)
+            return _refuse(kind, Reason.PIN_MISMATCH, detail, server, prompt, arguments)
     return None
 
 

@@ -341,8 +341,14 @@ async def test_a_resource_or_prompt_whose_definition_is_not_its_pin_is_withheld(
             await session.read_resource("test://static-binary")
         assert caught.value.error.code == -32002
         assert (await session.read_resource("test://static-text")).contents
+        withheld = types.PromptReference(name=f"{SERVER}__test_prompt_with_arguments")
+        with pytest.raises(MCPError) as caught:  # nor are its arguments completed
+            await session.complete(withheld, {"name": "arg1", "value": "a"})
+        assert "pin_mismatch" in caught.value.error.message
     assert [e["params"]["uri"] for e in seen(d, "resources/read")] == ["test://static-text"]
-    assert [e["reason"] for e in decisions(d) if e["decision"] == "deny"] == ["pin_mismatch"]
+    assert seen(d, "completion/complete") == []
+    denied = [(e["method"], e["reason"]) for e in decisions(d) if e["decision"] == "deny"]
+    assert denied == [("resources/read", "pin_mismatch"), ("completion/complete", "pin_mismatch")]
     held = {e["tool"] for e in ledger_events(d.ledger_path, "pin") if e.get("action") == "withheld"}
     assert {"resource:test://static-binary", "prompt:test_prompt_with_arguments"} <= held
 
