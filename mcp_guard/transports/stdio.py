@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 
 import anyio
 import mcp_types as types
@@ -18,6 +18,7 @@ from mcp.shared.message import SessionMessage
 
 from mcp_guard.guard.app import build_server
 from mcp_guard.guard.caller import Caller
+from mcp_guard.streams import Ends, Receiving
 from mcp_guard.wire import StrictJSONError, parse_strict
 
 CHUNK = 65536
@@ -139,7 +140,7 @@ async def serve_stdio(caller: Caller) -> None:
             await server.run(incoming, replies, server.create_initialization_options())
 
 
-class _Incoming:
+class _Incoming(Receiving):
     """The client's messages for the server (the SDK's `ReadStream`), read, split into lines and
     parsed strictly by the server's own read loop as it asks for the next one: no reader task and no
     queue in between. A line that is not a valid JSON-RPC message is answered with its error here and
@@ -223,26 +224,8 @@ class _Incoming:
         )
         await self._write(error.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
 
-    def __aiter__(self) -> Self:
-        return self
 
-    async def __anext__(self) -> SessionMessage:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None
-
-
-class _Replies:
+class _Replies(Ends):
     """The server's messages to the client (the SDK's `WriteStream`), each written whole by the task
     that sends it: no writer task, no queue in between."""
 
@@ -254,12 +237,3 @@ class _Replies:
         await self._write(message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n")
         if isinstance(message, types.JSONRPCResponse | types.JSONRPCError) and message.id is not None:
             self._open.answered(message.id)
-
-    async def aclose(self) -> None:
-        return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        return None

@@ -16,14 +16,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import anyio
 from mcp.client.stdio import get_default_environment
 from mcp.os.posix.utilities import terminate_posix_process_tree
 from mcp.shared.message import SessionMessage
 
+from mcp_guard.streams import Ends, Receiving
 from mcp_guard.upstream.framing import Messages, StderrLines, dump
 
 EXIT_GRACE = 2.0  # seconds an upstream has to exit after its stdin closes, and again after SIGTERM
@@ -33,7 +32,7 @@ BEHIND, CAUGHT_UP = 64, 16  # messages waiting for the session at which stdout i
 STDIN, STDOUT, STDERR = 0, 1, 2
 
 
-class Inbox:
+class Inbox(Receiving):
     """What the upstream sent, for the session (the SDK's `ReadStream`): a queue filled by the pipe
     protocol and emptied by the session's read loop, with no task in between. Ends (EndOfStream)
     once the upstream's stdout has ended and the queue is empty."""
@@ -87,28 +86,8 @@ class Inbox:
             self._pause(False)
         return item
 
-    def __aiter__(self) -> Self:
-        return self
 
-    async def __anext__(self) -> SessionMessage | Exception:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-    async def aclose(self) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class Outbox:
+class Outbox(Ends):
     """The session's messages to the upstream (the SDK's `WriteStream`): each is written to its stdin
     by the task that sends it, waiting only while the pipe is full."""
 
@@ -129,17 +108,6 @@ class Outbox:
 
     def close(self) -> None:
         self._closed = True
-
-    async def aclose(self) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class _Pipes(asyncio.SubprocessProtocol):
