@@ -179,18 +179,7 @@ def fill_postgres(url: str, entries: int, days: int = 30) -> None:
         for i in range(entries // 2):
             ts = format_ts(end - step * (entries // 2 - i))
             arguments = {"order_id": f"PRE-{i:07d}", "amount": 1 + i % 97}
-            call = CallRecord(
-                uuid.uuid4().hex,
-                paths.AGENT,
-                f"s{i // 50}",
-                "bench",
-                "echo",
-                arguments,
-                "allow",
-                None,
-                None,
-                "0" * 64,
-            )
+            call = paths.allowed_call(arguments, f"s{i // 50}")
             for fields in (decision_fields(call), outcome_fields(call.call_id, "ok", 1.0, None)):
                 values = [fields.get(name) for name in COLUMNS]
                 values[COLUMNS.index("prev_hash")], values[COLUMNS.index("ts")] = head, ts
@@ -213,18 +202,7 @@ async def budget_check(config: LedgerConfig, decisions: int) -> dict[str, float]
     async with await open_ledger(config) as store:
         for i in range(decisions):
             arguments = {"order_id": f"ORD-{i:06d}", "amount": 1}
-            rec = CallRecord(
-                uuid.uuid4().hex,
-                paths.AGENT,
-                "bench",
-                "bench",
-                "echo",
-                arguments,
-                "allow",
-                None,
-                None,
-                "0" * 64,
-            )
+            rec = paths.allowed_call(arguments, "bench")
             began = time.perf_counter()
             await store.decide(rec, lambda w, rec=rec: settle(w, rec))
             timings.append((time.perf_counter() - began) * 1000)

@@ -242,10 +242,9 @@ def prefill_ledger(path: Path, entries: int, days: int = 30) -> int:
     """A ledger of `entries` entries: allowed calls of the benchmark tool by the benchmark agent in
     other sessions, each with its outcome, spread evenly over the `days` before now (so about
     1/(24 * days) of them fall in any rolling hour); returns the last entry's id."""
-    import uuid
     from datetime import UTC, datetime, timedelta
 
-    from mcp_guard.ledger.entries import CallRecord, decision_fields, format_ts, outcome_fields
+    from mcp_guard.ledger.entries import decision_fields, format_ts, outcome_fields
     from mcp_guard.ledger.sqlite.engine import Ledger
 
     ledger = Ledger.open(path)
@@ -257,18 +256,7 @@ def prefill_ledger(path: Path, entries: int, days: int = 30) -> int:
                 for i in range(start, min(entries // 2, start + 10_000)):
                     ts = format_ts(end - step * (entries // 2 - i))
                     arguments = {"order_id": f"PRE-{i:07d}", "amount": 1 + i % 97}
-                    call = CallRecord(
-                        uuid.uuid4().hex,
-                        AGENT,
-                        f"s{i // 50}",
-                        "bench",
-                        "echo",
-                        arguments,
-                        "allow",
-                        None,
-                        None,
-                        "0" * 64,
-                    )
+                    call = allowed_call(arguments, f"s{i // 50}")
                     ledger._append(conn, decision_fields(call), ts)
                     ledger._append(conn, outcome_fields(call.call_id, "ok", 1.0, None), ts)
         return ledger.last_id()
@@ -349,3 +337,15 @@ def bare_target(log: TextIO, tools: int = 0) -> Target:
 
 def direct_target(log: TextIO, tools: int = 0) -> Target:
     return stdio_target("direct", "direct (no proxy)", upstream_command(tools), log)
+
+
+def allowed_call(arguments: dict[str, Any], session: str) -> Any:
+    """An allowed call of the benchmark's tool, as the guard records its decision (for ledgers
+    filled ahead of a measurement)."""
+    import uuid
+
+    from mcp_guard.ledger.entries import CallRecord
+
+    return CallRecord(
+        uuid.uuid4().hex, AGENT, session, "bench", "echo", arguments, "allow", None, None, "0" * 64
+    )

@@ -439,6 +439,10 @@ async def inprocess_guards(
 
 @asynccontextmanager
 async def _connect(caller: Caller, session_args: dict[str, Any]) -> AsyncIterator[ClientSession]:
+    """An in-process client of the 2025 form (initialize); with `modern=True` in the arguments, one
+    of the 2026-07-28 form (discover, no handshake: requests from servers come back as results)."""
+    session_args = dict(session_args)
+    modern = session_args.pop("modern", False)
     server = build_server(caller)
     to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](16)
     server_out, to_client = anyio.create_memory_object_stream[SessionMessage | Exception](16)
@@ -448,7 +452,7 @@ async def _connect(caller: Caller, session_args: dict[str, Any]) -> AsyncIterato
             to_client, to_server, read_timeout_seconds=TIMEOUT, **session_args
         ) as session:
             with anyio.fail_after(TIMEOUT):
-                await session.initialize()
+                await (session.discover() if modern else session.initialize())
             yield session
         tg.cancel_scope.cancel()
 

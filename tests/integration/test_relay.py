@@ -24,11 +24,11 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.shared.message import SessionMessage
 
 from mcp_guard.errors import ConfigError, UpstreamError
-from mcp_guard.guard.app import build_server, open_guard
+from mcp_guard.guard.app import open_guard
 from mcp_guard.guard.caller import Caller
 from mcp_guard.upstream import inbound
 from mcp_guard.upstream.transports import memory_transport
-from tests.helpers import TIMEOUT, Deployment, assert_no_secret, text_of
+from tests.helpers import TIMEOUT, Deployment, _connect, assert_no_secret, text_of
 from tests.upstreams.asking import SECRET_ENV, Observed
 from tests.upstreams.asking import build_server as build_asking
 
@@ -137,25 +137,6 @@ async def relayed(
             session = await stack.enter_async_context(_connect(Caller(guard, agent), args))
             connected[agent] = box["client"] = Client(session)
         yield Relayed(connected, observed, deployment)
-
-
-@asynccontextmanager
-async def _connect(caller: Caller, session_args: dict[str, Any]) -> AsyncIterator[ClientSession]:
-    """A client of the 2025 form (initialize); with `modern=True` in the arguments, one of the
-    2026-07-28 form (discover, no handshake: requests from servers come back as results)."""
-    modern = session_args.pop("modern", False)
-    server = build_server(caller)
-    to_server, server_in = anyio.create_memory_object_stream[SessionMessage | Exception](16)
-    server_out, to_client = anyio.create_memory_object_stream[SessionMessage | Exception](16)
-    async with anyio.create_task_group() as tg, to_server, server_in, server_out, to_client:
-        tg.start_soon(server.run, server_in, server_out, server.create_initialization_options())
-        async with ClientSession(
-            to_client, to_server, read_timeout_seconds=TIMEOUT, **session_args
-        ) as session:
-            with anyio.fail_after(TIMEOUT):
-                await (session.discover() if modern else session.initialize())
-            yield session
-        tg.cancel_scope.cancel()
 
 
 # -- elicitation and sampling ------------------------------------------------------------------------

@@ -18,14 +18,12 @@ import psycopg
 from mcp_guard.errors import LedgerError
 from mcp_guard.ledger.base import ALL, POLL, Filter, Invocation, LedgerEvent, Settle, Window
 from mcp_guard.ledger.chain import Anchor, VerifyResult
+from mcp_guard.ledger.deferred import DeferredOutcomes
 from mcp_guard.ledger.entries import CallRecord, Redactor
 from mcp_guard.ledger.postgres import schema, verify
 from mcp_guard.ledger.postgres.engine import Engine
 
 T = TypeVar("T")
-OUTCOME_DELAY = 0.02
-"""With durability `normal`, how long an outcome may wait for the next decision's transaction
-to carry it before `maintain` commits it on its own."""
 
 
 class PostgresStore:
@@ -34,7 +32,7 @@ class PostgresStore:
     def __init__(self, engine: Engine, durability: Literal["normal", "full"] = "normal") -> None:
         self.engine = engine
         self._full = durability == "full"
-        self._outcomes_waiting: anyio.Event | None = None
+        self._outcomes = DeferredOutcomes()
 
     @classmethod
     async def open(
@@ -73,9 +71,7 @@ class PostgresStore:
     ) -> None:
         if not self._full:
             self.engine.record_outcome(call_id, outcome, duration_ms, detail, defer=True)
-            if self._outcomes_waiting is None:
-                self._outcomes_waiting = anyio.Event()
-            self._outcomes_waiting.set()
+            self._outcomes.deferred()
             return
         record = partial(self.engine.record_outcome, call_id, outcome, duration_ms, detail, defer=False)
         await self._commit(record)
@@ -92,24 +88,8 @@ class PostgresStore:
     async def maintain(self, log: Callable[[str], None]) -> None:
         """Commit the deferred outcomes no decision carried within OUTCOME_DELAY; a failure is logged
         once and retried until the ledger takes them."""
-        if self._full:
-            return
-        failing = False
-        while True:
-            if self._outcomes_waiting is None:
-                self._outcomes_waiting = anyio.Event()
-            await self._outcomes_waiting.wait()
-            self._outcomes_waiting = anyio.Event()
-            await anyio.sleep(OUTCOME_DELAY)
-            try:
-                await self.flush()
-                failing = False
-            except LedgerError as exc:
-                if not failing:
-                    log(f"could not record call outcomes yet; retrying: {exc}")
-                failing = True
-                await anyio.sleep(POLL)
-                self._outcomes_waiting.set()
+        if not self._full:
+            await self._outcomes.run(self.flush, log, POLL)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self.engine.close)

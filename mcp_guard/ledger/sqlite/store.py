@@ -17,18 +17,16 @@ from typing import Any, Literal, Self, TypeAlias, TypeVar
 
 import anyio
 
-from mcp_guard.errors import LedgerError, LedgerUnavailable
+from mcp_guard.errors import LedgerUnavailable
 from mcp_guard.ledger.base import ALL, POLL, Filter, Invocation, LedgerEvent, Settle, Window
 from mcp_guard.ledger.chain import Anchor, VerifyResult
+from mcp_guard.ledger.deferred import DeferredOutcomes
 from mcp_guard.ledger.entries import CallRecord, Redactor
 from mcp_guard.ledger.sqlite import rows
 from mcp_guard.ledger.sqlite.engine import Ledger
 from mcp_guard.ledger.sqlite.verify import verify
 
 T = TypeVar("T")
-OUTCOME_DELAY = 0.02
-"""With durability `normal`, how long an outcome may wait for the next decision's transaction
-to carry it before `maintain` commits it on its own."""
 
 
 class SQLiteStore:
@@ -37,7 +35,7 @@ class SQLiteStore:
     def __init__(self, engine: Ledger, durability: Literal["normal", "full"] = "normal") -> None:
         self.engine = engine  # for the SQLite store's own tests and tools; the guard never uses it
         self._full = durability == "full"
-        self._outcomes_waiting: anyio.Event | None = None  # made on the event loop, when first needed
+        self._outcomes = DeferredOutcomes()
         self._group = _Group(engine)
 
     @classmethod
@@ -67,9 +65,9 @@ class SQLiteStore:
     # -- writing ----------------------------------------------------------------------------------
 
     async def decide(self, record: CallRecord, settle: Settle | None = None) -> CallRecord:
-        join = self._group.join_on_disk if self._full else self._group.join
-        with anyio.CancelScope(shield=True):  # committed whatever becomes of the caller
-            done = await join(record, settle)
+        if not self._full:
+            return await self._group.join(record, settle)
+        done = await self._group.join_on_disk(record, settle)
         assert done is not None  # a decision's own record
         return done
 
@@ -79,15 +77,12 @@ class SQLiteStore:
         if not self._full:
             self.engine.record_outcome(call_id, outcome, duration_ms, detail, defer=True)
             self._group.ended(call_id)
-            if self._outcomes_waiting is None:
-                self._outcomes_waiting = anyio.Event()
-            self._outcomes_waiting.set()
+            self._outcomes.deferred()
             return
         # Committed (and on disk) before the result is relayed, by the next commit that begins:
         # with the decisions and outcomes of the calls that arrive meanwhile.
         self.engine.record_outcome(call_id, outcome, duration_ms, detail, defer=True)
-        with anyio.CancelScope(shield=True):
-            await self._group.join_on_disk(None, None)
+        await self._group.join_on_disk(None, None)
 
     async def append(self, event: LedgerEvent) -> None:
         await anyio.to_thread.run_sync(self._append, event)
@@ -105,23 +100,8 @@ class SQLiteStore:
         """Checkpoint from a thread of its own, and commit the deferred outcomes no decision carried
         within OUTCOME_DELAY; a failure is logged once and retried until the ledger takes them."""
         self.engine.checkpoint_in_background()
-        if self._full:
-            return
-        failing = False
-        while True:
-            if self._outcomes_waiting is None:
-                self._outcomes_waiting = anyio.Event()
-            await self._outcomes_waiting.wait()
-            self._outcomes_waiting = anyio.Event()
-            await anyio.sleep(OUTCOME_DELAY)
-            try:
-                self.engine.flush()
-                failing = False
-            except LedgerError as exc:
-                if not failing:
-                    log(f"could not record call outcomes yet; retrying: {exc}")
-                failing = True
-                self._outcomes_waiting.set()
+        if not self._full:
+            await self._outcomes.run(self.flush, log)
 
     async def close(self) -> None:
         self.engine.close()
@@ -208,11 +188,19 @@ class _Group:
             loop.call_soon(self._commit)
         future: asyncio.Future[Answer] = loop.create_future()
         self._open.append((record, settle, future))
-        return _unwrap(await future)
+        with anyio.CancelScope(shield=True):  # committed whatever becomes of the caller
+            result = await future
+        return _unwrap(result)
 
     async def join_on_disk(self, record: CallRecord | None, settle: Settle | None) -> CallRecord | None:
         """`durability: full`: commit a decision (or, with `record` None, the outcomes deferred
-        before this was called) in the next commit that begins, which waits for the disk."""
+        before this was called) in the next commit that begins, which waits for the disk; whatever
+        becomes of the caller meanwhile."""
+        with anyio.CancelScope(shield=True):
+            done = await self._on_disk_turn(record, settle)
+        return done
+
+    async def _on_disk_turn(self, record: CallRecord | None, settle: Settle | None) -> CallRecord | None:
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         entry: _Entry = (record, settle, future)
         if not self._on_disk:
